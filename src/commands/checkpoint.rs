@@ -1,0 +1,436 @@
+//! `ferry checkpoint`: a running container → one payload stream.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use argh::FromArgs;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{human_bytes, inspect_named, print_report, restore, seconds_since, Context};
+use crate::engine::{self, ContainerInspect, Engine, Info, CHANGE_ADDED, CHANGE_DELETED, CHANGE_MODIFIED};
+use crate::error::{io_error, Error, Kind, Result};
+use crate::host::{self, JobDir};
+use crate::payload::{self, ContainerSpec, Manifest, Mode, RootfsArchive, RootfsChanges, SourceHost};
+
+/// The checkpoint name ferry gives CRIU images inside a payload.
+pub(crate) const CHECKPOINT_NAME: &str = "ferry";
+
+#[derive(FromArgs, Debug)]
+/// Checkpoint a running container into a payload (a file, or stdout with -o -).
+#[argh(subcommand, name = "checkpoint")]
+pub(crate) struct Args {
+    /// the container's name or id
+    #[argh(positional)]
+    pub container: String,
+    /// where to write the payload: a file, or - for stdout (default: NAME.ferry)
+    #[argh(option, short = 'o')]
+    pub output: Option<String>,
+    /// keep the container running after the checkpoint
+    #[argh(switch)]
+    pub leave_running: bool,
+    /// criu (the process carries on, default) or commit (docker commit + save: the app restarts)
+    #[argh(option, default = "Mode::Criu", from_str_fn(parse_mode))]
+    pub mode: Mode,
+    /// print the summary as one JSON object
+    #[argh(switch)]
+    pub json: bool,
+}
+
+pub(crate) fn parse_mode(text: &str) -> std::result::Result<Mode, String> {
+    match text {
+        "criu" => Ok(Mode::Criu),
+        "commit" => Ok(Mode::Commit),
+        other => Err(format!("unknown mode '{other}': use criu or commit")),
+    }
+}
+
+/// Timings and sizes of one checkpoint.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub(crate) struct Report {
+    pub container: String,
+    pub mode: &'static str,
+    pub checkpoint_secs: f64,
+    pub pack_secs: f64,
+    pub raw_bytes: u64,
+    pub compressed_bytes: u64,
+    pub output: String,
+}
+
+pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
+    let engine = context.engine()?;
+    let to_stdout = args.output.as_deref() == Some("-");
+    let output_path = match &args.output {
+        Some(path) if path != "-" => Some(PathBuf::from(path)),
+        Some(_) => None,
+        None => Some(PathBuf::from(format!("{}.ferry", args.container.trim_start_matches('/')))),
+    };
+
+    // Open the output before the app is frozen: a bad path must not cost a checkpoint.
+    let (sink, partial): (Box<dyn Write>, Option<PartialFile>) = match &output_path {
+        Some(path) => {
+            let file = File::create(path).map_err(|e| io_error(format!("cannot write {}", path.display()), e))?;
+            (Box::new(BufWriter::with_capacity(64 * 1024, file)), Some(PartialFile(path.clone())))
+        }
+        None => (Box::new(io::stdout().lock()), None),
+    };
+
+    let mut report = checkpoint_to(&engine, &context.work_dir, &args.container, args.mode, args.leave_running, sink)?;
+    if let Some(mut partial) = partial {
+        // The payload is whole: keep it.
+        report.output = partial.keep().display().to_string();
+    } else {
+        report.output = "-".into();
+    }
+    let line = format!(
+        "checkpointed {} ({}): checkpoint {:.2}s, pack {:.2}s, {} raw, {} compressed → {}",
+        report.container,
+        report.mode,
+        report.checkpoint_secs,
+        report.pack_secs,
+        human_bytes(report.raw_bytes),
+        human_bytes(report.compressed_bytes),
+        report.output
+    );
+    let json = args.json.then(|| json!(report));
+    print_report(&line, json.as_ref(), to_stdout);
+    Ok(())
+}
+
+/// Checkpoints `container` and writes its payload to `sink`. Shared by
+/// `checkpoint` and `migrate`.
+///
+/// Without `leave_running` the container is stopped by the checkpoint; if
+/// anything fails after that, it is started again from its own checkpoint, so
+/// a failed checkpoint never costs the app.
+pub(crate) fn checkpoint_to(
+    engine: &Engine,
+    work_dir: &Path,
+    container: &str,
+    mode: Mode,
+    leave_running: bool,
+    sink: impl Write,
+) -> Result<Report> {
+    let info = engine.info()?;
+    let inspect = inspect_named(engine, container)?;
+    if !inspect.state.running {
+        return Err(Error::new(
+            Kind::Refused,
+            format!(
+                "container '{}' is not running (state: {}) — start it or pass a running container",
+                inspect.short_name(),
+                inspect.state.status
+            ),
+        ));
+    }
+    refuse_uncarryable(&inspect)?;
+    match mode {
+        Mode::Criu => checkpoint_criu(engine, &info, work_dir, &inspect, leave_running, sink),
+        Mode::Commit => checkpoint_commit(engine, &info, work_dir, &inspect, leave_running, sink),
+    }
+}
+
+fn checkpoint_criu(
+    engine: &Engine,
+    info: &Info,
+    work_dir: &Path,
+    inspect: &ContainerInspect,
+    leave_running: bool,
+    sink: impl Write,
+) -> Result<Report> {
+    require_experimental(info)?;
+    let name = inspect.short_name().to_string();
+    let mut manifest = base_manifest(engine, info, inspect, Mode::Criu)?;
+    manifest.checkpoint_name = Some(CHECKPOINT_NAME.into());
+    let job = JobDir::create(work_dir, "checkpoint")
+        .map_err(|e| io_error(format!("cannot create a folder in the work dir {}", work_dir.display()), e))?;
+
+    let started = Instant::now();
+    log::info!("checkpointing {name} with CRIU");
+    engine
+        .checkpoint_create(&inspect.id, CHECKPOINT_NAME, Some(job.path()), !leave_running)
+        .map_err(|e| criu_error(&name, "checkpoint", e))?;
+    let checkpoint_secs = seconds_since(started);
+    let checkpoint_dir = job.path().join(CHECKPOINT_NAME);
+
+    let packed = (|| {
+        let pack_started = Instant::now();
+        let rootfs_dir = job.path().join(payload::ROOTFS_DIR);
+        let (rootfs, mut files) = capture_rootfs(engine, &inspect.id, &rootfs_dir)?;
+        manifest.rootfs = rootfs;
+        let images = host::list_files(&checkpoint_dir)
+            .map_err(|e| io_error(format!("cannot read the checkpoint in {}", checkpoint_dir.display()), e))?;
+        files.extend(
+            images.into_iter().map(|(relative, path)| (format!("{}/{relative}", payload::CHECKPOINT_DIR), path)),
+        );
+        log::info!("packing {} files", files.len());
+        let stats = payload::pack(&mut manifest, &files, sink)?;
+        Ok::<_, Error>((stats, seconds_since(pack_started)))
+    })();
+
+    match packed {
+        Ok((stats, pack_secs)) => Ok(Report {
+            container: name,
+            mode: "criu",
+            checkpoint_secs,
+            pack_secs,
+            raw_bytes: stats.raw_bytes,
+            compressed_bytes: stats.compressed_bytes,
+            output: String::new(),
+        }),
+        Err(error) if !leave_running => {
+            log::warn!("packing failed ({error}); starting {name} again from its checkpoint");
+            match restore::start_from_checkpoint(engine, info, &inspect.id, &checkpoint_dir, CHECKPOINT_NAME) {
+                Ok(_) => Err(error.context(format!("{name} was not moved and runs again here"))),
+                Err(resume) => Err(error.context(format!(
+                    "{name} is stopped and could not be started again from its checkpoint ({resume})"
+                ))),
+            }
+        }
+        Err(error) => Err(error),
+    }
+}
+
+fn checkpoint_commit(
+    engine: &Engine,
+    info: &Info,
+    work_dir: &Path,
+    inspect: &ContainerInspect,
+    leave_running: bool,
+    sink: impl Write,
+) -> Result<Report> {
+    let name = inspect.short_name().to_string();
+    let mut manifest = base_manifest(engine, info, inspect, Mode::Commit)?;
+    let job = JobDir::create(work_dir, "commit")
+        .map_err(|e| io_error(format!("cannot create a folder in the work dir {}", work_dir.display()), e))?;
+    let started = Instant::now();
+    if !leave_running {
+        log::info!("stopping {name}");
+        engine.stop_container(&inspect.id, 10)?;
+    }
+    let repo = format!("ferry-commit/{name}");
+    let tag = host::unix_now().to_string();
+    log::info!("committing {name} as {repo}:{tag}");
+    let image_id = engine.commit(&inspect.id, &repo, &tag, leave_running)?;
+    let reference = format!("{repo}:{tag}");
+    let saved = (|| {
+        let image_path = job.path().join(payload::IMAGE_ENTRY);
+        let mut image_file =
+            File::create(&image_path).map_err(|e| io_error(format!("cannot write {}", image_path.display()), e))?;
+        io::copy(&mut engine.image_save(&[&reference])?, &mut image_file)
+            .map_err(|e| io_error("saving the committed image", e))?;
+        Ok::<_, Error>(image_path)
+    })();
+    // The committed image lives on in the payload; the source host need not keep it.
+    if let Err(e) = engine.remove_image(&image_id) {
+        log::warn!("could not remove the committed image {reference}: {e}");
+    }
+    let image_path = saved?;
+    let checkpoint_secs = seconds_since(started);
+    manifest.container.image_id = image_id;
+    manifest.container.image_tags = vec![reference];
+
+    let pack_started = Instant::now();
+    let stats = payload::pack(&mut manifest, &[(payload::IMAGE_ENTRY.to_string(), image_path)], sink)?;
+    Ok(Report {
+        container: name,
+        mode: "commit",
+        checkpoint_secs,
+        pack_secs: seconds_since(pack_started),
+        raw_bytes: stats.raw_bytes,
+        compressed_bytes: stats.compressed_bytes,
+        output: String::new(),
+    })
+}
+
+/// The manifest without entries: who the container is and where it comes from.
+fn base_manifest(engine: &Engine, info: &Info, inspect: &ContainerInspect, mode: Mode) -> Result<Manifest> {
+    let image = engine.inspect_image(&inspect.image)?;
+    let decode = |what: &str, e: serde_json::Error| {
+        Error::new(Kind::Failure, format!("container '{}': cannot read its {what}: {e}", inspect.short_name()))
+    };
+    Ok(Manifest {
+        format: payload::FORMAT_VERSION,
+        ferry_version: env!("CARGO_PKG_VERSION").into(),
+        mode,
+        created_unix: host::unix_now(),
+        source: SourceHost {
+            hostname: host::hostname(),
+            arch: info.architecture.clone(),
+            kernel: info.kernel_version.clone(),
+            criu_version: host::criu_version().unwrap_or_default(),
+            docker_version: info.server_version.clone(),
+        },
+        container: ContainerSpec {
+            name: inspect.short_name().to_string(),
+            image_id: image.id,
+            image_tags: image.repo_tags.unwrap_or_default(),
+            config: serde_json::from_value(inspect.config.clone()).map_err(|e| decode("config", e))?,
+            host_config: serde_json::from_value(inspect.host_config.clone()).map_err(|e| decode("host config", e))?,
+        },
+        checkpoint_name: None,
+        rootfs: RootfsChanges::default(),
+        entries: Vec::new(),
+    })
+}
+
+/// The parts of `HostConfig` that ferry cannot recreate on another host.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct Powers {
+    privileged: bool,
+    binds: Option<Vec<String>>,
+    devices: Option<Vec<serde_json::Value>>,
+    network_mode: String,
+    pid_mode: String,
+    ipc_mode: String,
+    #[serde(rename = "UTSMode")]
+    uts_mode: String,
+    userns_mode: String,
+    cap_add: Option<Vec<String>>,
+}
+
+/// Refuses, before anything is stopped, a container that needs more than a
+/// payload may ask for. Names every reason at once.
+pub(crate) fn refuse_uncarryable(inspect: &ContainerInspect) -> Result<()> {
+    let powers: Powers = serde_json::from_value(inspect.host_config.clone()).unwrap_or_default();
+    let mut reasons = Vec::new();
+    if powers.privileged {
+        reasons.push("it runs privileged".to_string());
+    }
+    for bind in powers.binds.iter().flatten() {
+        reasons.push(format!("it has the bind mount {bind}"));
+    }
+    for mount in &inspect.mounts {
+        match mount.kind.as_str() {
+            "bind" if !reasons.iter().any(|r| r.contains(&mount.destination)) => {
+                reasons.push(format!("it has a bind mount at {}", mount.destination))
+            }
+            "volume" => reasons.push(format!(
+                "it uses the volume '{}' at {} (ferry does not carry volume contents: copy them to the peer \
+                 yourself or keep the data in the container's filesystem)",
+                mount.name, mount.destination
+            )),
+            _ => {}
+        }
+    }
+    if powers.devices.as_ref().is_some_and(|d| !d.is_empty()) {
+        reasons.push("it has host devices".into());
+    }
+    for (what, mode) in [
+        ("network", &powers.network_mode),
+        ("PID namespace", &powers.pid_mode),
+        ("IPC namespace", &powers.ipc_mode),
+        ("UTS namespace", &powers.uts_mode),
+        ("user namespace", &powers.userns_mode),
+    ] {
+        if mode == "host" || mode.starts_with("container:") {
+            reasons.push(format!("it shares the {what} of {mode}"));
+        }
+    }
+    if let Some(caps) = powers.cap_add.filter(|c| !c.is_empty()) {
+        reasons.push(format!("it adds capabilities ({})", caps.join(", ")));
+    }
+    if reasons.is_empty() {
+        return Ok(());
+    }
+    Err(Error::new(
+        Kind::Refused,
+        format!(
+            "container '{}' cannot be carried: {} — ferry only moves what it can recreate safely on another host; \
+             recreate the container without these",
+            inspect.short_name(),
+            reasons.join("; ")
+        ),
+    ))
+}
+
+fn require_experimental(info: &Info) -> Result<()> {
+    if info.experimental_build {
+        return Ok(());
+    }
+    Err(Error::new(
+        Kind::Docker,
+        "the Docker engine is not in experimental mode, so it has no checkpoints — put {\"experimental\": true} \
+         in /etc/docker/daemon.json and restart dockerd",
+    ))
+}
+
+/// A Docker error from a checkpoint or restore call, as a CRIU failure.
+pub(crate) fn criu_error(container: &str, what: &str, error: engine::Error) -> Error {
+    match error {
+        engine::Error::Api { status, message, .. } if status != 404 && status != 409 => Error::new(
+            Kind::Criu,
+            format!(
+                "CRIU could not {what} '{container}': {message} — `ferry doctor` checks CRIU; \
+                 the CRIU log named above says why"
+            ),
+        ),
+        other => Error::from(other).context(format!("{what} of '{container}'")),
+    }
+}
+
+/// Saves the files the app added or changed, one archive per top-most path,
+/// under `dir`; returns what the manifest says of them and the files to pack.
+fn capture_rootfs(engine: &Engine, id: &str, dir: &Path) -> Result<(RootfsChanges, Vec<(String, PathBuf)>)> {
+    let mut changes = engine.container_changes(id)?;
+    changes.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut rootfs = RootfsChanges::default();
+    let mut files = Vec::new();
+    let mut taken: Vec<String> = Vec::new();
+    for change in changes {
+        let inside_taken = taken.iter().any(|t| change.path.starts_with(&format!("{t}/")));
+        if inside_taken {
+            continue;
+        }
+        match change.kind {
+            CHANGE_DELETED => {
+                rootfs.deleted.push(change.path);
+                continue;
+            }
+            CHANGE_MODIFIED => {
+                // A modified folder is listed because something inside it changed:
+                // those children are listed too, and the folder itself is in the image.
+                if engine.stat_path(id, &change.path)?.is_dir() {
+                    continue;
+                }
+            }
+            CHANGE_ADDED => {}
+            other => log::warn!("unknown change kind {other} for {}", change.path),
+        }
+        if files.is_empty() {
+            fs::create_dir_all(dir).map_err(|e| io_error(dir.display(), e))?;
+        }
+        let entry = format!("{}/{}.tar", payload::ROOTFS_DIR, files.len());
+        let path = dir.join(format!("{}.tar", files.len()));
+        let (_, mut archive) = engine.archive_get(id, &change.path)?;
+        let mut file = File::create(&path).map_err(|e| io_error(path.display(), e))?;
+        io::copy(&mut archive, &mut file).map_err(|e| io_error(format!("saving {} from the container", change.path), e))?;
+        let target_dir = Path::new(&change.path).parent().unwrap_or(Path::new("/")).display().to_string();
+        log::debug!("rootfs change {} → {entry}", change.path);
+        rootfs.archives.push(RootfsArchive { entry: entry.clone(), target_dir });
+        files.push((entry, path));
+        taken.push(change.path);
+    }
+    Ok((rootfs, files))
+}
+
+/// A payload file being written; removed unless kept, so a failed checkpoint
+/// leaves no half payload that looks whole.
+struct PartialFile(PathBuf);
+
+impl PartialFile {
+    fn keep(&mut self) -> PathBuf {
+        std::mem::take(&mut self.0)
+    }
+}
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        if !self.0.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.0);
+        }
+    }
+}

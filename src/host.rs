@@ -1,0 +1,133 @@
+//! Facts about the machine ferry runs on that the Docker API does not give.
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// `criu --version`'s "Version: 4.2" line, or `None` when criu is not on PATH.
+pub(crate) fn criu_version() -> Option<String> {
+    let output = Command::new("criu").arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .find_map(|line| line.strip_prefix("Version:"))
+        .map(|v| v.trim().to_string())
+}
+
+pub(crate) fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Bytes available to an unprivileged writer on the filesystem holding `path`.
+pub(crate) fn free_bytes(path: &Path) -> io::Result<u64> {
+    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c_path is NUL-terminated and stat is a valid, writable statvfs.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+pub(crate) fn stderr_is_terminal() -> bool {
+    // SAFETY: isatty only reads the descriptor number.
+    unsafe { libc::isatty(2) == 1 }
+}
+
+/// A folder of ferry's own under the work dir, removed when dropped unless kept.
+#[derive(Debug)]
+pub(crate) struct JobDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl JobDir {
+    /// Reserves `work_dir/<label>-<pid>-<nanos>` without creating it, so that
+    /// an unpacker can create it itself.
+    pub(crate) fn reserve(work_dir: &Path, label: &str) -> io::Result<JobDir> {
+        fs::create_dir_all(work_dir)?;
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let path = work_dir.join(format!("{label}-{}-{nanos}", std::process::id()));
+        Ok(JobDir { path, keep: false })
+    }
+
+    pub(crate) fn create(work_dir: &Path, label: &str) -> io::Result<JobDir> {
+        let job = JobDir::reserve(work_dir, label)?;
+        fs::create_dir(&job.path)?;
+        Ok(job)
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for JobDir {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Moves a folder: a rename where both sides share a filesystem, else a copy
+/// of its plain files and folders followed by removal of the source.
+pub(crate) fn move_dir(from: &Path, to: &Path) -> io::Result<()> {
+    match fs::rename(from, to) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            copy_dir(from, to)?;
+            fs::remove_dir_all(from)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) -> io::Result<()> {
+    fs::create_dir(to)?;
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let target = to.join(entry.file_name());
+        if kind.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else if kind.is_file() {
+            fs::copy(entry.path(), &target)?;
+        } else {
+            return Err(io::Error::other(format!("{}: not a plain file", entry.path().display())));
+        }
+    }
+    Ok(())
+}
+
+/// Every plain file below `root`, as (path relative to root with '/', absolute path), sorted.
+pub(crate) fn list_files(root: &Path) -> io::Result<Vec<(String, PathBuf)>> {
+    let mut files = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(&dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            let path = entry.path();
+            if kind.is_dir() {
+                pending.push(path);
+            } else if kind.is_file() {
+                let relative = path.strip_prefix(root).map_err(io::Error::other)?;
+                files.push((relative.to_string_lossy().into_owned(), path));
+            } else {
+                return Err(io::Error::other(format!("{}: not a plain file", path.display())));
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}

@@ -1,0 +1,118 @@
+//! ferry: move a running Docker container to another host with CRIU, state intact.
+//!
+//! `main` parses the command line, sets up logging on stderr, runs one command
+//! and maps its error to an exit code (see the README's table).
+
+mod commands;
+mod doctor;
+mod engine;
+mod error;
+mod host;
+mod payload;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use argh::FromArgs;
+
+use commands::Context;
+use error::{Error, Kind};
+
+/// Where ferry keeps checkpoints while it packs and unpacks them.
+const DEFAULT_WORK_DIR: &str = "/var/lib/ferry";
+
+#[derive(FromArgs, Debug)]
+/// Move a running Docker container to another host with CRIU, state intact.
+struct Cli {
+    /// the Docker engine's Unix socket (default: $DOCKER_HOST, else /var/run/docker.sock)
+    #[argh(option)]
+    docker_socket: Option<PathBuf>,
+    /// folder for checkpoints in transit (default: $FERRY_WORK_DIR, else /var/lib/ferry)
+    #[argh(option)]
+    work_dir: Option<PathBuf>,
+    /// log more (debug); FERRY_LOG=trace|debug|info|warn|error sets the level too
+    #[argh(switch, short = 'v')]
+    verbose: bool,
+    /// log errors only
+    #[argh(switch, short = 'q')]
+    quiet: bool,
+    /// print the version and exit
+    #[argh(switch)]
+    version: bool,
+    #[argh(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+enum Command {
+    Checkpoint(commands::checkpoint::Args),
+    Restore(commands::restore::Args),
+    Doctor(commands::doctor::Args),
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let program = args.first().map(String::as_str).unwrap_or("ferry");
+    let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    let cli = match Cli::from_args(&[program], &rest) {
+        Ok(cli) => cli,
+        Err(early) => {
+            // --help prints to stdout and succeeds; a usage error goes to stderr.
+            return match early.status {
+                Ok(()) => {
+                    println!("{}", early.output);
+                    ExitCode::SUCCESS
+                }
+                Err(()) => {
+                    eprintln!("{}", early.output.trim_end());
+                    ExitCode::from(Kind::Usage.exit_code())
+                }
+            };
+        }
+    };
+    init_logging(&cli);
+    match try_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            log::error!("{error}");
+            ExitCode::from(error.kind.exit_code())
+        }
+    }
+}
+
+fn try_main(cli: Cli) -> Result<(), Error> {
+    if cli.version {
+        println!("ferry {}", env!("CARGO_PKG_VERSION"));
+        return Ok(());
+    }
+    let work_dir = cli
+        .work_dir
+        .or_else(|| std::env::var_os("FERRY_WORK_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_WORK_DIR));
+    let context = Context { docker_socket: cli.docker_socket, work_dir };
+    let Some(command) = cli.command else {
+        return Err(Error::new(Kind::Usage, "no command given — `ferry --help` lists them"));
+    };
+    match command {
+        Command::Checkpoint(args) => commands::checkpoint::run(&context, args),
+        Command::Restore(args) => commands::restore::run(&context, args),
+        Command::Doctor(args) => commands::doctor::run(&context, args),
+    }
+}
+
+fn init_logging(cli: &Cli) {
+    let from_env = std::env::var("FERRY_LOG").ok().and_then(|v| v.parse::<log::LevelFilter>().ok());
+    let level = if cli.quiet {
+        log::LevelFilter::Error
+    } else if cli.verbose {
+        log::LevelFilter::Debug
+    } else {
+        from_env.unwrap_or(log::LevelFilter::Info)
+    };
+    // Only ferry's own records: ureq's are noise at debug level.
+    let _ = simple_logger::SimpleLogger::new()
+        .with_level(log::LevelFilter::Warn)
+        .with_module_level("ferry", level)
+        .init();
+}

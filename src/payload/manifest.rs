@@ -1,0 +1,359 @@
+//! `manifest.json`: what a payload carries and how to recreate its container.
+//!
+//! Only allow-listed container settings are carried: a payload can ask the
+//! restoring host for a command, environment, limits and published ports, and
+//! never for privileges, devices, host namespaces or bind mounts.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Component, Path};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{Error, Result, CHECKPOINT_DIR, IMAGE_ENTRY, ROOTFS_DIR};
+
+/// Bumped whenever a reader of the previous version would misread a payload.
+pub(crate) const FORMAT_VERSION: u32 = 1;
+
+/// The largest manifest ferry reads; a checkpoint of thousands of files stays far below.
+pub(crate) const MANIFEST_LIMIT: u64 = 4 * 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Mode {
+    /// CRIU images: the process carries on where it was.
+    Criu,
+    /// A committed image: the container starts afresh from its filesystem.
+    Commit,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Manifest {
+    pub format: u32,
+    pub ferry_version: String,
+    pub mode: Mode,
+    /// Seconds since the Unix epoch when the checkpoint was taken.
+    pub created_unix: u64,
+    pub source: SourceHost,
+    pub container: ContainerSpec,
+    /// The CRIU checkpoint's name (criu mode).
+    #[serde(default)]
+    pub checkpoint_name: Option<String>,
+    #[serde(default)]
+    pub rootfs: RootfsChanges,
+    pub entries: Vec<Entry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub(crate) struct SourceHost {
+    pub hostname: String,
+    /// As the engine reports it (`uname -m`): x86_64, aarch64, armv7l.
+    pub arch: String,
+    pub kernel: String,
+    pub criu_version: String,
+    pub docker_version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ContainerSpec {
+    pub name: String,
+    /// `sha256:…` of the image the container runs.
+    pub image_id: String,
+    #[serde(default)]
+    pub image_tags: Vec<String>,
+    pub config: RecreateConfig,
+    pub host_config: HostLimits,
+}
+
+/// The allow-listed part of Docker's container `Config`, in Docker's own
+/// field names so that it reads straight from inspect and writes straight into create.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct RecreateConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<String>>,
+    #[serde(default)]
+    pub working_dir: String,
+    #[serde(default)]
+    pub user: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exposed_ports: Option<BTreeMap<String, Value>>,
+    #[serde(default)]
+    pub hostname: String,
+    /// A restored process keeps its terminal, so the new container needs the same.
+    #[serde(default)]
+    pub tty: bool,
+    #[serde(default)]
+    pub open_stdin: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+}
+
+/// The allow-listed part of Docker's `HostConfig`: limits and published ports.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct HostLimits {
+    #[serde(default)]
+    pub memory: i64,
+    #[serde(default)]
+    pub memory_swap: i64,
+    #[serde(default)]
+    pub nano_cpus: i64,
+    #[serde(default)]
+    pub cpu_quota: i64,
+    #[serde(default)]
+    pub cpu_period: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_bindings: Option<BTreeMap<String, Option<Vec<PortBinding>>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_policy: Option<RestartPolicy>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct PortBinding {
+    #[serde(default)]
+    pub host_ip: String,
+    #[serde(default)]
+    pub host_port: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct RestartPolicy {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub maximum_retry_count: i64,
+}
+
+/// Files the app changed in its container's filesystem.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub(crate) struct RootfsChanges {
+    pub archives: Vec<RootfsArchive>,
+    /// Absolute paths the app deleted from its image's files.
+    pub deleted: Vec<String>,
+}
+
+/// One `GET /containers/{id}/archive` answer, to be put back into `target_dir`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct RootfsArchive {
+    /// The payload entry holding the tar.
+    pub entry: String,
+    /// The absolute folder in the container the tar is extracted into.
+    pub target_dir: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct Entry {
+    /// Relative path inside the payload.
+    pub path: String,
+    pub size: u64,
+    /// Lower-case hex SHA-256 of the entry's bytes.
+    pub sha256: String,
+}
+
+impl Manifest {
+    /// Checks everything the manifest says before anything is written.
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.format > FORMAT_VERSION || self.format == 0 {
+            return Err(Error::Format { found: self.format });
+        }
+        let bad = |what: String| Err(Error::Manifest(what));
+        if !is_name(&self.container.name) {
+            return bad(format!("container name {:?} is not a Docker name", self.container.name));
+        }
+        if !is_image_id(&self.container.image_id) {
+            return bad(format!("image id {:?} is not sha256:<64 hex>", self.container.image_id));
+        }
+        match (self.mode, &self.checkpoint_name) {
+            (Mode::Criu, Some(name)) if is_name(name) => {}
+            (Mode::Criu, other) => return bad(format!("checkpoint name {other:?} is missing or not a name")),
+            (Mode::Commit, _) => {}
+        }
+        let mut seen = BTreeSet::new();
+        for entry in &self.entries {
+            check_entry_path(&entry.path)?;
+            if entry.sha256.len() != 64 || !entry.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return bad(format!("entry {} has no SHA-256", entry.path));
+            }
+            if !seen.insert(entry.path.as_str()) {
+                return bad(format!("entry {} is listed twice", entry.path));
+            }
+        }
+        for archive in &self.rootfs.archives {
+            if !seen.contains(archive.entry.as_str()) || !archive.entry.starts_with("rootfs/") {
+                return bad(format!("rootfs archive {} is not an entry of the payload", archive.entry));
+            }
+            check_container_path(&archive.target_dir)?;
+        }
+        for deleted in &self.rootfs.deleted {
+            check_container_path(deleted)?;
+            if deleted == "/" {
+                return bad("the root folder cannot be deleted".into());
+            }
+        }
+        if self.mode == Mode::Commit && !seen.contains(IMAGE_ENTRY) {
+            return bad(format!("commit-mode payload has no {IMAGE_ENTRY}"));
+        }
+        Ok(())
+    }
+
+    /// Sum of the sizes of every entry: what unpacking writes to disk.
+    pub(crate) fn raw_size(&self) -> u64 {
+        self.entries.iter().map(|e| e.size).sum()
+    }
+}
+
+/// The one spelling ferry uses for a CPU architecture.
+pub(crate) fn normalize_arch(arch: &str) -> &str {
+    match arch {
+        "amd64" | "x86-64" => "x86_64",
+        "arm64" | "aarch64_be" => "aarch64",
+        "armhf" | "armv7" | "arm" => "armv7l",
+        other => other,
+    }
+}
+
+fn is_name(name: &str) -> bool {
+    // Docker's container-name rule: [a-zA-Z0-9][a-zA-Z0-9_.-]+
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphanumeric())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && name.len() <= 128
+}
+
+fn is_image_id(id: &str) -> bool {
+    id.strip_prefix("sha256:")
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// An entry path must be relative, made of plain components, and under one of
+/// the folders the format defines.
+pub(crate) fn check_entry_path(path: &str) -> Result<()> {
+    let refuse = |reason: &str| Err(Error::Unsafe { entry: path.to_string(), reason: reason.to_string() });
+    if path.is_empty() || path.contains('\0') || path.contains('\\') {
+        return refuse("empty or unusual characters");
+    }
+    if path.starts_with('/') {
+        return refuse("absolute paths are never unpacked");
+    }
+    // Split by hand: Path::components() would quietly drop "." and "a//b".
+    for segment in path.split('/') {
+        match segment {
+            ".." => return refuse("'..' would leave the destination"),
+            "" | "." => return refuse("only plain relative paths are allowed"),
+            _ => {}
+        }
+    }
+    let top = path.split('/').next().unwrap_or_default();
+    let known = top == super::MANIFEST_ENTRY
+        || path == IMAGE_ENTRY
+        || (top == CHECKPOINT_DIR && path.len() > CHECKPOINT_DIR.len() + 1)
+        || (top == ROOTFS_DIR && path.len() > ROOTFS_DIR.len() + 1);
+    if !known {
+        return refuse("not a part of the payload format");
+    }
+    Ok(())
+}
+
+/// A path inside the container: absolute, plain, no `..`.
+fn check_container_path(path: &str) -> Result<()> {
+    let parsed = Path::new(path);
+    let plain = parsed.is_absolute()
+        && !path.contains('\0')
+        && parsed.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    if plain {
+        Ok(())
+    } else {
+        Err(Error::Manifest(format!("container path {path:?} must be absolute without '..'")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> Manifest {
+        Manifest {
+            format: FORMAT_VERSION,
+            ferry_version: "0.1.0".into(),
+            mode: Mode::Criu,
+            created_unix: 1_700_000_000,
+            source: SourceHost { arch: "x86_64".into(), ..Default::default() },
+            container: ContainerSpec {
+                name: "web".into(),
+                image_id: format!("sha256:{}", "a".repeat(64)),
+                image_tags: vec!["web:latest".into()],
+                config: RecreateConfig::default(),
+                host_config: HostLimits::default(),
+            },
+            checkpoint_name: Some("ferry".into()),
+            rootfs: RootfsChanges::default(),
+            entries: vec![Entry { path: "checkpoint/core-1.img".into(), size: 3, sha256: "0".repeat(64) }],
+        }
+    }
+
+    #[test]
+    fn sample_manifest_is_valid_and_round_trips() {
+        let manifest = sample();
+        manifest.validate().unwrap();
+        let text = serde_json::to_string(&manifest).unwrap();
+        let back: Manifest = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.entries, manifest.entries);
+        assert_eq!(back.container.config, manifest.container.config);
+    }
+
+    #[test]
+    fn newer_format_is_refused_by_number() {
+        let mut manifest = sample();
+        manifest.format = FORMAT_VERSION + 1;
+        let error = manifest.validate().unwrap_err().to_string();
+        assert!(error.contains(&format!("format {}", FORMAT_VERSION + 1)), "{error}");
+    }
+
+    #[test]
+    fn entry_paths_that_escape_are_refused() {
+        for path in ["../etc/passwd", "/etc/passwd", "checkpoint/../../x", "checkpoint/./a", "other/x", "checkpoint"] {
+            assert!(check_entry_path(path).is_err(), "{path} accepted");
+        }
+        for path in ["manifest.json", "checkpoint/pages-1.img", "rootfs/0.tar", "image.tar"] {
+            check_entry_path(path).unwrap();
+        }
+    }
+
+    #[test]
+    fn config_reads_only_allowed_fields_from_docker_inspect() {
+        let inspect = serde_json::json!({
+            "Cmd": ["/counter", "16"], "Env": ["A=1"], "Image": "x", "Volumes": {"/data": {}},
+            "Hostname": "h", "Tty": false, "Labels": {"k": "v"}
+        });
+        let config: RecreateConfig = serde_json::from_value(inspect).unwrap();
+        let back = serde_json::to_value(&config).unwrap();
+        assert!(back.get("Volumes").is_none() && back.get("Image").is_none());
+        assert_eq!(back["Cmd"][1], "16");
+        let host: HostLimits = serde_json::from_value(serde_json::json!({
+            "Memory": 134217728, "Privileged": true, "Binds": ["/:/host"], "CapAdd": ["SYS_ADMIN"]
+        }))
+        .unwrap();
+        let back = serde_json::to_value(&host).unwrap();
+        assert_eq!(back["Memory"], 134217728);
+        assert!(back.get("Privileged").is_none() && back.get("Binds").is_none() && back.get("CapAdd").is_none());
+    }
+
+    #[test]
+    fn rootfs_target_must_be_absolute_and_plain() {
+        let mut manifest = sample();
+        manifest.entries.push(Entry { path: "rootfs/0.tar".into(), size: 1, sha256: "1".repeat(64) });
+        manifest.rootfs.archives.push(RootfsArchive { entry: "rootfs/0.tar".into(), target_dir: "/var/../etc".into() });
+        assert!(manifest.validate().is_err());
+        manifest.rootfs.archives[0].target_dir = "/var/lib".into();
+        manifest.validate().unwrap();
+    }
+}

@@ -1,0 +1,144 @@
+//! The payload format: one tar stream in lz4 frames, `manifest.json` first.
+//!
+//! ```text
+//! lz4 frame (64 KiB blocks)
+//! └─ tar
+//!    ├─ manifest.json          what was packed, from where, and the SHA-256 of every entry
+//!    ├─ checkpoint/…           CRIU's image files (criu mode)
+//!    ├─ rootfs/N.tar           files the app added or changed, as Docker's archive API gave them
+//!    └─ image.tar              the committed image, as `docker save` gave it (commit mode)
+//! ```
+//!
+//! The manifest comes first so that a receiver knows the total size before it
+//! writes anything, and can check every entry's digest as the entry arrives.
+//! This module knows nothing of Docker: it packs files and unpacks streams.
+
+mod manifest;
+mod pack;
+mod unpack;
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+pub(crate) use manifest::{
+    ContainerSpec, Entry, Manifest, Mode, RootfsArchive, RootfsChanges, SourceHost, FORMAT_VERSION,
+};
+pub(crate) use pack::pack;
+pub(crate) use unpack::unpack;
+
+/// Archive path of the manifest, always the first entry.
+pub(crate) const MANIFEST_ENTRY: &str = "manifest.json";
+/// Archive folder of CRIU's images.
+pub(crate) const CHECKPOINT_DIR: &str = "checkpoint";
+/// Archive folder of the rootfs change archives.
+pub(crate) const ROOTFS_DIR: &str = "rootfs";
+/// Archive path of the committed image (commit mode).
+pub(crate) const IMAGE_ENTRY: &str = "image.tar";
+
+#[derive(Debug)]
+pub(crate) enum Error {
+    /// Reading a source file or writing the destination failed.
+    Io { path: PathBuf, source: io::Error },
+    /// The stream is not a payload, or ended early, or is damaged.
+    Corrupt(String),
+    /// An entry's bytes do not match the manifest.
+    Checksum { entry: String, detail: String },
+    /// An entry would write outside the destination, or is a kind ferry never packs.
+    Unsafe { entry: String, reason: String },
+    /// The payload was written by a newer ferry.
+    Format { found: u32 },
+    /// The payload was made on another CPU architecture.
+    Arch { payload: String, host: String },
+    /// The manifest is well-formed JSON but says something impossible.
+    Manifest(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            Error::Corrupt(detail) => write!(f, "payload is truncated or corrupt: {detail}"),
+            Error::Checksum { entry, detail } => {
+                write!(f, "payload entry {entry} is damaged ({detail}) — send the payload again")
+            }
+            Error::Unsafe { entry, reason } => write!(f, "payload entry {entry:?} refused: {reason}"),
+            Error::Format { found } => write!(
+                f,
+                "payload format {found} is newer than this ferry understands (format {FORMAT_VERSION}) \
+                 — upgrade ferry on this host"
+            ),
+            Error::Arch { payload, host } => write!(
+                f,
+                "payload was made on {payload} but this host is {host}: CRIU images cannot cross CPU \
+                 architectures — restore it on a {payload} host"
+            ),
+            Error::Manifest(detail) => write!(f, "payload manifest is invalid: {detail}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub(crate) type Result<T> = std::result::Result<T, Error>;
+
+/// The lz4 block size of ferry payloads.
+pub(crate) const LZ4_BLOCK: lz4_flex::frame::BlockSize = lz4_flex::frame::BlockSize::Max64KB;
+
+/// Hex SHA-256 of a stream, read in `buffer`-sized pieces.
+pub(crate) fn sha256_hex(mut reader: impl io::Read) -> io::Result<(u64, String)> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buffer[..n]);
+        total += n as u64;
+    }
+    Ok((total, hex(&hasher.finalize())))
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Counts the bytes that pass through a reader or writer.
+pub(crate) struct Counting<T> {
+    pub(crate) inner: T,
+    pub(crate) count: u64,
+}
+
+impl<T> Counting<T> {
+    pub(crate) fn new(inner: T) -> Counting<T> {
+        Counting { inner, count: 0 }
+    }
+}
+
+impl<R: io::Read> io::Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+impl<W: io::Write> io::Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,85 @@
+//! The write side: files on disk → tar → lz4 → any `Write`.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use lz4_flex::frame::{FrameEncoder, FrameInfo};
+
+use super::{sha256_hex, Counting, Entry, Error, Manifest, Result, LZ4_BLOCK, MANIFEST_ENTRY};
+
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PackStats {
+    /// Bytes of every entry, manifest included, before compression.
+    pub raw_bytes: u64,
+    /// Bytes written to the output.
+    pub compressed_bytes: u64,
+}
+
+/// Packs `files` (archive path, file on disk) behind a manifest that lists
+/// their sizes and digests, and writes the payload to `output`.
+///
+/// Each file is read twice: once to hash it (the manifest goes first), once to
+/// pack it. The second read comes from the page cache; memory stays at a few
+/// buffers whatever the sizes.
+pub(crate) fn pack(manifest: &mut Manifest, files: &[(String, PathBuf)], output: impl Write) -> Result<PackStats> {
+    manifest.entries.clear();
+    for (archive_path, disk_path) in files {
+        let file = open(disk_path)?;
+        let (size, sha256) = sha256_hex(file).map_err(|source| io_error(disk_path, source))?;
+        manifest.entries.push(Entry { path: archive_path.clone(), size, sha256 });
+    }
+    manifest.validate()?;
+    let manifest_json = serde_json::to_vec_pretty(manifest)
+        .map_err(|e| Error::Manifest(format!("cannot encode manifest: {e}")))?;
+
+    let output_name = Path::new("payload output");
+    let counted = Counting::new(output);
+    let mut frame_info = FrameInfo::new();
+    frame_info.block_size = LZ4_BLOCK;
+    let encoder = FrameEncoder::with_frame_info(frame_info, counted);
+    let mut builder = tar::Builder::new(encoder);
+
+    let mut header = entry_header(manifest_json.len() as u64, manifest.created_unix);
+    builder
+        .append_data(&mut header, MANIFEST_ENTRY, manifest_json.as_slice())
+        .map_err(|source| io_error(output_name, source))?;
+    let mut raw_bytes = manifest_json.len() as u64;
+
+    for ((archive_path, disk_path), entry) in files.iter().zip(&manifest.entries) {
+        let file = open(disk_path)?;
+        let current = file.metadata().map_err(|source| io_error(disk_path, source))?.len();
+        if current != entry.size {
+            return Err(io_error(disk_path, io::Error::other("file changed while it was being packed")));
+        }
+        let mut header = entry_header(entry.size, manifest.created_unix);
+        builder
+            .append_data(&mut header, archive_path, file)
+            .map_err(|source| io_error(output_name, source))?;
+        raw_bytes += entry.size;
+    }
+
+    let encoder = builder.into_inner().map_err(|source| io_error(output_name, source))?;
+    let mut counted = encoder
+        .finish()
+        .map_err(|e| io_error(output_name, io::Error::other(e)))?;
+    counted.flush().map_err(|source| io_error(output_name, source))?;
+    Ok(PackStats { raw_bytes, compressed_bytes: counted.count })
+}
+
+fn entry_header(size: u64, mtime: u64) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_size(size);
+    header.set_mode(0o600);
+    header.set_mtime(mtime);
+    header
+}
+
+fn open(path: &Path) -> Result<File> {
+    File::open(path).map_err(|source| io_error(path, source))
+}
+
+fn io_error(path: &Path, source: io::Error) -> Error {
+    Error::Io { path: path.to_path_buf(), source }
+}

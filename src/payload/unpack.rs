@@ -1,0 +1,162 @@
+//! The read side: any `Read` → lz4 → tar → files under one new folder, every
+//! entry checked against the manifest as it arrives.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use lz4_flex::frame::FrameDecoder;
+use sha2::Digest;
+
+use super::manifest::{check_entry_path, normalize_arch, MANIFEST_LIMIT};
+use super::{hex, Counting, Error, Manifest, Result, MANIFEST_ENTRY};
+
+#[derive(Debug)]
+pub(crate) struct Unpacked {
+    pub manifest: Manifest,
+    /// Bytes read from the input.
+    pub compressed_bytes: u64,
+    /// Bytes of every entry, manifest included.
+    pub raw_bytes: u64,
+}
+
+/// Unpacks a payload into `dest`, which must not exist yet.
+///
+/// Refuses, before writing any entry, a payload of another format version or
+/// CPU architecture than `host_arch`, or one whose entries would need more
+/// than `max_raw_bytes`. Refuses any entry that is not a plain file or folder
+/// under the format's folders, that the manifest does not list, or whose size
+/// or SHA-256 differ from it. On any error `dest` is removed: a payload is
+/// either unpacked whole and verified, or not at all.
+pub(crate) fn unpack(input: impl Read, dest: &Path, host_arch: &str, max_raw_bytes: Option<u64>) -> Result<Unpacked> {
+    fs::create_dir(dest).map_err(|source| Error::Io { path: dest.to_path_buf(), source })?;
+    let result = unpack_into(input, dest, host_arch, max_raw_bytes);
+    if result.is_err() {
+        let _ = fs::remove_dir_all(dest);
+    }
+    result
+}
+
+fn unpack_into(input: impl Read, dest: &Path, host_arch: &str, max_raw_bytes: Option<u64>) -> Result<Unpacked> {
+    let mut counted = Counting::new(input);
+    let decoder = FrameDecoder::new(&mut counted);
+    let mut archive = tar::Archive::new(decoder);
+    let mut entries = archive.entries().map_err(corrupt)?;
+
+    let manifest = {
+        let mut first = match entries.next() {
+            Some(entry) => entry.map_err(corrupt)?,
+            None => return Err(Error::Corrupt("empty stream: no manifest".into())),
+        };
+        let path = entry_path(&first)?;
+        if path != MANIFEST_ENTRY || !first.header().entry_type().is_file() {
+            return Err(Error::Corrupt(format!("first entry is {path:?}, not {MANIFEST_ENTRY}: not a ferry payload")));
+        }
+        if first.size() > MANIFEST_LIMIT {
+            return Err(Error::Manifest(format!("manifest of {} bytes is larger than the limit", first.size())));
+        }
+        let mut text = Vec::new();
+        first.read_to_end(&mut text).map_err(corrupt)?;
+        let manifest: Manifest = serde_json::from_slice(&text).map_err(|e| {
+            // A newer writer may have changed the shape: name its version if we can read it.
+            match serde_json::from_slice::<serde_json::Value>(&text).ok().and_then(|v| v["format"].as_u64()) {
+                Some(found) if found > u64::from(super::FORMAT_VERSION) => Error::Format { found: found as u32 },
+                _ => Error::Manifest(e.to_string()),
+            }
+        })?;
+        manifest.validate()?;
+        let payload_arch = normalize_arch(&manifest.source.arch);
+        if payload_arch != normalize_arch(host_arch) {
+            return Err(Error::Arch { payload: manifest.source.arch.clone(), host: host_arch.to_string() });
+        }
+        if let Some(limit) = max_raw_bytes {
+            if manifest.raw_size() > limit {
+                return Err(Error::Manifest(format!(
+                    "payload unpacks to {} bytes, more than the {limit} bytes allowed here",
+                    manifest.raw_size()
+                )));
+            }
+        }
+        manifest
+    };
+
+    let mut expected: BTreeMap<&str, &super::Entry> =
+        manifest.entries.iter().map(|e| (e.path.as_str(), e)).collect();
+    let raw_bytes = manifest.raw_size();
+    let mut buffer = vec![0u8; 64 * 1024];
+
+    for entry in entries {
+        let mut entry = entry.map_err(corrupt)?;
+        let path = entry_path(&entry)?;
+        let kind = entry.header().entry_type();
+        if kind.is_dir() {
+            check_entry_path(path.trim_end_matches('/'))?;
+            fs::create_dir_all(dest.join(&path)).map_err(|source| Error::Io { path: dest.join(&path), source })?;
+            continue;
+        }
+        if !kind.is_file() {
+            return Err(Error::Unsafe {
+                entry: path,
+                reason: format!("a {kind:?} entry: ferry payloads hold only files and folders, never links or devices"),
+            });
+        }
+        check_entry_path(&path)?;
+        let Some(listed) = expected.remove(path.as_str()) else {
+            return Err(Error::Unsafe { entry: path, reason: "not listed in the manifest (or listed once and sent twice)".into() });
+        };
+        let target = dest.join(&path);
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent).map_err(|source| Error::Io { path: parent.to_path_buf(), source })?;
+        }
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&target)
+            .map_err(|source| Error::Io { path: target.clone(), source })?;
+        let (size, sha256) = copy_hashing(&mut entry, &mut file, &mut buffer, &target)?;
+        if size != listed.size || sha256 != listed.sha256 {
+            return Err(Error::Checksum {
+                entry: path,
+                detail: format!("{size} bytes with SHA-256 {sha256}, manifest says {} bytes with {}", listed.size, listed.sha256),
+            });
+        }
+    }
+    if let Some(missing) = expected.keys().next() {
+        return Err(Error::Corrupt(format!("entry {missing} listed in the manifest never arrived")));
+    }
+    // Read the tar padding and the lz4 end mark too: a stream is only whole
+    // once its frame ends, and an HTTP body must be read to its end.
+    io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(corrupt)?;
+    Ok(Unpacked { manifest, compressed_bytes: counted.count, raw_bytes })
+}
+
+fn entry_path<R: Read>(entry: &tar::Entry<'_, R>) -> Result<String> {
+    let bytes = entry.path_bytes();
+    match std::str::from_utf8(&bytes) {
+        Ok(path) => Ok(path.to_string()),
+        Err(_) => Err(Error::Unsafe { entry: String::from_utf8_lossy(&bytes).into_owned(), reason: "not UTF-8".into() }),
+    }
+}
+
+fn copy_hashing(reader: &mut impl Read, file: &mut File, buffer: &mut [u8], target: &Path) -> Result<(u64, String)> {
+    let mut hasher = sha2::Sha256::new();
+    let mut size = 0u64;
+    loop {
+        let n = match reader.read(buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(corrupt(e)),
+        };
+        hasher.update(&buffer[..n]);
+        file.write_all(&buffer[..n]).map_err(|source| Error::Io { path: PathBuf::from(target), source })?;
+        size += n as u64;
+    }
+    Ok((size, hex(&hasher.finalize())))
+}
+
+/// Errors while reading the stream mean the stream is bad, whatever io::Error says.
+fn corrupt(error: io::Error) -> Error {
+    Error::Corrupt(error.to_string())
+}
