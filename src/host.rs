@@ -69,6 +69,12 @@ impl JobDir {
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Keeps the folder on disk (for a person to recover from) and returns its path.
+    pub(crate) fn keep(mut self) -> PathBuf {
+        self.keep = true;
+        self.path.clone()
+    }
 }
 
 impl Drop for JobDir {

@@ -18,6 +18,9 @@ use argh::FromArgs;
 use commands::Context;
 use error::{Error, Kind};
 
+/// What a lone "-" on the command line stands for.
+const STDIN_PATH: &str = "/dev/stdin";
+
 /// Where ferry keeps checkpoints while it packs and unpacks them.
 const DEFAULT_WORK_DIR: &str = "/var/lib/ferry";
 
@@ -54,7 +57,18 @@ enum Command {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let program = args.first().map(String::as_str).unwrap_or("ferry");
-    let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    // argh takes a lone "-" for an unknown flag; as a positional it means
+    // stdin, so hand argh the path that says so. (`-o -` is an option's value
+    // and stays as it is.)
+    let rest: Vec<&str> = args
+        .iter()
+        .skip(1)
+        .enumerate()
+        .map(|(i, arg)| {
+            let after_option = i > 0 && matches!(args[i].as_str(), "-o" | "--output");
+            if arg == "-" && !after_option { STDIN_PATH } else { arg.as_str() }
+        })
+        .collect();
     let cli = match Cli::from_args(&[program], &rest) {
         Ok(cli) => cli,
         Err(early) => {

@@ -77,13 +77,23 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
         None => (Box::new(io::stdout().lock()), None),
     };
 
-    let mut report = checkpoint_to(&engine, &context.work_dir, &args.container, args.mode, args.leave_running, sink)?;
-    if let Some(mut partial) = partial {
+    let info = engine.info()?;
+    let mut taken = take(&engine, &info, &context.work_dir, &args.container, args.mode, args.leave_running)?;
+    let pack_started = Instant::now();
+    let stats = match taken.pack_into(sink) {
+        Ok(stats) => stats,
+        Err(error) => return Err(taken.give_back(&engine, &info, error)),
+    };
+    let report = Report {
+        container: taken.name.clone(),
+        mode: taken.mode_name(),
+        checkpoint_secs: taken.checkpoint_secs,
+        pack_secs: seconds_since(pack_started),
+        raw_bytes: stats.raw_bytes,
+        compressed_bytes: stats.compressed_bytes,
         // The payload is whole: keep it.
-        report.output = partial.keep().display().to_string();
-    } else {
-        report.output = "-".into();
-    }
+        output: partial.map(|mut p| p.keep().display().to_string()).unwrap_or_else(|| "-".into()),
+    };
     let line = format!(
         "checkpointed {} ({}): checkpoint {:.2}s, pack {:.2}s, {} raw, {} compressed → {}",
         report.container,
@@ -99,21 +109,73 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Checkpoints `container` and writes its payload to `sink`. Shared by
-/// `checkpoint` and `migrate`.
-///
-/// Without `leave_running` the container is stopped by the checkpoint; if
-/// anything fails after that, it is started again from its own checkpoint, so
-/// a failed checkpoint never costs the app.
-pub(crate) fn checkpoint_to(
+/// A checkpoint taken and not yet delivered: the files to pack, and the way
+/// back should delivery fail. Dropping it deletes its files.
+pub(crate) struct Taken {
+    pub manifest: Manifest,
+    pub name: String,
+    pub container_id: String,
+    pub checkpoint_secs: f64,
+    files: Vec<(String, PathBuf)>,
+    /// Whether taking it stopped the source container.
+    stopped: bool,
+    job: JobDir,
+}
+
+impl Taken {
+    pub(crate) fn mode_name(&self) -> &'static str {
+        match self.manifest.mode {
+            Mode::Criu => "criu",
+            Mode::Commit => "commit",
+        }
+    }
+
+    /// Streams the payload into `sink`.
+    pub(crate) fn pack_into(&mut self, sink: impl Write) -> Result<payload::PackStats> {
+        log::info!("packing {} files", self.files.len());
+        Ok(payload::pack(&mut self.manifest, &self.files, sink)?)
+    }
+
+    /// After a failed delivery: starts the source again if the checkpoint
+    /// stopped it (from its own checkpoint in criu mode, so the app carries
+    /// on), and returns `error` saying where the app now is.
+    pub(crate) fn give_back(self, engine: &Engine, info: &Info, error: Error) -> Error {
+        if !self.stopped {
+            return error.context(format!("{} was not moved and still runs here", self.name));
+        }
+        log::warn!("{error}; starting {} again here", self.name);
+        let resumed = match self.manifest.mode {
+            Mode::Criu => restore::start_from_checkpoint(
+                engine,
+                info,
+                &self.container_id,
+                &self.job.path().join(CHECKPOINT_NAME),
+                CHECKPOINT_NAME,
+            ),
+            Mode::Commit => engine.start_container(&self.container_id, None).map_err(Error::from),
+        };
+        match resumed {
+            Ok(()) => error.context(format!("{} was not moved and runs again here", self.name)),
+            Err(resume) => error.context(format!(
+                "{} is stopped here and could not be started again ({resume}) — its checkpoint is kept in {}",
+                self.name,
+                self.job.keep().display()
+            )),
+        }
+    }
+}
+
+/// Checkpoints `container`: CRIU images and rootfs changes (criu mode) or a
+/// committed image (commit mode) in a job folder under `work_dir`.
+/// Without `leave_running` the container is stopped.
+pub(crate) fn take(
     engine: &Engine,
+    info: &Info,
     work_dir: &Path,
     container: &str,
     mode: Mode,
     leave_running: bool,
-    sink: impl Write,
-) -> Result<Report> {
-    let info = engine.info()?;
+) -> Result<Taken> {
     let inspect = inspect_named(engine, container)?;
     if !inspect.state.running {
         return Err(Error::new(
@@ -126,123 +188,80 @@ pub(crate) fn checkpoint_to(
         ));
     }
     refuse_uncarryable(&inspect)?;
-    match mode {
-        Mode::Criu => checkpoint_criu(engine, &info, work_dir, &inspect, leave_running, sink),
-        Mode::Commit => checkpoint_commit(engine, &info, work_dir, &inspect, leave_running, sink),
+    if mode == Mode::Criu {
+        require_experimental(info)?;
     }
-}
-
-fn checkpoint_criu(
-    engine: &Engine,
-    info: &Info,
-    work_dir: &Path,
-    inspect: &ContainerInspect,
-    leave_running: bool,
-    sink: impl Write,
-) -> Result<Report> {
-    require_experimental(info)?;
-    let name = inspect.short_name().to_string();
-    let mut manifest = base_manifest(engine, info, inspect, Mode::Criu)?;
-    manifest.checkpoint_name = Some(CHECKPOINT_NAME.into());
+    let manifest = base_manifest(engine, info, &inspect, mode)?;
     let job = JobDir::create(work_dir, "checkpoint")
         .map_err(|e| io_error(format!("cannot create a folder in the work dir {}", work_dir.display()), e))?;
-
+    let mut taken = Taken {
+        manifest,
+        name: inspect.short_name().to_string(),
+        container_id: inspect.id.clone(),
+        checkpoint_secs: 0.0,
+        files: Vec::new(),
+        stopped: false,
+        job,
+    };
     let started = Instant::now();
-    log::info!("checkpointing {name} with CRIU");
-    engine
-        .checkpoint_create(&inspect.id, CHECKPOINT_NAME, Some(job.path()), !leave_running)
-        .map_err(|e| criu_error(&name, "checkpoint", e))?;
-    let checkpoint_secs = seconds_since(started);
-    let checkpoint_dir = job.path().join(CHECKPOINT_NAME);
-
-    let packed = (|| {
-        let pack_started = Instant::now();
-        let rootfs_dir = job.path().join(payload::ROOTFS_DIR);
-        let (rootfs, mut files) = capture_rootfs(engine, &inspect.id, &rootfs_dir)?;
-        manifest.rootfs = rootfs;
-        let images = host::list_files(&checkpoint_dir)
-            .map_err(|e| io_error(format!("cannot read the checkpoint in {}", checkpoint_dir.display()), e))?;
-        files.extend(
-            images.into_iter().map(|(relative, path)| (format!("{}/{relative}", payload::CHECKPOINT_DIR), path)),
-        );
-        log::info!("packing {} files", files.len());
-        let stats = payload::pack(&mut manifest, &files, sink)?;
-        Ok::<_, Error>((stats, seconds_since(pack_started)))
-    })();
-
-    match packed {
-        Ok((stats, pack_secs)) => Ok(Report {
-            container: name,
-            mode: "criu",
-            checkpoint_secs,
-            pack_secs,
-            raw_bytes: stats.raw_bytes,
-            compressed_bytes: stats.compressed_bytes,
-            output: String::new(),
-        }),
-        Err(error) if !leave_running => {
-            log::warn!("packing failed ({error}); starting {name} again from its checkpoint");
-            match restore::start_from_checkpoint(engine, info, &inspect.id, &checkpoint_dir, CHECKPOINT_NAME) {
-                Ok(_) => Err(error.context(format!("{name} was not moved and runs again here"))),
-                Err(resume) => Err(error.context(format!(
-                    "{name} is stopped and could not be started again from its checkpoint ({resume})"
-                ))),
-            }
-        }
-        Err(error) => Err(error),
+    let result = match mode {
+        Mode::Criu => take_criu(engine, &mut taken, leave_running),
+        Mode::Commit => take_commit(engine, &mut taken, leave_running),
+    };
+    taken.checkpoint_secs = seconds_since(started);
+    match result {
+        Ok(()) => Ok(taken),
+        Err(error) => Err(taken.give_back(engine, info, error)),
     }
 }
 
-fn checkpoint_commit(
-    engine: &Engine,
-    info: &Info,
-    work_dir: &Path,
-    inspect: &ContainerInspect,
-    leave_running: bool,
-    sink: impl Write,
-) -> Result<Report> {
-    let name = inspect.short_name().to_string();
-    let mut manifest = base_manifest(engine, info, inspect, Mode::Commit)?;
-    let job = JobDir::create(work_dir, "commit")
-        .map_err(|e| io_error(format!("cannot create a folder in the work dir {}", work_dir.display()), e))?;
-    let started = Instant::now();
+fn take_criu(engine: &Engine, taken: &mut Taken, leave_running: bool) -> Result<()> {
+    log::info!("checkpointing {} with CRIU", taken.name);
+    engine
+        .checkpoint_create(&taken.container_id, CHECKPOINT_NAME, Some(taken.job.path()), !leave_running)
+        .map_err(|e| criu_error(&taken.name, "checkpoint", e))?;
+    taken.stopped = !leave_running;
+    taken.manifest.checkpoint_name = Some(CHECKPOINT_NAME.into());
+    // The app's files, captured while it is frozen or gone, match its memory.
+    let rootfs_dir = taken.job.path().join(payload::ROOTFS_DIR);
+    let (rootfs, mut files) = capture_rootfs(engine, &taken.container_id, &rootfs_dir)?;
+    taken.manifest.rootfs = rootfs;
+    let checkpoint_dir = taken.job.path().join(CHECKPOINT_NAME);
+    let images = host::list_files(&checkpoint_dir)
+        .map_err(|e| io_error(format!("cannot read the checkpoint in {}", checkpoint_dir.display()), e))?;
+    files.extend(images.into_iter().map(|(relative, path)| (format!("{}/{relative}", payload::CHECKPOINT_DIR), path)));
+    taken.files = files;
+    Ok(())
+}
+
+fn take_commit(engine: &Engine, taken: &mut Taken, leave_running: bool) -> Result<()> {
     if !leave_running {
-        log::info!("stopping {name}");
-        engine.stop_container(&inspect.id, 10)?;
+        log::info!("stopping {}", taken.name);
+        engine.stop_container(&taken.container_id, 10)?;
+        taken.stopped = true;
     }
-    let repo = format!("ferry-commit/{name}");
+    let repo = format!("ferry-commit/{}", taken.name);
     let tag = host::unix_now().to_string();
-    log::info!("committing {name} as {repo}:{tag}");
-    let image_id = engine.commit(&inspect.id, &repo, &tag, leave_running)?;
     let reference = format!("{repo}:{tag}");
+    log::info!("committing {} as {reference}", taken.name);
+    let image_id = engine.commit(&taken.container_id, &repo, &tag, leave_running)?;
+    let image_path = taken.job.path().join(payload::IMAGE_ENTRY);
     let saved = (|| {
-        let image_path = job.path().join(payload::IMAGE_ENTRY);
         let mut image_file =
             File::create(&image_path).map_err(|e| io_error(format!("cannot write {}", image_path.display()), e))?;
         io::copy(&mut engine.image_save(&[&reference])?, &mut image_file)
             .map_err(|e| io_error("saving the committed image", e))?;
-        Ok::<_, Error>(image_path)
+        Ok::<_, Error>(())
     })();
     // The committed image lives on in the payload; the source host need not keep it.
     if let Err(e) = engine.remove_image(&image_id) {
         log::warn!("could not remove the committed image {reference}: {e}");
     }
-    let image_path = saved?;
-    let checkpoint_secs = seconds_since(started);
-    manifest.container.image_id = image_id;
-    manifest.container.image_tags = vec![reference];
-
-    let pack_started = Instant::now();
-    let stats = payload::pack(&mut manifest, &[(payload::IMAGE_ENTRY.to_string(), image_path)], sink)?;
-    Ok(Report {
-        container: name,
-        mode: "commit",
-        checkpoint_secs,
-        pack_secs: seconds_since(pack_started),
-        raw_bytes: stats.raw_bytes,
-        compressed_bytes: stats.compressed_bytes,
-        output: String::new(),
-    })
+    saved?;
+    taken.manifest.container.image_id = image_id;
+    taken.manifest.container.image_tags = vec![reference];
+    taken.files = vec![(payload::IMAGE_ENTRY.to_string(), image_path)];
+    Ok(())
 }
 
 /// The manifest without entries: who the container is and where it comes from.
@@ -431,6 +450,41 @@ impl Drop for PartialFile {
     fn drop(&mut self) {
         if !self.0.as_os_str().is_empty() {
             let _ = fs::remove_file(&self.0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inspect(host_config: serde_json::Value, mounts: serde_json::Value) -> ContainerInspect {
+        serde_json::from_value(json!({
+            "Id": "abc", "Name": "/web", "Image": "sha256:x",
+            "State": {"Status": "running", "Running": true},
+            "Config": {}, "HostConfig": host_config, "Mounts": mounts,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn plain_containers_are_carried() {
+        let plain = inspect(json!({"NetworkMode": "default", "Memory": 134217728}), json!([]));
+        refuse_uncarryable(&plain).unwrap();
+    }
+
+    #[test]
+    fn every_power_is_named_in_one_refusal() {
+        let powerful = inspect(
+            json!({"Privileged": true, "Devices": [{"PathOnHost": "/dev/ttyUSB0"}], "PidMode": "host",
+                   "IpcMode": "container:db", "CapAdd": ["SYS_ADMIN"]}),
+            json!([{"Type": "volume", "Name": "pgdata", "Destination": "/var/lib/postgresql"}]),
+        );
+        let error = refuse_uncarryable(&powerful).unwrap_err();
+        assert_eq!(error.kind, Kind::Refused);
+        for reason in ["runs privileged", "host devices", "PID namespace of host", "IPC namespace of container:db",
+                       "SYS_ADMIN", "volume 'pgdata' at /var/lib/postgresql"] {
+            assert!(error.message.contains(reason), "{reason:?} missing from: {}", error.message);
         }
     }
 }

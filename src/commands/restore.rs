@@ -7,7 +7,7 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use argh::FromArgs;
 use serde_json::{json, Value};
@@ -49,7 +49,7 @@ pub(crate) struct Report {
 
 pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     let engine = context.engine()?;
-    let input: Box<dyn Read> = if args.payload == "-" {
+    let input: Box<dyn Read> = if args.payload == "-" || args.payload == "/dev/stdin" {
         Box::new(io::stdin().lock())
     } else {
         let file = File::open(&args.payload).map_err(|e| {
@@ -242,6 +242,8 @@ pub(crate) fn start_from_checkpoint(engine: &Engine, info: &Info, id: &str, imag
     crate::host::move_dir(images, &placed)
         .map_err(|e| io_error(format!("placing the checkpoint in {}", placed.display()), e))?;
     let leaks_before = containerd_extractions();
+    // Filesystem timestamps are coarser than SystemTime: allow a second.
+    let since = SystemTime::now() - Duration::from_secs(1);
     let started = engine.start_container(id, Some(name));
     // containerd extracts the checkpoint into $TMPDIR/ctrd-checkpoint* for every
     // restore and never deletes it (containerd issue 10166): remove ours.
@@ -251,7 +253,7 @@ pub(crate) fn start_from_checkpoint(engine: &Engine, info: &Info, id: &str, imag
     if let Err(e) = removed {
         log::warn!("could not remove the used checkpoint {}: {e}", placed.display());
     }
-    if restore_log(id).is_none() {
+    if restore_log(&info.docker_root_dir, id, since).is_none() {
         return Err(Error::new(
             Kind::Criu,
             format!(
@@ -264,16 +266,20 @@ pub(crate) fn start_from_checkpoint(engine: &Engine, info: &Info, id: &str, imag
     Ok(())
 }
 
-/// Where containerd keeps a running task's bundle, CRIU's restore.log among it.
-const TASK_ROOTS: [&str; 3] = [
-    "/run/docker/containerd/daemon/io.containerd.runtime.v2.task/moby",
-    "/run/containerd/io.containerd.runtime.v2.task/moby",
-    "/run/docker/containerd/daemon/io.containerd.runtime.v1.linux/moby",
-];
-
-/// CRIU's restore.log for a running container, found in its task bundle.
-pub(crate) fn restore_log(id: &str) -> Option<PathBuf> {
-    TASK_ROOTS.iter().find_map(|root| find_file(&Path::new(root).join(id), "restore.log", 3))
+/// CRIU's restore.log for a running container, if written at or after `since`.
+///
+/// containerd's runc shim gives CRIU the task's work dir, under the engine's
+/// data root: `<DockerRootDir>/containerd/daemon/io.containerd.runtime.v2.task/moby/<id>`
+/// (Docker ≥ 20.10 with its own containerd), or under a system containerd's root.
+pub(crate) fn restore_log(docker_root: &Path, id: &str, since: SystemTime) -> Option<PathBuf> {
+    let candidates = [
+        docker_root.join("containerd/daemon/io.containerd.runtime.v2.task/moby").join(id),
+        PathBuf::from("/var/lib/containerd/io.containerd.runtime.v2.task/moby").join(id),
+    ];
+    candidates
+        .iter()
+        .map(|dir| dir.join("restore.log"))
+        .find(|log| fs::metadata(log).and_then(|m| m.modified()).is_ok_and(|written| written >= since))
 }
 
 fn find_file(dir: &Path, name: &str, depth: u32) -> Option<PathBuf> {

@@ -250,6 +250,14 @@ impl PathStat {
     }
 }
 
+/// What a request carries.
+enum RequestBody<'a> {
+    Empty,
+    Bytes(&'a [u8]),
+    /// Sent chunked, as it is read.
+    Stream(&'a mut dyn Read),
+}
+
 /// A client for one Docker engine, bound to the API version both sides speak.
 #[derive(Debug)]
 pub(crate) struct Engine {
@@ -296,33 +304,20 @@ impl Engine {
     }
 
     /// Sends one request and turns transport failures and non-2xx answers into [`Error`].
-    fn send(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<SendBody<'_>>,
-        content_type: Option<&str>,
-    ) -> Result<Response<Body>> {
+    fn send(&self, method: &str, path: &str, body: RequestBody<'_>, content_type: Option<&str>) -> Result<Response<Body>> {
         let request_name = format!("{method} {}", path.split('?').next().unwrap_or(path));
-        let url = self.url(path);
-        let mut builder = ureq::http::Request::builder().method(method).uri(&url);
+        let mut builder = ureq::http::Request::builder().method(method).uri(self.url(path));
         if let Some(content_type) = content_type {
             builder = builder.header("Content-Type", content_type);
         }
+        let protocol = |e: ureq::http::Error| Error::Protocol { request: request_name.clone(), detail: e.to_string() };
         let result = match body {
-            Some(body) => {
-                let request = builder.body(body).map_err(|e| Error::Protocol {
-                    request: request_name.clone(),
-                    detail: e.to_string(),
-                })?;
-                self.agent.run(request)
-            }
-            None => {
-                let request = builder.body(()).map_err(|e| Error::Protocol {
-                    request: request_name.clone(),
-                    detail: e.to_string(),
-                })?;
-                self.agent.run(request)
+            // An explicit empty body: Docker refuses a start request whose
+            // body it cannot see the end of ("non-empty request body").
+            RequestBody::Empty => self.agent.run(builder.body(&[][..]).map_err(protocol)?),
+            RequestBody::Bytes(bytes) => self.agent.run(builder.body(bytes).map_err(protocol)?),
+            RequestBody::Stream(reader) => {
+                self.agent.run(builder.body(SendBody::from_reader(reader)).map_err(protocol)?)
             }
         };
         let response = result.map_err(|e| self.transport_error(&request_name, e))?;
@@ -350,7 +345,7 @@ impl Engine {
     }
 
     fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let response = self.send("GET", path, None, None)?;
+        let response = self.send("GET", path, RequestBody::Empty, None)?;
         read_json(path, response)
     }
 
@@ -364,13 +359,12 @@ impl Engine {
             request: format!("{method} {path}"),
             detail: e.to_string(),
         })?;
-        let mut reader = encoded.as_slice();
-        self.send(method, path, Some(SendBody::from_reader(&mut reader)), Some("application/json"))
+        self.send(method, path, RequestBody::Bytes(&encoded), Some("application/json"))
     }
 
     /// Sends a request whose answer carries nothing ferry needs.
     fn call(&self, method: &str, path: &str) -> Result<()> {
-        let response = self.send(method, path, None, None)?;
+        let response = self.send(method, path, RequestBody::Empty, None)?;
         drain(path, response)
     }
 
@@ -440,7 +434,7 @@ impl Engine {
     /// `HEAD /containers/{id}/archive`: what is at `path` in the container.
     pub(crate) fn stat_path(&self, id: &str, path: &str) -> Result<PathStat> {
         let request = format!("/containers/{}/archive?path={}", encode(id), encode(path));
-        let response = self.send("HEAD", &request, None, None)?;
+        let response = self.send("HEAD", &request, RequestBody::Empty, None)?;
         path_stat(&request, &response)
     }
 
@@ -448,7 +442,7 @@ impl Engine {
     /// after the path's last component.
     pub(crate) fn archive_get(&self, id: &str, path: &str) -> Result<(PathStat, impl Read + use<>)> {
         let request = format!("/containers/{}/archive?path={}", encode(id), encode(path));
-        let response = self.send("GET", &request, None, None)?;
+        let response = self.send("GET", &request, RequestBody::Empty, None)?;
         let stat = path_stat(&request, &response)?;
         Ok((stat, response.into_body().into_reader()))
     }
@@ -456,7 +450,7 @@ impl Engine {
     /// `PUT /containers/{id}/archive`: extracts a tar stream into `dir` inside the container.
     pub(crate) fn archive_put(&self, id: &str, dir: &str, tar: &mut dyn Read) -> Result<()> {
         let path = format!("/containers/{}/archive?path={}", encode(id), encode(dir));
-        let response = self.send("PUT", &path, Some(SendBody::from_reader(tar)), Some("application/x-tar"))?;
+        let response = self.send("PUT", &path, RequestBody::Stream(tar), Some("application/x-tar"))?;
         drain(&path, response)
     }
 
@@ -510,7 +504,7 @@ impl Engine {
     /// `GET /images/get`: a `docker save` tar stream of the named images.
     pub(crate) fn image_save(&self, names: &[&str]) -> Result<impl Read + use<>> {
         let query: Vec<String> = names.iter().map(|n| format!("names={}", encode(n))).collect();
-        let response = self.send("GET", &format!("/images/get?{}", query.join("&")), None, None)?;
+        let response = self.send("GET", &format!("/images/get?{}", query.join("&")), RequestBody::Empty, None)?;
         Ok(response.into_body().into_reader())
     }
 
@@ -518,7 +512,7 @@ impl Engine {
     /// failed load inside a 200 answer, so the progress stream is read for errors.
     pub(crate) fn image_load(&self, tar: &mut dyn Read) -> Result<()> {
         let path = "/images/load?quiet=1";
-        let response = self.send("POST", path, Some(SendBody::from_reader(tar)), Some("application/x-tar"))?;
+        let response = self.send("POST", path, RequestBody::Stream(tar), Some("application/x-tar"))?;
         let reader = io::BufReader::new(response.into_body().into_reader());
         for message in serde_json::Deserializer::from_reader(reader).into_iter::<Value>() {
             let message = message.map_err(|e| Error::Protocol { request: path.into(), detail: e.to_string() })?;

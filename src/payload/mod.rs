@@ -24,7 +24,7 @@ use std::path::PathBuf;
 pub(crate) use manifest::{
     ContainerSpec, Entry, Manifest, Mode, RootfsArchive, RootfsChanges, SourceHost, FORMAT_VERSION,
 };
-pub(crate) use pack::pack;
+pub(crate) use pack::{pack, PackStats};
 pub(crate) use unpack::unpack;
 
 /// Archive path of the manifest, always the first entry.

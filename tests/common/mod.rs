@@ -1,0 +1,197 @@
+//! Helpers for the end-to-end tests: a real dockerd, real CRIU, the real
+//! `ferry` binary, and the counter workload from tests/workload.
+//!
+//! These tests are `#[ignore]`d so that `cargo test` runs anywhere; `make test`
+//! sets the host up, starts the engines and runs them with `--ignored`.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const ENGINE_A: &str = "/var/run/docker.sock";
+pub const ENGINE_B: &str = "/run/dockerb.sock";
+pub const WORKLOAD: &str = "ferry-workload:latest";
+pub const REDIS: &str = "ferry-redis:latest";
+
+pub fn ferry_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ferry")
+}
+
+/// A folder for one test, removed at the end.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(label: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("ferry-e2e-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    pub fn work_dir(&self) -> PathBuf {
+        self.0.join("work")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs the docker CLI against one engine.
+pub fn docker(socket: &str, args: &[&str]) -> Output {
+    Command::new("docker")
+        .arg("-H")
+        .arg(format!("unix://{socket}"))
+        .args(args)
+        .output()
+        .expect("the docker CLI runs")
+}
+
+pub fn docker_ok(socket: &str, args: &[&str]) -> String {
+    let out = docker(socket, args);
+    assert!(out.status.success(), "docker {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Runs ferry against one engine with its own work dir.
+pub fn ferry(socket: &str, work_dir: &Path, args: &[&str]) -> Output {
+    Command::new(ferry_bin())
+        .arg("--docker-socket")
+        .arg(socket)
+        .arg("--work-dir")
+        .arg(work_dir)
+        .args(args)
+        .output()
+        .expect("ferry runs")
+}
+
+pub fn ferry_ok(socket: &str, work_dir: &Path, args: &[&str]) -> Output {
+    let out = ferry(socket, work_dir, args);
+    assert!(
+        out.status.success(),
+        "ferry {args:?} exited {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Removes the named containers when dropped, so a failed test leaves none.
+pub struct Containers {
+    pub socket: &'static str,
+    pub names: Vec<String>,
+}
+
+impl Containers {
+    pub fn new(socket: &'static str) -> Containers {
+        Containers { socket, names: Vec::new() }
+    }
+
+    pub fn track(&mut self, name: &str) -> String {
+        let _ = docker(self.socket, &["rm", "-f", name]);
+        self.names.push(name.to_string());
+        name.to_string()
+    }
+}
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = docker(self.socket, &["rm", "-f", name]);
+        }
+    }
+}
+
+/// Starts the counter workload holding `mib` MiB of random memory.
+pub fn start_counter(socket: &str, name: &str, mib: u32) {
+    docker_ok(socket, &["run", "-d", "--name", name, WORKLOAD, "/counter", &mib.to_string(), "100"]);
+}
+
+pub fn logs(socket: &str, name: &str) -> String {
+    let out = docker(socket, &["logs", name]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits until the container's log has a line for which `pick` returns Some.
+pub fn wait_for<T>(socket: &str, name: &str, what: &str, pick: impl Fn(&str) -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = logs(socket, name);
+        if let Some(found) = text.lines().rev().find_map(&pick) {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "{name} never logged {what}; its log:\n{text}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// The newest `count=N` the container logged.
+pub fn latest_count(socket: &str, name: &str) -> u64 {
+    wait_for(socket, name, "a count", |line| field(line, "count")?.parse().ok())
+}
+
+/// The first `count=N` in the container's log.
+pub fn first_count(socket: &str, name: &str) -> u64 {
+    let text = logs(socket, name);
+    text.lines().find_map(|line| field(line, "count")?.parse().ok()).expect("a count line")
+}
+
+/// Asks the counter to checksum its memory again and returns the answer.
+pub fn memory_check(socket: &str, name: &str) -> String {
+    docker_ok(socket, &["kill", "--signal", "USR1", name]);
+    wait_for(socket, name, "check=", |line| field(line, "check").map(str::to_owned))
+}
+
+/// The checksum the counter printed when it filled its memory.
+pub fn memory_sum(socket: &str, name: &str) -> String {
+    wait_for(socket, name, "sum=", |line| field(line, "sum").map(str::to_owned))
+}
+
+pub fn is_running(socket: &str, name: &str) -> bool {
+    docker(socket, &["inspect", "-f", "{{.State.Running}}", name]).stdout.starts_with(b"true")
+}
+
+pub fn exists(socket: &str, name: &str) -> bool {
+    docker(socket, &["inspect", name]).status.success()
+}
+
+/// Names of all containers on an engine.
+pub fn all_containers(socket: &str) -> Vec<String> {
+    docker_ok(socket, &["ps", "-a", "--format", "{{.Names}}"]).lines().map(str::to_owned).collect()
+}
+
+/// A file from a container's filesystem (running or not), via `docker cp`.
+pub fn read_container_file(socket: &str, name: &str, path: &str, scratch: &Scratch) -> Option<String> {
+    let target = scratch.path("copied");
+    let _ = std::fs::remove_dir_all(&target);
+    std::fs::create_dir_all(&target).unwrap();
+    let out = docker(socket, &["cp", &format!("{name}:{path}"), target.to_str().unwrap()]);
+    if !out.status.success() {
+        return None;
+    }
+    let file_name = Path::new(path).file_name().unwrap();
+    std::fs::read_to_string(target.join(file_name)).ok()
+}
+
+/// containerd's leftover checkpoint extractions (containerd issue 10166).
+pub fn containerd_leftovers() -> usize {
+    std::fs::read_dir("/tmp")
+        .map(|entries| entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("ctrd-checkpoint")).count())
+        .unwrap_or(0)
+}

@@ -1,0 +1,188 @@
+//! End to end on one real engine: checkpoint a running container, restore it
+//! into a new one, and prove its state came along. Run by `make test`.
+
+mod common;
+
+use common::*;
+
+/// Waits for the counter to be well under way and returns the count seen.
+fn settle(socket: &str, name: &str) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let count = latest_count(socket, name);
+        if count >= 5 {
+            return count;
+        }
+        assert!(std::time::Instant::now() < deadline, "{name} is not counting");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+#[ignore = "needs a real dockerd + CRIU: run `make test`"]
+fn criu_restore_into_new_container_carries_counter_memory_and_files() {
+    let scratch = Scratch::new("criu");
+    let mut containers = Containers::new(ENGINE_A);
+    let source = containers.track("ferry-e2e-src");
+    let restored = containers.track("ferry-e2e-dst");
+    start_counter(ENGINE_A, &source, 16);
+    let sum = memory_sum(ENGINE_A, &source);
+    let born = wait_for(ENGINE_A, &source, "born=", |l| field(l, "born").map(str::to_owned));
+    let before = settle(ENGINE_A, &source);
+    let leftovers = containerd_leftovers();
+
+    let payload = scratch.path("app.ferry");
+    let out = ferry_ok(
+        ENGINE_A,
+        &scratch.work_dir(),
+        &["checkpoint", &source, "-o", payload.to_str().unwrap(), "--json"],
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints one object");
+    assert_eq!(report["mode"], "criu");
+    assert!(report["raw_bytes"].as_u64().unwrap() > 16 << 20, "{report}");
+    assert!(report["compressed_bytes"].as_u64().unwrap() > 0);
+    assert!(!is_running(ENGINE_A, &source), "checkpoint without --leave-running stops the source");
+    let last_before = latest_count(ENGINE_A, &source);
+    assert!(last_before >= before);
+
+    let out = ferry_ok(
+        ENGINE_A,
+        &scratch.work_dir(),
+        &["restore", payload.to_str().unwrap(), "--name", &restored, "--json"],
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["container"], restored.as_str());
+    assert!(is_running(ENGINE_A, &restored));
+
+    // The restored process goes on counting: its first line continues the old
+    // count, and it never printed born= again (no cold start).
+    latest_count(ENGINE_A, &restored);
+    let first = first_count(ENGINE_A, &restored);
+    assert!(first > before && first <= last_before + 5, "counter restarted: {first} after {last_before}");
+    assert!(!logs(ENGINE_A, &restored).contains("born="), "the app started afresh");
+    assert_eq!(memory_check(ENGINE_A, &restored), sum, "memory checksum changed");
+    // The file it wrote into its rootfs before the checkpoint is there.
+    let state = read_container_file(ENGINE_A, &restored, "/ferry-state.txt", &scratch).expect("state file");
+    assert_eq!(state.trim(), format!("born={born}"));
+    // The file it deleted from its image stays deleted.
+    assert!(read_container_file(ENGINE_A, &restored, "/ferry-delete-me", &scratch).is_none());
+    // Nothing left behind: no containerd extraction, no work files.
+    assert_eq!(containerd_leftovers(), leftovers, "containerd's checkpoint extraction was not removed");
+    let work_left: Vec<_> = std::fs::read_dir(scratch.work_dir()).unwrap().collect();
+    assert!(work_left.is_empty(), "work dir not cleaned: {work_left:?}");
+}
+
+#[test]
+#[ignore = "needs a real dockerd + CRIU: run `make test`"]
+fn leave_running_checkpoint_to_stdout_and_restore_from_stdin() {
+    let scratch = Scratch::new("stdio");
+    let mut containers = Containers::new(ENGINE_A);
+    let source = containers.track("ferry-e2e-stdio-src");
+    let restored = containers.track("ferry-e2e-stdio-dst");
+    start_counter(ENGINE_A, &source, 8);
+    let sum = memory_sum(ENGINE_A, &source);
+    let before = settle(ENGINE_A, &source);
+
+    let out = ferry_ok(ENGINE_A, &scratch.work_dir(), &["-q", "checkpoint", &source, "-o", "-", "--leave-running"]);
+    assert!(is_running(ENGINE_A, &source), "--leave-running keeps the source running");
+    assert!(out.stdout.len() > 8 << 20, "the payload went to stdout");
+    let payload = scratch.path("stdout.ferry");
+    std::fs::write(&payload, &out.stdout).unwrap();
+
+    let status = std::process::Command::new(ferry_bin())
+        .args(["--docker-socket", ENGINE_A, "--work-dir"])
+        .arg(scratch.work_dir())
+        .args(["restore", "-", "--name", &restored])
+        .stdin(std::fs::File::open(&payload).unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let first = {
+        latest_count(ENGINE_A, &restored);
+        first_count(ENGINE_A, &restored)
+    };
+    assert!(first > before, "counter restarted at {first}");
+    assert_eq!(memory_check(ENGINE_A, &restored), sum);
+}
+
+#[test]
+#[ignore = "needs a real dockerd + CRIU: run `make test`"]
+fn commit_mode_restarts_the_app_with_its_files() {
+    let scratch = Scratch::new("commit");
+    let mut containers = Containers::new(ENGINE_A);
+    let source = containers.track("ferry-e2e-commit-src");
+    let restored = containers.track("ferry-e2e-commit-dst");
+    start_counter(ENGINE_A, &source, 8);
+    let born = wait_for(ENGINE_A, &source, "born=", |l| field(l, "born").map(str::to_owned));
+    settle(ENGINE_A, &source);
+
+    let payload = scratch.path("commit.ferry");
+    let out = ferry_ok(
+        ENGINE_A,
+        &scratch.work_dir(),
+        &["checkpoint", &source, "--mode", "commit", "-o", payload.to_str().unwrap(), "--json"],
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["mode"], "commit");
+    ferry_ok(ENGINE_A, &scratch.work_dir(), &["restore", payload.to_str().unwrap(), "--name", &restored]);
+    assert!(is_running(ENGINE_A, &restored));
+    // Commit mode carries the filesystem, not the process: the counter starts
+    // again from 1, and the app finds the file its previous life wrote.
+    let first = {
+        latest_count(ENGINE_A, &restored);
+        first_count(ENGINE_A, &restored)
+    };
+    assert_eq!(first, 1, "commit mode cannot carry the counter");
+    let found = wait_for(ENGINE_A, &restored, "found=", |l| field(l, "found").map(str::to_owned));
+    assert_eq!(found, format!("born={born}"));
+}
+
+#[test]
+#[ignore = "needs a real dockerd + CRIU: run `make test`"]
+fn redis_keeps_its_data_and_answers_clients_after_restore() {
+    let scratch = Scratch::new("redis");
+    let mut containers = Containers::new(ENGINE_A);
+    let source = containers.track("ferry-e2e-redis-src");
+    let restored = containers.track("ferry-e2e-redis-dst");
+    docker_ok(
+        ENGINE_A,
+        &[
+            "run", "-d", "--name", &source, REDIS, "/usr/bin/redis-server", "--protected-mode", "no", "--save", "",
+            "--appendonly", "no", "--enable-debug-command", "yes",
+        ],
+    );
+    let ip = docker_ok(ENGINE_A, &["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &source]);
+    redis_wait(&ip);
+    redis(&ip, &["SET", "greeting", "carried by ferry"]);
+    redis(&ip, &["DEBUG", "POPULATE", "20000", "key", "64"]);
+    assert_eq!(redis(&ip, &["DBSIZE"]), "20001");
+
+    let payload = scratch.path("redis.ferry");
+    ferry_ok(ENGINE_A, &scratch.work_dir(), &["checkpoint", &source, "-o", payload.to_str().unwrap()]);
+    ferry_ok(ENGINE_A, &scratch.work_dir(), &["restore", payload.to_str().unwrap(), "--name", &restored]);
+    let ip = docker_ok(ENGINE_A, &["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &restored]);
+    redis_wait(&ip);
+    assert_eq!(redis(&ip, &["GET", "greeting"]), "carried by ferry");
+    assert_eq!(redis(&ip, &["DBSIZE"]), "20001");
+    // And it still takes writes.
+    redis(&ip, &["SET", "after", "restore"]);
+    assert_eq!(redis(&ip, &["GET", "after"]), "restore");
+}
+
+fn redis(ip: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli").args(["-h", ip]).args(args).output().expect("redis-cli runs");
+    assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn redis_wait(ip: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let out = std::process::Command::new("redis-cli").args(["-h", ip, "PING"]).output().unwrap();
+        if out.stdout.starts_with(b"PONG") {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "redis at {ip} does not answer");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

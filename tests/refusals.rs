@@ -1,0 +1,164 @@
+//! Bad input against a real engine: each gets a clear error, the documented
+//! exit code, and leaves no container behind. Run by `make test`.
+
+mod common;
+
+use std::io::Read;
+use std::path::Path;
+
+use common::*;
+
+/// Exit codes, as the README documents them.
+const USAGE: i32 = 2;
+const DOCKER: i32 = 3;
+const NOT_FOUND: i32 = 4;
+const BAD_PAYLOAD: i32 = 6;
+const REFUSED: i32 = 8;
+
+fn expect_failure(out: &std::process::Output, code: i32, message: &str) {
+    let text = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "wrong exit code; stderr:\n{text}");
+    assert!(text.contains(message), "stderr lacks {message:?}:\n{text}");
+}
+
+#[test]
+#[ignore = "needs a real dockerd + CRIU: run `make test`"]
+fn containers_ferry_cannot_take_are_refused_before_anything_stops() {
+    let scratch = Scratch::new("refuse-containers");
+    let work = scratch.work_dir();
+    let mut containers = Containers::new(ENGINE_A);
+
+    let out = ferry(ENGINE_A, &work, &["checkpoint", "ferry-e2e-no-such-container"]);
+    expect_failure(&out, NOT_FOUND, "no container named 'ferry-e2e-no-such-container'");
+
+    let stopped = containers.track("ferry-e2e-stopped");
+    docker_ok(ENGINE_A, &["create", "--name", &stopped, WORKLOAD]);
+    let out = ferry(ENGINE_A, &work, &["checkpoint", &stopped]);
+    expect_failure(&out, REFUSED, "is not running (state: created)");
+
+    // (Privileged containers cannot start in this VM; the unit tests cover
+    // that refusal from an inspect document.)
+    let powerful = containers.track("ferry-e2e-powerful");
+    docker_ok(
+        ENGINE_A,
+        &["run", "-d", "--cap-add", "NET_ADMIN", "--network", "host", "-v", "/tmp:/host-tmp", "--name", &powerful, WORKLOAD],
+    );
+    let out = ferry(ENGINE_A, &work, &["checkpoint", &powerful, "-o", scratch.path("p.ferry").to_str().unwrap()]);
+    expect_failure(&out, REFUSED, "cannot be carried");
+    for reason in ["/host-tmp", "adds capabilities (CAP_NET_ADMIN)", "shares the network of host"] {
+        assert!(stderr(&out).contains(reason), "{reason:?} is not named: {}", stderr(&out));
+    }
+    assert!(is_running(ENGINE_A, &powerful), "a refused container must keep running");
+    assert!(!scratch.path("p.ferry").exists(), "no half payload left behind");
+
+    let out = ferry("/nonexistent/docker.sock", &work, &["checkpoint", "x"]);
+    expect_failure(&out, DOCKER, "cannot reach the Docker engine at /nonexistent/docker.sock");
+
+    let out = ferry(ENGINE_A, &work, &["checkpoint", "x", "--mode", "teleport"]);
+    expect_failure(&out, USAGE, "unknown mode 'teleport'");
+}
+
+#[test]
+#[ignore = "needs a real dockerd + CRIU: run `make test`"]
+fn bad_payloads_are_refused_and_leave_nothing() {
+    let scratch = Scratch::new("refuse-payloads");
+    let work = scratch.work_dir();
+    let mut containers = Containers::new(ENGINE_A);
+    let source = containers.track("ferry-e2e-bad-src");
+    let target = containers.track("ferry-e2e-bad-dst");
+    start_counter(ENGINE_A, &source, 4);
+    latest_count(ENGINE_A, &source);
+    let good = scratch.path("good.ferry");
+    ferry_ok(ENGINE_A, &work, &["checkpoint", &source, "--leave-running", "-o", good.to_str().unwrap()]);
+    let bytes = std::fs::read(&good).unwrap();
+    let before = all_containers(ENGINE_A);
+
+    let restore = |name: &str, payload: &[u8]| {
+        let path = scratch.path(name);
+        std::fs::write(&path, payload).unwrap();
+        ferry(ENGINE_A, &work, &["restore", path.to_str().unwrap(), "--name", &target])
+    };
+    let cases: Vec<(&str, Vec<u8>, i32, &str)> = vec![
+        ("truncated", bytes[..bytes.len() / 2].to_vec(), BAD_PAYLOAD, "truncated or corrupt"),
+        ("flipped", flip(&bytes, bytes.len() / 2), BAD_PAYLOAD, "payload"),
+        (
+            "dotdot",
+            repack(&bytes, |_| {}, Some("checkpoint/../../../../tmp/ferry-escaped")),
+            BAD_PAYLOAD,
+            "'..' would leave the destination",
+        ),
+        (
+            "arch",
+            repack(&bytes, |m| m["source"]["arch"] = "aarch64".into(), None),
+            BAD_PAYLOAD,
+            "made on aarch64",
+        ),
+        (
+            "image",
+            repack(&bytes, |m| m["container"]["image_id"] = format!("sha256:{}", "0".repeat(64)).into(), None),
+            NOT_FOUND,
+            "is not on this host",
+        ),
+        (
+            "format",
+            repack(&bytes, |m| m["format"] = 99.into(), None),
+            BAD_PAYLOAD,
+            "format 99 is newer than this ferry understands",
+        ),
+    ];
+    for (name, payload, code, message) in cases {
+        let out = restore(name, &payload);
+        assert_eq!(out.status.code(), Some(code), "{name}: {}", stderr(&out));
+        assert!(stderr(&out).contains(message), "{name}: stderr lacks {message:?}: {}", stderr(&out));
+        assert_eq!(all_containers(ENGINE_A), before, "{name}: a container was left behind");
+        assert!(!Path::new("/tmp/ferry-escaped").exists(), "{name}: an entry escaped");
+        let work_left: Vec<_> = std::fs::read_dir(&work).unwrap().collect();
+        assert!(work_left.is_empty(), "{name}: work dir not cleaned: {work_left:?}");
+    }
+
+    let out = ferry(ENGINE_A, &work, &["restore", scratch.path("absent.ferry").to_str().unwrap()]);
+    expect_failure(&out, NOT_FOUND, "cannot read the payload");
+    // The good payload still restores: the refusals were about the damage.
+    ferry_ok(ENGINE_A, &work, &["restore", good.to_str().unwrap(), "--name", &target]);
+    assert!(is_running(ENGINE_A, &target));
+}
+
+fn flip(bytes: &[u8], at: usize) -> Vec<u8> {
+    let mut damaged = bytes.to_vec();
+    damaged[at] ^= 0x01;
+    damaged
+}
+
+/// Rewrites a payload: edits its manifest, optionally adds one raw-named entry.
+fn repack(bytes: &[u8], edit: impl Fn(&mut serde_json::Value), extra: Option<&str>) -> Vec<u8> {
+    let mut archive = tar::Archive::new(lz4_flex::frame::FrameDecoder::new(bytes));
+    let mut builder = tar::Builder::new(lz4_flex::frame::FrameEncoder::new(Vec::new()));
+    for (index, entry) in archive.entries().unwrap().enumerate() {
+        let mut entry = entry.unwrap();
+        let mut header = entry.header().clone();
+        if index == 0 {
+            let mut manifest: serde_json::Value = {
+                let mut text = String::new();
+                entry.read_to_string(&mut text).unwrap();
+                serde_json::from_str(&text).unwrap()
+            };
+            edit(&mut manifest);
+            let text = serde_json::to_vec(&manifest).unwrap();
+            header.set_size(text.len() as u64);
+            header.set_cksum();
+            builder.append(&header, text.as_slice()).unwrap();
+            if let Some(name) = extra {
+                let mut evil = tar::Header::new_old();
+                evil.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+                evil.set_size(5);
+                evil.set_mode(0o644);
+                evil.set_entry_type(tar::EntryType::Regular);
+                evil.set_cksum();
+                builder.append(&evil, &b"owned"[..]).unwrap();
+            }
+        } else {
+            builder.append(&header, &mut entry).unwrap();
+        }
+    }
+    builder.into_inner().unwrap().finish().unwrap()
+}
