@@ -9,6 +9,7 @@ mod engine;
 mod error;
 mod host;
 mod payload;
+mod transfer;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,6 +53,8 @@ enum Command {
     Checkpoint(commands::checkpoint::Args),
     Restore(commands::restore::Args),
     Doctor(commands::doctor::Args),
+    Serve(commands::serve::Args),
+    Migrate(commands::migrate::Args),
 }
 
 fn main() -> ExitCode {
@@ -112,6 +115,8 @@ fn try_main(cli: Cli) -> Result<(), Error> {
         Command::Checkpoint(args) => commands::checkpoint::run(&context, args),
         Command::Restore(args) => commands::restore::run(&context, args),
         Command::Doctor(args) => commands::doctor::run(&context, args),
+        Command::Serve(args) => commands::serve::run(&context, args),
+        Command::Migrate(args) => commands::migrate::run(&context, args),
     }
 }
 

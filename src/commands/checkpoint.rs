@@ -116,6 +116,8 @@ pub(crate) struct Taken {
     pub name: String,
     pub container_id: String,
     pub checkpoint_secs: f64,
+    /// How CRIU was asked to dump: `docker-api` or `runc`.
+    pub checkpoint_path: &'static str,
     files: Vec<(String, PathBuf)>,
     /// Whether taking it stopped the source container.
     stopped: bool,
@@ -199,6 +201,7 @@ pub(crate) fn take(
         name: inspect.short_name().to_string(),
         container_id: inspect.id.clone(),
         checkpoint_secs: 0.0,
+        checkpoint_path: "docker-api",
         files: Vec::new(),
         stopped: false,
         job,

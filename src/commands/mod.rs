@@ -3,7 +3,9 @@
 
 pub(crate) mod checkpoint;
 pub(crate) mod doctor;
+pub(crate) mod migrate;
 pub(crate) mod restore;
+pub(crate) mod serve;
 
 use std::io::Write;
 use std::path::PathBuf;

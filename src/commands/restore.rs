@@ -34,11 +34,11 @@ pub(crate) struct Args {
 }
 
 /// What a restore did and how long each part took.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Report {
     pub container: String,
     pub id: String,
-    pub mode: &'static str,
+    pub mode: String,
     /// Receiving, checking and unpacking the payload.
     pub unpack_secs: f64,
     /// Creating the container until it runs.
@@ -158,7 +158,8 @@ pub(crate) fn restore_unpacked(
         mode: match manifest.mode {
             Mode::Criu => "criu",
             Mode::Commit => "commit",
-        },
+        }
+        .into(),
         restore_secs: seconds_since(started),
         ..Report::default()
     })

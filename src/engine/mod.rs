@@ -484,6 +484,22 @@ impl Engine {
         self.get_json(&format!("/images/{}/json", encode(name_or_id)))
     }
 
+    /// `GET /images/json`: the images this engine has.
+    pub(crate) fn list_images(&self) -> Result<Vec<ImageInspect>> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Summary {
+            id: String,
+            #[serde(default)]
+            repo_tags: Option<Vec<String>>,
+        }
+        let list: Vec<Summary> = self.get_json("/images/json")?;
+        Ok(list
+            .into_iter()
+            .map(|s| ImageInspect { id: s.id, repo_tags: s.repo_tags, architecture: String::new(), size: 0 })
+            .collect())
+    }
+
     /// `POST /commit`; returns the new image's id.
     pub(crate) fn commit(&self, id: &str, repo: &str, tag: &str, pause: bool) -> Result<String> {
         #[derive(Deserialize)]

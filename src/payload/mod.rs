@@ -23,6 +23,7 @@ use std::path::PathBuf;
 
 pub(crate) use manifest::{
     ContainerSpec, Entry, Manifest, Mode, RootfsArchive, RootfsChanges, SourceHost, FORMAT_VERSION,
+    normalize_arch,
 };
 pub(crate) use pack::{pack, PackStats};
 pub(crate) use unpack::unpack;

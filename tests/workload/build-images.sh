@@ -3,8 +3,7 @@
 #   ferry-workload:latest  the static counter (tests/workload/counter.c)
 #   ferry-redis:latest     Debian's redis-server with its libraries
 # Usage: build-images.sh [DOCKER_SOCKET]   (default /var/run/docker.sock)
-# Each image carries a label with the digest of what went into it, and is only
-# rebuilt when that changes.
+# Each image is rebuilt only when what goes into it changes.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 socket="${1:-/var/run/docker.sock}"
@@ -13,19 +12,31 @@ cache=/var/cache/ferry-test
 mkdir -p "$cache"
 log() { printf 'build-images: %s\n' "$*" >&2; }
 
-# import NAME:TAG ROOTFS_DIR CHANGES… — skips when the image's label matches.
-import_rootfs() {
+# ensure_image NAME:TAG ROOTFS_DIR CHANGES…
+# The image is imported once and kept as a `docker save` tar in the cache;
+# every engine loads that same tar, so the image has the same id on all of
+# them, as it would on hosts that pulled it from one registry.
+ensure_image() {
   local image="$1" rootfs="$2"; shift 2
-  local digest
+  local digest tar stamp
   digest="$(cd "$rootfs" && find . -type f -o -type l | sort | xargs -d '\n' sha256sum 2>/dev/null | sha256sum | cut -c1-16)"
-  local have
-  have="$("${docker_cmd[@]}" image inspect -f '{{index .Config.Labels "ferry.test.digest"}}' "$image" 2>/dev/null || true)"
-  if [ "$have" = "$digest" ]; then
-    return 0
+  tar="$cache/${image//[:\/]/_}.tar"
+  stamp="$tar.digest"
+  if [ ! -s "$tar" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$digest" ]; then
+    log "building $image"
+    tar -C "$rootfs" --numeric-owner -c . |
+      "${docker_cmd[@]}" import "$@" --change "LABEL ferry.test.digest=$digest" - "$image" >/dev/null
+    "${docker_cmd[@]}" save "$image" >"$tar.tmp"
+    mv "$tar.tmp" "$tar"
+    echo "$digest" >"$stamp"
   fi
-  log "importing $image into $socket"
-  tar -C "$rootfs" --numeric-owner -c . |
-    "${docker_cmd[@]}" import "$@" --change "LABEL ferry.test.digest=$digest" - "$image" >/dev/null
+  local want have
+  want="sha256:$(tar -xOf "$tar" manifest.json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Config"].split("/")[-1].removesuffix(".json"))')"
+  have="$("${docker_cmd[@]}" image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)"
+  if [ "$want" != "$have" ]; then
+    log "loading $image into $socket"
+    "${docker_cmd[@]}" load -q -i "$tar" >/dev/null
+  fi
 }
 
 # --- the counter ---
@@ -39,7 +50,7 @@ mkdir -p "$counter_root/tmp"
 chmod 1777 "$counter_root/tmp"
 cp "$cache/counter" "$counter_root/counter"
 echo "this file is deleted by the counter at start" >"$counter_root/ferry-delete-me"
-import_rootfs ferry-workload:latest "$counter_root" --change 'CMD ["/counter"]'
+ensure_image ferry-workload:latest "$counter_root" --change 'CMD ["/counter"]'
 
 # --- redis ---
 redis_root="$cache/redis-root"
@@ -53,7 +64,7 @@ for lib in $(ldd /usr/bin/redis-server | grep -o '/[^ ]*'); do
 done
 echo 'root:x:0:0:root:/root:/bin/sh' >"$redis_root/etc/passwd"
 echo 'root:x:0:' >"$redis_root/etc/group"
-import_rootfs ferry-redis:latest "$redis_root" \
+ensure_image ferry-redis:latest "$redis_root" \
   --change 'WORKDIR /data' \
   --change 'EXPOSE 6379' \
   --change 'CMD ["/usr/bin/redis-server","--protected-mode","no","--save","","--appendonly","no","--bind","0.0.0.0"]'

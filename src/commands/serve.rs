@@ -1,0 +1,50 @@
+//! `ferry serve`: the agent that receives containers from peers.
+
+use std::path::PathBuf;
+
+use argh::FromArgs;
+
+use super::Context;
+use crate::error::{Error, Kind, Result};
+use crate::transfer::{self, server};
+
+#[derive(FromArgs, Debug)]
+/// Run the agent that receives payloads and images from peers and restores them here.
+#[argh(subcommand, name = "serve")]
+pub(crate) struct Args {
+    /// address to listen on, e.g. 0.0.0.0:7070
+    #[argh(option)]
+    pub listen: String,
+    /// file holding the shared token peers must present
+    #[argh(option)]
+    pub token_file: Option<PathBuf>,
+    /// run without a token (trusted networks only; logs a warning)
+    #[argh(switch)]
+    pub insecure: bool,
+    /// folder where received payloads are unpacked (default: the work dir)
+    #[argh(option)]
+    pub spool: Option<PathBuf>,
+    /// refuse payloads larger than this (e.g. 512M, 2G)
+    #[argh(option, from_str_fn(transfer::parse_size))]
+    pub max_payload: Option<u64>,
+}
+
+pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
+    let token = match (&args.token_file, args.insecure) {
+        (Some(path), _) => Some(transfer::load_token(path)?),
+        (None, true) => {
+            log::warn!("serving WITHOUT a token (--insecure): anyone who reaches {} can run containers here", args.listen);
+            None
+        }
+        (None, false) => {
+            return Err(Error::new(
+                Kind::Usage,
+                "ferry serve needs --token-file FILE (a shared secret peers present), or --insecure on a trusted network",
+            ));
+        }
+    };
+    let engine = context.engine()?;
+    let spool = args.spool.unwrap_or_else(|| context.work_dir.clone());
+    let agent = server::Agent::new(engine, token, spool, args.max_payload);
+    server::serve(&agent, &args.listen)
+}

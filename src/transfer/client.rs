@@ -1,0 +1,110 @@
+//! The client side of the peer protocol, used by `migrate`.
+
+use std::io::Read;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use ureq::http::Response;
+use ureq::{Agent, Body, SendBody};
+
+use super::{ErrorBody, Outcome, PeerInfo, IMAGES, INFO, MIGRATIONS, MIGRATION_HEADER, RESTORE};
+use crate::commands::restore::Report;
+use crate::error::{Error, Kind, Result};
+
+/// A ferry agent on another host.
+pub(crate) struct Peer {
+    addr: String,
+    token: Option<String>,
+    agent: Agent,
+}
+
+impl Peer {
+    /// `timeout` bounds how long one answer may take to start coming back.
+    pub(crate) fn new(addr: &str, token: Option<String>, timeout: Duration) -> Peer {
+        let config = Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_recv_response(Some(timeout))
+            .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
+            .build();
+        Peer { addr: addr.to_string(), token, agent: Agent::new_with_config(config) }
+    }
+
+    pub(crate) fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn request(&self, method: &str, path: &str) -> ureq::http::request::Builder {
+        let mut builder = ureq::http::Request::builder().method(method).uri(format!("http://{}{path}", self.addr));
+        if let Some(token) = &self.token {
+            builder = builder.header("Authorization", format!("Bearer {token}"));
+        }
+        builder
+    }
+
+    fn run(&self, what: &str, request: ureq::http::Request<impl ureq::AsSendBody>) -> Result<Response<Body>> {
+        let response = self.agent.run(request).map_err(|e| self.transport_error(what, e))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status().as_u16();
+        let mut text = String::new();
+        let _ = response.into_body().into_reader().take(64 * 1024).read_to_string(&mut text);
+        let reason = serde_json::from_str::<ErrorBody>(&text).map(|b| b.error).unwrap_or(text);
+        let hint = if status == 401 { " — give the agent's token with --token-file" } else { "" };
+        Err(Error::new(Kind::Peer, format!("the agent at {} refused {what} (HTTP {status}): {reason}{hint}", self.addr)))
+    }
+
+    fn transport_error(&self, what: &str, error: ureq::Error) -> Error {
+        let detail = match &error {
+            ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+                "connection refused — is `ferry serve` running there?".to_string()
+            }
+            ureq::Error::Timeout(_) => "no answer in time".to_string(),
+            other => other.to_string(),
+        };
+        Error::new(Kind::Peer, format!("{what} with the agent at {} failed: {detail}", self.addr))
+    }
+
+    fn json<T: DeserializeOwned>(&self, what: &str, response: Response<Body>) -> Result<T> {
+        serde_json::from_reader(response.into_body().into_reader())
+            .map_err(|e| Error::new(Kind::Peer, format!("the agent at {} answered {what} with something unexpected: {e}", self.addr)))
+    }
+
+    pub(crate) fn info(&self) -> Result<PeerInfo> {
+        let request = self.request("GET", INFO).body(()).map_err(http_error)?;
+        let response = self.run("the info request", request)?;
+        self.json("the info request", response)
+    }
+
+    /// Streams a `docker save` tar to the agent, which loads it.
+    pub(crate) fn load_image(&self, image: &mut dyn Read) -> Result<()> {
+        let request = self.request("POST", IMAGES).body(SendBody::from_reader(image)).map_err(http_error)?;
+        let response = self.run("the image upload", request)?;
+        let _ = std::io::copy(&mut response.into_body().into_reader(), &mut std::io::sink());
+        Ok(())
+    }
+
+    /// Streams a payload to the agent and waits for its restore report.
+    pub(crate) fn restore(&self, payload: &mut dyn Read, name: &str, migration: &str) -> Result<Report> {
+        let request = self
+            .request("POST", &format!("{RESTORE}?name={name}"))
+            .header(MIGRATION_HEADER, migration)
+            .header("Content-Type", "application/x-ferry-payload")
+            .body(SendBody::from_reader(payload))
+            .map_err(http_error)?;
+        let response = self.run("the restore", request)?;
+        self.json("the restore", response)
+    }
+
+    /// Asks what became of a migration whose answer was lost.
+    pub(crate) fn outcome(&self, migration: &str) -> Result<Outcome> {
+        let request = self.request("GET", &format!("{MIGRATIONS}{migration}")).body(()).map_err(http_error)?;
+        let response = self.run("the status request", request)?;
+        self.json("the status request", response)
+    }
+}
+
+fn http_error(error: ureq::http::Error) -> Error {
+    Error::new(Kind::Failure, format!("cannot build the request: {error}"))
+}

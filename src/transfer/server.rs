@@ -1,0 +1,287 @@
+//! The agent: a small synchronous HTTP/1.1 server (tiny_http) that receives
+//! payloads and images from peers and restores them on this host.
+
+use std::collections::VecDeque;
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::sync::{Mutex, TryLockError};
+use std::thread;
+use std::time::Instant;
+
+use serde::Serialize;
+use tiny_http::{Header, Method, Request, Response};
+
+use super::{authorized, status_for, ErrorBody, Outcome, PeerImage, PeerInfo, HEALTH, IMAGES, INFO, MIGRATIONS, MIGRATION_HEADER, RESTORE};
+use crate::commands::restore;
+use crate::engine::Engine;
+use crate::error::{Error, Kind, Result};
+use crate::host::{self, JobDir};
+use crate::payload;
+
+/// Requests served at once: a restore, plus health and info checks beside it.
+const WORKERS: usize = 4;
+/// How many migration outcomes the agent remembers for late askers.
+const OUTCOMES_KEPT: usize = 32;
+/// What a refused upload may still send before the agent stops reading it.
+const DRAIN_LIMIT: u64 = 64 << 30;
+
+pub(crate) struct Agent {
+    pub engine: Engine,
+    pub token: Option<String>,
+    pub spool: PathBuf,
+    pub max_payload: Option<u64>,
+    restore_lock: Mutex<()>,
+    outcomes: Mutex<VecDeque<(String, Outcome)>>,
+}
+
+impl Agent {
+    pub(crate) fn new(engine: Engine, token: Option<String>, spool: PathBuf, max_payload: Option<u64>) -> Agent {
+        Agent { engine, token, spool, max_payload, restore_lock: Mutex::new(()), outcomes: Mutex::new(VecDeque::new()) }
+    }
+}
+
+/// Serves until the listener fails. Each worker takes the next request.
+pub(crate) fn serve(agent: &Agent, listen: &str) -> Result<()> {
+    let server = tiny_http::Server::http(listen)
+        .map_err(|e| Error::new(Kind::Usage, format!("cannot listen on {listen}: {e}")))?;
+    log::info!("agent listening on {listen}, spool {}", agent.spool.display());
+    thread::scope(|scope| {
+        for _ in 0..WORKERS {
+            scope.spawn(|| loop {
+                match server.recv() {
+                    Ok(request) => handle(agent, request),
+                    Err(e) => {
+                        log::error!("the listener failed: {e}");
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+fn handle(agent: &Agent, mut request: Request) {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let url = request.url().to_string();
+    let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
+    let result = if method == Method::Get && path == HEALTH {
+        Ok(Reply::text("ok\n"))
+    } else if let Some(token) = &agent.token
+        && !authorized(token, header(&request, "Authorization").as_deref())
+    {
+        Err(Error::new(Kind::Usage, "missing or wrong token — give the agent's token with --token-file").with_status(401))
+    } else {
+        match (&method, path) {
+            (Method::Get, INFO) => info(agent).map(Reply::json),
+            (Method::Post, IMAGES) => load_image(agent, &mut request).map(Reply::json),
+            (Method::Post, RESTORE) => restore_payload(agent, &mut request, query).map(Reply::json),
+            (Method::Get, p) if p.starts_with(MIGRATIONS) => outcome(agent, &p[MIGRATIONS.len()..]).map(Reply::json),
+            _ => Err(Error::new(Kind::NotFound, format!("no such endpoint: {method} {path}")).with_status(404)),
+        }
+    };
+    let (status, body, content_type) = match result {
+        Ok(reply) => (200, reply.body, reply.content_type),
+        Err(error) => {
+            // Read what the peer is still sending, so that it gets this answer
+            // instead of a broken pipe.
+            let _ = io::copy(&mut request.as_reader().take(DRAIN_LIMIT), &mut io::sink());
+            let status = error.status.unwrap_or_else(|| status_for(error.inner.kind));
+            log::warn!("{method} {path}: {}", error.inner);
+            let body = ErrorBody { error: error.inner.message, exit_code: error.inner.kind.exit_code() };
+            (status, serde_json::to_string(&body).unwrap_or_default(), "application/json")
+        }
+    };
+    log::info!("{method} {path} → {status} in {:.3}s", started.elapsed().as_secs_f64());
+    let mut response = Response::from_string(body).with_status_code(status);
+    if let Ok(header) = Header::from_bytes("Content-Type", content_type) {
+        response.add_header(header);
+    }
+    if let Err(e) = request.respond(response) {
+        log::warn!("could not answer {method} {path}: {e}");
+    }
+}
+
+struct Reply {
+    body: String,
+    content_type: &'static str,
+}
+
+impl Reply {
+    fn text(body: &str) -> Reply {
+        Reply { body: body.to_string(), content_type: "text/plain" }
+    }
+
+    fn json(value: impl Serialize) -> Reply {
+        Reply { body: serde_json::to_string(&value).unwrap_or_default(), content_type: "application/json" }
+    }
+}
+
+/// An error with the HTTP status to answer it with, when its kind's is not right.
+struct HttpError {
+    inner: Error,
+    status: Option<u16>,
+}
+
+impl From<Error> for HttpError {
+    fn from(inner: Error) -> HttpError {
+        HttpError { inner, status: None }
+    }
+}
+
+impl From<crate::engine::Error> for HttpError {
+    fn from(error: crate::engine::Error) -> HttpError {
+        Error::from(error).into()
+    }
+}
+
+trait WithStatus {
+    fn with_status(self, status: u16) -> HttpError;
+}
+
+impl WithStatus for Error {
+    fn with_status(self, status: u16) -> HttpError {
+        HttpError { inner: self, status: Some(status) }
+    }
+}
+
+type Handled<T> = std::result::Result<T, HttpError>;
+
+fn header(request: &Request, name: &'static str) -> Option<String> {
+    request.headers().iter().find(|h| h.field.equiv(name)).map(|h| h.value.as_str().to_string())
+}
+
+fn info(agent: &Agent) -> Handled<PeerInfo> {
+    let info = agent.engine.info()?;
+    let images = agent
+        .engine
+        .list_images()?
+        .into_iter()
+        .map(|image| PeerImage { id: image.id, tags: image.repo_tags.unwrap_or_default() })
+        .collect();
+    let busy = matches!(agent.restore_lock.try_lock(), Err(TryLockError::WouldBlock));
+    std::fs::create_dir_all(&agent.spool).map_err(|e| crate::error::io_error(agent.spool.display(), e))?;
+    Ok(PeerInfo {
+        ferry_version: env!("CARGO_PKG_VERSION").into(),
+        hostname: host::hostname(),
+        arch: info.architecture,
+        kernel: info.kernel_version,
+        criu_version: host::criu_version().unwrap_or_default(),
+        docker_version: info.server_version,
+        spool_free_bytes: host::free_bytes(&agent.spool).unwrap_or(0),
+        max_payload_bytes: agent.max_payload,
+        images,
+        busy,
+    })
+}
+
+fn load_image(agent: &Agent, request: &mut Request) -> Handled<serde_json::Value> {
+    let started = Instant::now();
+    agent.engine.image_load(request.as_reader())?;
+    Ok(serde_json::json!({ "load_secs": started.elapsed().as_secs_f64() }))
+}
+
+fn restore_payload(agent: &Agent, request: &mut Request, query: &str) -> Handled<restore::Report> {
+    let name = query_value(query, "name");
+    if let Some(name) = &name
+        && !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    {
+        return Err(Error::new(Kind::Usage, format!("'{name}' is not a container name")).into());
+    }
+    let migration = header(request, MIGRATION_HEADER).filter(|id| id.len() <= 64);
+    let _one_at_a_time = match agent.restore_lock.try_lock() {
+        Ok(guard) => guard,
+        Err(TryLockError::WouldBlock) => {
+            return Err(Error::new(Kind::Refused, "another restore is running on this agent — try again when it ends").with_status(503));
+        }
+        Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+    };
+    std::fs::create_dir_all(&agent.spool).map_err(|e| crate::error::io_error(agent.spool.display(), e))?;
+    let free = host::free_bytes(&agent.spool).map_err(|e| crate::error::io_error(agent.spool.display(), e))?;
+    let declared = request.body_length().map(|n| n as u64);
+    if let (Some(length), Some(limit)) = (declared, agent.max_payload)
+        && length > limit
+    {
+        return Err(Error::new(Kind::Refused, format!("payload of {length} bytes is larger than this agent's --max-payload of {limit}")).with_status(413));
+    }
+    if let Some(length) = declared
+        && length > free
+    {
+        return Err(too_small(length, free));
+    }
+    if let Some(id) = &migration {
+        remember(agent, id, Outcome::Running);
+    }
+    let limit = agent.max_payload.map_or(free, |max| max.min(free));
+    let result = receive_and_restore(agent, request.as_reader(), name.as_deref(), limit, free);
+    if let Some(id) = &migration {
+        let outcome = match &result {
+            Ok(report) => Outcome::Restored { report: report.clone() },
+            Err(error) => Outcome::Failed { error: error.inner.message.clone() },
+        };
+        remember(agent, id, outcome);
+    }
+    result
+}
+
+fn receive_and_restore(agent: &Agent, body: &mut dyn Read, name: Option<&str>, limit: u64, free: u64) -> Handled<restore::Report> {
+    let info = agent.engine.info()?;
+    let job = JobDir::reserve(&agent.spool, "receive").map_err(|e| crate::error::io_error(agent.spool.display(), e))?;
+    let started = Instant::now();
+    let unpacked = payload::unpack(body, job.path(), &info.architecture, Some(limit)).map_err(|e| {
+        match &e {
+            payload::Error::Manifest(detail) if detail.contains("allowed here") => Error::from(e).context(format!(
+                "the agent's spool {} has {} free and a --max-payload of {}",
+                agent.spool.display(),
+                crate::commands::human_bytes(free),
+                agent.max_payload.map_or("none".into(), crate::commands::human_bytes)
+            )),
+            _ => Error::from(e),
+        }
+    })?;
+    let unpack_secs = crate::commands::seconds_since(started);
+    let mut report = restore::restore_unpacked(&agent.engine, &info, job.path(), &unpacked.manifest, name)?;
+    report.unpack_secs = unpack_secs;
+    report.raw_bytes = unpacked.raw_bytes;
+    report.compressed_bytes = unpacked.compressed_bytes;
+    Ok(report)
+}
+
+fn too_small(length: u64, free: u64) -> HttpError {
+    Error::new(
+        Kind::Io,
+        format!(
+            "payload of {} does not fit in the agent's spool ({} free) — free space or start the agent with a larger --spool",
+            crate::commands::human_bytes(length),
+            crate::commands::human_bytes(free)
+        ),
+    )
+    .with_status(507)
+}
+
+fn remember(agent: &Agent, id: &str, outcome: Outcome) {
+    let mut outcomes = agent.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+    outcomes.retain(|(known, _)| known != id);
+    outcomes.push_back((id.to_string(), outcome));
+    while outcomes.len() > OUTCOMES_KEPT {
+        outcomes.pop_front();
+    }
+}
+
+fn outcome(agent: &Agent, id: &str) -> Handled<Outcome> {
+    let outcomes = agent.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+    outcomes
+        .iter()
+        .find(|(known, _)| known == id)
+        .map(|(_, outcome)| outcome.clone())
+        .ok_or_else(|| Error::new(Kind::NotFound, format!("no migration {id} is known here")).with_status(404))
+}
+
+/// The value of `key` in a query string of plain (unencoded) names.
+fn query_value(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == key && !v.is_empty()).then(|| v.to_string())
+    })
+}
