@@ -9,6 +9,7 @@ mod engine;
 mod error;
 mod host;
 mod payload;
+mod runc;
 mod transfer;
 
 use std::path::PathBuf;
@@ -40,6 +41,9 @@ struct Cli {
     /// log errors only
     #[argh(switch, short = 'q')]
     quiet: bool,
+    /// only use Docker's checkpoint API, never the faster runc and symlink paths
+    #[argh(switch)]
+    portable: bool,
     /// print the version and exit
     #[argh(switch)]
     version: bool,
@@ -107,7 +111,7 @@ fn try_main(cli: Cli) -> Result<(), Error> {
         .work_dir
         .or_else(|| std::env::var_os("FERRY_WORK_DIR").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_WORK_DIR));
-    let context = Context { docker_socket: cli.docker_socket, work_dir };
+    let context = Context { docker_socket: cli.docker_socket, work_dir, fast: !cli.portable };
     let Some(command) = cli.command else {
         return Err(Error::new(Kind::Usage, "no command given — `ferry --help` lists them"));
     };

@@ -21,6 +21,16 @@ fn settle(socket: &str, name: &str) -> u64 {
 #[test]
 #[ignore = "needs a real dockerd + CRIU: run `make test`"]
 fn criu_restore_into_new_container_carries_counter_memory_and_files() {
+    restore_into_new_container(&[], "runc");
+}
+
+#[test]
+#[ignore = "needs a real dockerd + CRIU: run `make test`"]
+fn portable_path_through_dockers_api_carries_the_same_state() {
+    restore_into_new_container(&["--portable"], "docker-api");
+}
+
+fn restore_into_new_container(global: &[&str], expected_path: &str) {
     let scratch = Scratch::new("criu");
     let mut containers = Containers::new(ENGINE_A);
     let source = containers.track("ferry-e2e-src");
@@ -32,24 +42,19 @@ fn criu_restore_into_new_container_carries_counter_memory_and_files() {
     let leftovers = containerd_leftovers();
 
     let payload = scratch.path("app.ferry");
-    let out = ferry_ok(
-        ENGINE_A,
-        &scratch.work_dir(),
-        &["checkpoint", &source, "-o", payload.to_str().unwrap(), "--json"],
-    );
+    let checkpoint = [global, &["checkpoint", &source, "-o", payload.to_str().unwrap(), "--json"]].concat();
+    let out = ferry_ok(ENGINE_A, &scratch.work_dir(), &checkpoint);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints one object");
     assert_eq!(report["mode"], "criu");
+    assert_eq!(report["checkpoint_path"], expected_path);
     assert!(report["raw_bytes"].as_u64().unwrap() > 16 << 20, "{report}");
     assert!(report["compressed_bytes"].as_u64().unwrap() > 0);
     assert!(!is_running(ENGINE_A, &source), "checkpoint without --leave-running stops the source");
     let last_before = latest_count(ENGINE_A, &source);
     assert!(last_before >= before);
 
-    let out = ferry_ok(
-        ENGINE_A,
-        &scratch.work_dir(),
-        &["restore", payload.to_str().unwrap(), "--name", &restored, "--json"],
-    );
+    let restore = [global, &["restore", payload.to_str().unwrap(), "--name", &restored, "--json"]].concat();
+    let out = ferry_ok(ENGINE_A, &scratch.work_dir(), &restore);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["container"], restored.as_str());
     assert!(is_running(ENGINE_A, &restored));

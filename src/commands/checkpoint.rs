@@ -13,6 +13,7 @@ use super::{human_bytes, inspect_named, print_report, restore, seconds_since, Co
 use crate::engine::{self, ContainerInspect, Engine, Info, CHANGE_ADDED, CHANGE_DELETED, CHANGE_MODIFIED};
 use crate::error::{io_error, Error, Kind, Result};
 use crate::host::{self, JobDir};
+use crate::runc;
 use crate::payload::{self, ContainerSpec, Manifest, Mode, RootfsArchive, RootfsChanges, SourceHost};
 
 /// The checkpoint name ferry gives CRIU images inside a payload.
@@ -52,6 +53,8 @@ pub(crate) fn parse_mode(text: &str) -> std::result::Result<Mode, String> {
 pub(crate) struct Report {
     pub container: String,
     pub mode: &'static str,
+    /// How CRIU was asked to dump: `runc` (fast) or `docker-api` (portable).
+    pub checkpoint_path: &'static str,
     pub checkpoint_secs: f64,
     pub pack_secs: f64,
     pub raw_bytes: u64,
@@ -78,7 +81,7 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     };
 
     let info = engine.info()?;
-    let mut taken = take(&engine, &info, &context.work_dir, &args.container, args.mode, args.leave_running)?;
+    let mut taken = take(&engine, &info, &context.work_dir, &args.container, args.mode, args.leave_running, context.fast)?;
     let pack_started = Instant::now();
     let stats = match taken.pack_into(sink) {
         Ok(stats) => stats,
@@ -87,6 +90,7 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     let report = Report {
         container: taken.name.clone(),
         mode: taken.mode_name(),
+        checkpoint_path: taken.checkpoint_path,
         checkpoint_secs: taken.checkpoint_secs,
         pack_secs: seconds_since(pack_started),
         raw_bytes: stats.raw_bytes,
@@ -121,6 +125,8 @@ pub(crate) struct Taken {
     files: Vec<(String, PathBuf)>,
     /// Whether taking it stopped the source container.
     stopped: bool,
+    /// Whether the fast paths may be used to start it again.
+    fast: bool,
     job: JobDir,
 }
 
@@ -143,7 +149,9 @@ impl Taken {
     /// on), and returns `error` saying where the app now is.
     pub(crate) fn give_back(self, engine: &Engine, info: &Info, error: Error) -> Error {
         if !self.stopped {
-            return error.context(format!("{} was not moved and still runs here", self.name));
+            let running = engine.inspect_container(&self.container_id).is_ok_and(|i| i.state.running);
+            let state = if running { "still runs here" } else { "is not running here: `docker start` it" };
+            return error.context(format!("{} was not moved and {state}", self.name));
         }
         log::warn!("{error}; starting {} again here", self.name);
         let resumed = match self.manifest.mode {
@@ -153,6 +161,7 @@ impl Taken {
                 &self.container_id,
                 &self.job.path().join(CHECKPOINT_NAME),
                 CHECKPOINT_NAME,
+                self.fast,
             ),
             Mode::Commit => engine.start_container(&self.container_id, None).map_err(Error::from),
         };
@@ -177,6 +186,7 @@ pub(crate) fn take(
     container: &str,
     mode: Mode,
     leave_running: bool,
+    fast: bool,
 ) -> Result<Taken> {
     let inspect = inspect_named(engine, container)?;
     if !inspect.state.running {
@@ -204,11 +214,12 @@ pub(crate) fn take(
         checkpoint_path: "docker-api",
         files: Vec::new(),
         stopped: false,
+        fast,
         job,
     };
     let started = Instant::now();
     let result = match mode {
-        Mode::Criu => take_criu(engine, &mut taken, leave_running),
+        Mode::Criu => take_criu(engine, &mut taken, leave_running, fast),
         Mode::Commit => take_commit(engine, &mut taken, leave_running),
     };
     taken.checkpoint_secs = seconds_since(started);
@@ -218,23 +229,108 @@ pub(crate) fn take(
     }
 }
 
-fn take_criu(engine: &Engine, taken: &mut Taken, leave_running: bool) -> Result<()> {
-    log::info!("checkpointing {} with CRIU", taken.name);
-    engine
-        .checkpoint_create(&taken.container_id, CHECKPOINT_NAME, Some(taken.job.path()), !leave_running)
-        .map_err(|e| criu_error(&taken.name, "checkpoint", e))?;
-    taken.stopped = !leave_running;
-    taken.manifest.checkpoint_name = Some(CHECKPOINT_NAME.into());
-    // The app's files, captured while it is frozen or gone, match its memory.
+fn take_criu(engine: &Engine, taken: &mut Taken, leave_running: bool, fast: bool) -> Result<()> {
+    let images = taken.job.path().join(CHECKPOINT_NAME);
     let rootfs_dir = taken.job.path().join(payload::ROOTFS_DIR);
-    let (rootfs, mut files) = capture_rootfs(engine, &taken.container_id, &rootfs_dir)?;
+    let captured = match fast.then(|| runc_root(taken)).flatten() {
+        Some(root) => dump_with_runc(engine, taken, &root, &images, &rootfs_dir, leave_running)?,
+        None => None,
+    };
+    let (rootfs, mut files) = match captured {
+        Some(captured) => captured,
+        None => {
+            log::info!("checkpointing {} with CRIU through Docker", taken.name);
+            engine
+                .checkpoint_create(&taken.container_id, CHECKPOINT_NAME, Some(taken.job.path()), !leave_running)
+                .map_err(|e| criu_error(&taken.name, "checkpoint", e))?;
+            taken.checkpoint_path = "docker-api";
+            taken.stopped = !leave_running;
+            // The app's files, captured while it is gone (or, left running,
+            // just after its memory), match its memory.
+            capture_rootfs(engine, &taken.container_id, &rootfs_dir)?
+        }
+    };
+    log::debug!("{} dumped by {}, {} rootfs changes", taken.name, taken.checkpoint_path, rootfs.archives.len() + rootfs.deleted.len());
+    taken.manifest.checkpoint_name = Some(CHECKPOINT_NAME.into());
     taken.manifest.rootfs = rootfs;
-    let checkpoint_dir = taken.job.path().join(CHECKPOINT_NAME);
-    let images = host::list_files(&checkpoint_dir)
-        .map_err(|e| io_error(format!("cannot read the checkpoint in {}", checkpoint_dir.display()), e))?;
-    files.extend(images.into_iter().map(|(relative, path)| (format!("{}/{relative}", payload::CHECKPOINT_DIR), path)));
+    let listed = host::list_files(&images)
+        .map_err(|e| io_error(format!("cannot read the checkpoint in {}", images.display()), e))?;
+    files.extend(listed.into_iter().map(|(relative, path)| (format!("{}/{relative}", payload::CHECKPOINT_DIR), path)));
     taken.files = files;
     Ok(())
+}
+
+/// The runc root of the container when the fast path applies to it.
+fn runc_root(taken: &Taken) -> Option<PathBuf> {
+    let Some(root) = runc::state_root(&taken.container_id) else {
+        log::debug!("no runc state for {} here: using Docker's checkpoint API", taken.name);
+        return None;
+    };
+    // After runc kills the container Docker sees an unexpected exit, and a
+    // restart policy would start it again behind ferry's back.
+    let policy = taken.manifest.container.host_config.restart_policy.as_ref().map(|p| p.name.as_str());
+    if !matches!(policy, None | Some("") | Some("no")) {
+        log::debug!("{} has a restart policy: using Docker's checkpoint API", taken.name);
+        return None;
+    }
+    Some(root)
+}
+
+type Captured = (RootfsChanges, Vec<(String, PathBuf)>);
+
+/// The fast path (see `runc.rs`): freeze the container, capture its files
+/// while Docker still has them mounted (a stopped container's files cost a
+/// mount per API call, 0.1 s here), then let runc dump the frozen processes.
+/// `None` when runc failed but the container runs again, so that Docker's API
+/// can take over.
+fn dump_with_runc(
+    engine: &Engine,
+    taken: &mut Taken,
+    root: &Path,
+    images: &Path,
+    rootfs_dir: &Path,
+    leave_running: bool,
+) -> Result<Option<Captured>> {
+    log::info!("checkpointing {} with CRIU through runc", taken.name);
+    let thaw = |why: &str| {
+        if let Err(e) = runc::resume(root, &taken.container_id) {
+            log::warn!("{why}, and {} could not be thawed: {e}", taken.name);
+        }
+    };
+    if let Err(reason) = runc::pause(root, &taken.container_id) {
+        log::warn!("{reason}; using Docker's checkpoint API");
+        return Ok(None);
+    }
+    let captured = match capture_rootfs(engine, &taken.container_id, rootfs_dir) {
+        Ok(captured) => captured,
+        Err(error) => {
+            thaw("capturing the container's files failed");
+            return Err(error);
+        }
+    };
+    let work = taken.job.path().join("criu-work");
+    match runc::checkpoint(root, &taken.container_id, images, &work, leave_running) {
+        Ok(()) => {
+            taken.checkpoint_path = "runc";
+            taken.stopped = !leave_running;
+            if leave_running {
+                // CRIU leaves a frozen container frozen.
+                thaw("the checkpoint was taken");
+            }
+            Ok(Some(captured))
+        }
+        Err(reason) => {
+            thaw("the checkpoint failed");
+            let running = engine.inspect_container(&taken.container_id).is_ok_and(|i| i.state.running);
+            if !running {
+                return Err(Error::new(Kind::Criu, format!("CRIU could not checkpoint '{}': {reason}", taken.name)));
+            }
+            log::warn!("{reason}; trying Docker's checkpoint API");
+            let _ = fs::remove_dir_all(images);
+            let _ = fs::remove_dir_all(rootfs_dir);
+            Ok(None)
+        }
+    }
 }
 
 fn take_commit(engine: &Engine, taken: &mut Taken, leave_running: bool) -> Result<()> {

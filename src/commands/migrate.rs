@@ -122,7 +122,7 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     report.image_secs = seconds_since(image_started);
 
     let freeze = Instant::now();
-    let mut taken = take(&engine, &info, &context.work_dir, &args.container, Mode::Criu, false)?;
+    let mut taken = take(&engine, &info, &context.work_dir, &args.container, Mode::Criu, false, context.fast)?;
     report.save_secs = taken.checkpoint_secs;
     report.checkpoint_path = taken.checkpoint_path;
     let migration = migration_id();

@@ -21,6 +21,9 @@ use crate::error::{Error, Kind, Result};
 pub(crate) struct Context {
     pub docker_socket: Option<PathBuf>,
     pub work_dir: PathBuf,
+    /// Whether the fast checkpoint and restore paths may be tried (see runc.rs
+    /// and restore::start_from_checkpoint); off with --portable.
+    pub fast: bool,
 }
 
 impl Context {

@@ -58,7 +58,8 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
         })?;
         Box::new(file)
     };
-    let report = restore_from(&engine, &context.work_dir, BufReader::with_capacity(64 * 1024, input), args.name.as_deref())?;
+    let input = BufReader::with_capacity(64 * 1024, input);
+    let report = restore_from(&engine, &context.work_dir, input, args.name.as_deref(), context.fast)?;
     let line = format!(
         "restored {} ({}) as {}: unpack {:.2}s, restore {:.2}s, {} raw, {} compressed",
         report.container,
@@ -76,14 +77,14 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
 
 /// Unpacks a payload stream into the work dir, verifies it whole, then
 /// restores it. Shared by `restore` and the agent's `/v1/restore`.
-pub(crate) fn restore_from(engine: &Engine, work_dir: &Path, input: impl Read, name: Option<&str>) -> Result<Report> {
+pub(crate) fn restore_from(engine: &Engine, work_dir: &Path, input: impl Read, name: Option<&str>, fast: bool) -> Result<Report> {
     let info = engine.info()?;
     let job = JobDir::reserve(work_dir, "restore")
         .map_err(|e| io_error(format!("cannot use the work dir {}", work_dir.display()), e))?;
     let started = Instant::now();
     let unpacked = payload::unpack(input, job.path(), &info.architecture, None)?;
     let unpack_secs = seconds_since(started);
-    let mut report = restore_unpacked(engine, &info, job.path(), &unpacked.manifest, name)?;
+    let mut report = restore_unpacked(engine, &info, job.path(), &unpacked.manifest, name, fast)?;
     report.unpack_secs = unpack_secs;
     report.raw_bytes = unpacked.raw_bytes;
     report.compressed_bytes = unpacked.compressed_bytes;
@@ -98,6 +99,7 @@ pub(crate) fn restore_unpacked(
     dir: &Path,
     manifest: &Manifest,
     name: Option<&str>,
+    fast: bool,
 ) -> Result<Report> {
     let spec = &manifest.container;
     let name = name.unwrap_or(&spec.name);
@@ -140,7 +142,7 @@ pub(crate) fn restore_unpacked(
     match manifest.mode {
         Mode::Criu => {
             let checkpoint_name = manifest.checkpoint_name.as_deref().unwrap_or(super::checkpoint::CHECKPOINT_NAME);
-            start_from_checkpoint(engine, info, &id, &dir.join(payload::CHECKPOINT_DIR), checkpoint_name)?;
+            start_from_checkpoint(engine, info, &id, &dir.join(payload::CHECKPOINT_DIR), checkpoint_name, fast)?;
         }
         Mode::Commit => engine.start_container(&id, None)?,
     }
@@ -231,26 +233,77 @@ fn mknod_whiteout(path: &Path) -> io::Result<()> {
 /// Starts container `id` from the CRIU images in `images`, proves that CRIU
 /// really restored it, and cleans up every copy of the images the restore made.
 ///
-/// Docker 20.10 answers 403 to `checkpoint-dir` on start, so the images are
-/// moved into the container's own checkpoints folder first.
-pub(crate) fn start_from_checkpoint(engine: &Engine, info: &Info, id: &str, images: &Path, name: &str) -> Result<()> {
+/// Docker 20.10 answers 403 to `checkpoint-dir` on start, so the images go
+/// into the container's own checkpoints folder. Docker then streams that
+/// folder into containerd's content store, and containerd extracts it again:
+/// two full copies of the app's memory, 2.1 s for 128 MiB here. The fast way
+/// (`fast`) places the small image files there but each `pages-*.img` as a
+/// relative symlink back into `images`: Docker's tar keeps the link, CRIU
+/// follows it (an absolute link would be opened inside the container's root),
+/// and the same restore takes 0.35 s. If the fast start fails it is retried
+/// the portable way, with the files themselves.
+pub(crate) fn start_from_checkpoint(engine: &Engine, info: &Info, id: &str, images: &Path, name: &str, fast: bool) -> Result<()> {
     let checkpoints = info.docker_root_dir.join("containers").join(id).join("checkpoints");
     let placed = checkpoints.join(name);
     fs::create_dir_all(&checkpoints).map_err(|e| io_error(checkpoints.display(), e))?;
-    if placed.exists() {
-        fs::remove_dir_all(&placed).map_err(|e| io_error(placed.display(), e))?;
+    let clear = |placed: &Path| match fs::remove_dir_all(placed) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error(placed.display(), e)),
+        _ => Ok(()),
+    };
+    clear(&placed)?;
+    if fast {
+        let linked = place_linked(images, &placed)
+            .map_err(|e| io_error(format!("placing the checkpoint in {}", placed.display()), e))
+            .and_then(|()| start_placed(engine, info, id, name, &placed));
+        match linked {
+            Ok(()) => return Ok(()),
+            Err(error) => {
+                log::warn!("fast restore failed ({error}); retrying the portable way");
+                clear(&placed)?;
+            }
+        }
     }
     crate::host::move_dir(images, &placed)
         .map_err(|e| io_error(format!("placing the checkpoint in {}", placed.display()), e))?;
+    start_placed(engine, info, id, name, &placed)
+}
+
+/// Copies the small image files into `placed` and links each `pages-*.img`
+/// back to `images` by a relative path that climbs to `/` from any depth.
+fn place_linked(images: &Path, placed: &Path) -> io::Result<()> {
+    let images = fs::canonicalize(images)?;
+    let climb = "../".repeat(32);
+    fs::create_dir(placed)?;
+    for entry in fs::read_dir(&images)? {
+        let entry = entry?;
+        let file_name = entry.file_name();
+        let target = placed.join(&file_name);
+        if !entry.file_type()?.is_file() {
+            return Err(io::Error::other(format!("{}: not a plain file", entry.path().display())));
+        }
+        if file_name.to_string_lossy().starts_with("pages-") {
+            let absolute = images.join(&file_name);
+            let relative = format!("{climb}{}", absolute.to_string_lossy().trim_start_matches('/'));
+            std::os::unix::fs::symlink(relative, &target)?;
+        } else {
+            fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Starts from the checkpoint already in `placed`, then removes `placed` and
+/// containerd's extraction of it.
+fn start_placed(engine: &Engine, info: &Info, id: &str, name: &str, placed: &Path) -> Result<()> {
     let leaks_before = containerd_extractions();
     // Filesystem timestamps are coarser than SystemTime: allow a second.
     let since = SystemTime::now() - Duration::from_secs(1);
     let started = engine.start_container(id, Some(name));
     // containerd extracts the checkpoint into $TMPDIR/ctrd-checkpoint* for every
-    // restore and never deletes it (containerd issue 10166): remove ours.
-    remove_extractions(&leaks_before, &placed);
-    let removed = fs::remove_dir_all(&placed);
-    started.map_err(|e| super::checkpoint::criu_error(id, "restore", e))?;
+    // restore, failed ones too, and never deletes it (containerd issue 10166).
+    remove_extractions(&leaks_before, placed);
+    let removed = fs::remove_dir_all(placed);
+    started.map_err(|e| super::checkpoint::criu_error(&id[..12.min(id.len())], "restore", e))?;
     if let Err(e) = removed {
         log::warn!("could not remove the used checkpoint {}: {e}", placed.display());
     }

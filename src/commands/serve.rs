@@ -45,6 +45,6 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     };
     let engine = context.engine()?;
     let spool = args.spool.unwrap_or_else(|| context.work_dir.clone());
-    let agent = server::Agent::new(engine, token, spool, args.max_payload);
+    let agent = server::Agent::new(engine, token, spool, args.max_payload, context.fast);
     server::serve(&agent, &args.listen)
 }
