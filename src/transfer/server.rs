@@ -46,6 +46,7 @@ impl Agent {
 pub(crate) fn serve(agent: &Agent, listen: &str) -> Result<()> {
     let server = tiny_http::Server::http(listen)
         .map_err(|e| Error::new(Kind::Usage, format!("cannot listen on {listen}: {e}")))?;
+    remove_stale_receives(agent);
     log::info!("agent listening on {listen}, spool {}", agent.spool.display());
     thread::scope(|scope| {
         for _ in 0..WORKERS {
@@ -61,6 +62,18 @@ pub(crate) fn serve(agent: &Agent, listen: &str) -> Result<()> {
         }
     });
     Ok(())
+}
+
+/// A previous agent killed mid-transfer leaves its half-received payload in
+/// the spool: nothing else writes `receive-*` there, so remove them.
+fn remove_stale_receives(agent: &Agent) {
+    let Ok(entries) = std::fs::read_dir(&agent.spool) else { return };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with("receive-") {
+            log::info!("removing {}, left by an agent that was stopped mid-transfer", entry.path().display());
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn handle(agent: &Agent, mut request: Request) {

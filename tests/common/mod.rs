@@ -195,3 +195,88 @@ pub fn containerd_leftovers() -> usize {
         .map(|entries| entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("ctrd-checkpoint")).count())
         .unwrap_or(0)
 }
+
+/// Runs ferry against engine B, inside B's mount namespace (where B's data
+/// root and runc state are at the standard paths).
+pub fn ferry_on_b(work_dir: &Path, args: &[&str]) -> Output {
+    Command::new("nsenter")
+        .arg(format!("--mount=/proc/{}/ns/mnt", engine_b_pid()))
+        .arg("--")
+        .arg(ferry_bin())
+        .args(["--docker-socket", ENGINE_B, "--work-dir"])
+        .arg(work_dir)
+        .args(args)
+        .output()
+        .expect("nsenter runs ferry")
+}
+
+pub fn engine_b_pid() -> String {
+    std::fs::read_to_string("/run/dockerb.pid").expect("engine B runs (tests/engines.sh start b)").trim().to_string()
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `ferry serve` process, killed (by its PID) when dropped.
+pub struct AgentProcess {
+    pub addr: String,
+    pub child: std::process::Child,
+}
+
+impl AgentProcess {
+    /// Starts an agent for engine A (`on_b` false) or B, and waits for /health.
+    pub fn start(on_b: bool, spool: &Path, token_file: &Path, extra: &[&str]) -> AgentProcess {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut command = if on_b {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--mount=/proc/{}/ns/mnt", engine_b_pid())).arg("--").arg(ferry_bin());
+            c.args(["--docker-socket", ENGINE_B]);
+            c
+        } else {
+            let mut c = Command::new(ferry_bin());
+            c.args(["--docker-socket", ENGINE_A]);
+            c
+        };
+        command.arg("--work-dir").arg(spool).args(["serve", "--listen", &addr, "--token-file"]).arg(token_file).args(extra);
+        command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        let child = command.spawn().expect("ferry serve starts");
+        let agent = AgentProcess { addr, child };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !agent.healthy() {
+            assert!(Instant::now() < deadline, "agent on {} did not come up", agent.addr);
+            thread::sleep(Duration::from_millis(50));
+        }
+        agent
+    }
+
+    pub fn healthy(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(&self.addr) else { return false };
+        let _ = write!(stream, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer.starts_with("HTTP/1.1 200")
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Writes a token file readable by root only.
+pub fn token_file(scratch: &Scratch) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = scratch.path("token");
+    std::fs::write(&path, "ferry-e2e-token-0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
