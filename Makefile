@@ -5,7 +5,7 @@ CARGO    ?= cargo
 FERRY    := target/release/ferry
 SHELL    := /bin/bash
 
-.PHONY: all build setup engines test unit e2e demo bench-core clean stop-engines
+.PHONY: all build setup test unit demo bench-core bench-migrate soak clean stop-engines
 
 all: build
 
@@ -18,7 +18,7 @@ setup:
 # Unit tests (no Docker needed) then the end-to-end tests against real engines.
 test: setup build
 	$(CARGO) test --release --locked
-	bash tests/with-engines.sh a -- $(CARGO) test --release --locked -- --ignored --test-threads=1
+	bash tests/with-engines.sh all -- $(CARGO) test --release --locked -- --ignored --test-threads=1
 
 unit:
 	$(CARGO) test --locked
@@ -30,6 +30,19 @@ demo: setup build
 
 bench-core: setup build
 	bash tests/with-engines.sh a -- bash tests/bench-core.sh
+
+# The paper's Table 1: ferry migrate A→B next to the paper's docker+tar
+# method and Podman's export/import, per size (SIZES="16 64 128 256").
+SIZES ?= 16 64 128 256
+bench-migrate: build
+	bash tests/setup-host.sh --bench
+	bash tests/with-engines.sh all -- python3 tests/bench-migrate.py $(SIZES) --repeat 5
+
+# Migrates a counter back and forth HOPS times (default 200); fails on any
+# failed hop, a lost checksum or a leftover. Not part of `make test`.
+HOPS ?= 200
+soak: setup build
+	bash tests/with-engines.sh all -- python3 tests/bench-migrate.py --soak $(HOPS)
 
 stop-engines:
 	bash tests/engines.sh stop all

@@ -32,6 +32,8 @@ apt_update() {
 
 # --- Debian packages ------------------------------------------------------
 packages=(docker.io iproute2 redis-server redis-tools file binutils util-linux time gcc libc6-dev python3)
+# --bench: Podman too, the stronger peer `make bench-migrate` compares against.
+[ "${1:-}" = "--bench" ] && packages+=(podman)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

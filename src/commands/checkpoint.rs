@@ -60,6 +60,8 @@ pub(crate) struct Report {
     pub raw_bytes: u64,
     pub compressed_bytes: u64,
     pub output: String,
+    /// ferry's own peak RSS, runc and CRIU not included.
+    pub peak_rss_kib: u64,
 }
 
 pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
@@ -97,6 +99,7 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
         compressed_bytes: stats.compressed_bytes,
         // The payload is whole: keep it.
         output: partial.map(|mut p| p.keep().display().to_string()).unwrap_or_else(|| "-".into()),
+        peak_rss_kib: host::peak_rss_kib(),
     };
     let line = format!(
         "checkpointed {} ({}): checkpoint {:.2}s, pack {:.2}s, {} raw, {} compressed → {}",

@@ -86,6 +86,9 @@ pub(crate) struct Report {
     pub raw_bytes: u64,
     /// Which checkpoint path ran: `docker-api` or `runc` (see README).
     pub checkpoint_path: &'static str,
+    /// ferry's own peak RSS here, and the agent's on the peer.
+    pub peak_rss_kib: u64,
+    pub peer_peak_rss_kib: u64,
 }
 
 pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
@@ -161,6 +164,7 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     report.transfer_secs = transfer_secs;
     report.resume_secs = restored.restore_secs;
     report.peer_container_id = restored.id.clone();
+    report.peer_peak_rss_kib = restored.peak_rss_kib;
 
     if args.keep_source {
         log::info!("{name} runs on {}; the stopped source is kept (--keep-source)", args.to);
@@ -179,6 +183,7 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
         human_bytes(report.raw_bytes),
         if report.image_shipped { format!(", image shipped in {:.2}s", report.image_secs) } else { String::new() }
     );
+    report.peak_rss_kib = crate::host::peak_rss_kib();
     let json = args.json.then(|| json!(report));
     print_report(&line, json.as_ref(), false);
     Ok(())

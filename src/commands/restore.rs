@@ -45,6 +45,9 @@ pub(crate) struct Report {
     pub restore_secs: f64,
     pub raw_bytes: u64,
     pub compressed_bytes: u64,
+    /// ferry's own peak RSS (on an agent: since the agent started).
+    #[serde(default)]
+    pub peak_rss_kib: u64,
 }
 
 pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
@@ -88,6 +91,7 @@ pub(crate) fn restore_from(engine: &Engine, work_dir: &Path, input: impl Read, n
     report.unpack_secs = unpack_secs;
     report.raw_bytes = unpacked.raw_bytes;
     report.compressed_bytes = unpacked.compressed_bytes;
+    report.peak_rss_kib = crate::host::peak_rss_kib();
     Ok(report)
 }
 

@@ -260,6 +260,7 @@ fn receive_and_restore(agent: &Agent, body: &mut dyn Read, name: Option<&str>, l
     report.unpack_secs = unpack_secs;
     report.raw_bytes = unpacked.raw_bytes;
     report.compressed_bytes = unpacked.compressed_bytes;
+    report.peak_rss_kib = host::peak_rss_kib();
     Ok(report)
 }
 
