@@ -3,6 +3,7 @@
 //! `main` parses the command line, sets up logging on stderr, runs one command
 //! and maps its error to an exit code (see the README's table).
 
+mod board;
 mod commands;
 mod doctor;
 mod engine;
@@ -58,6 +59,7 @@ enum Command {
     Restore(commands::restore::Args),
     Doctor(commands::doctor::Args),
     Serve(commands::serve::Args),
+    Boards(commands::boards::Args),
     Migrate(commands::migrate::Args),
 }
 
@@ -107,11 +109,9 @@ fn try_main(cli: Cli) -> Result<(), Error> {
         println!("ferry {}", env!("CARGO_PKG_VERSION"));
         return Ok(());
     }
-    let work_dir = cli
-        .work_dir
-        .or_else(|| std::env::var_os("FERRY_WORK_DIR").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_WORK_DIR));
-    let context = Context { docker_socket: cli.docker_socket, work_dir, fast: !cli.portable };
+    let chosen_work_dir = cli.work_dir.or_else(|| std::env::var_os("FERRY_WORK_DIR").map(PathBuf::from));
+    let work_dir = chosen_work_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_WORK_DIR));
+    let context = Context { docker_socket: cli.docker_socket, work_dir, chosen_work_dir, fast: !cli.portable };
     let Some(command) = cli.command else {
         return Err(Error::new(Kind::Usage, "no command given — `ferry --help` lists them"));
     };
@@ -120,6 +120,7 @@ fn try_main(cli: Cli) -> Result<(), Error> {
         Command::Restore(args) => commands::restore::run(&context, args),
         Command::Doctor(args) => commands::doctor::run(&context, args),
         Command::Serve(args) => commands::serve::run(&context, args),
+        Command::Boards(args) => commands::boards::run(args),
         Command::Migrate(args) => commands::migrate::run(&context, args),
     }
 }

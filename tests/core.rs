@@ -97,7 +97,7 @@ fn leave_running_checkpoint_to_stdout_and_restore_from_stdin() {
     let status = std::process::Command::new(ferry_bin())
         .args(["--docker-socket", ENGINE_A, "--work-dir"])
         .arg(scratch.work_dir())
-        .args(["restore", "-", "--name", &restored])
+        .args(["-q", "restore", "-", "--name", &restored])
         .stdin(std::fs::File::open(&payload).unwrap())
         .status()
         .unwrap();
@@ -190,4 +190,33 @@ fn redis_wait(ip: &str) {
         assert!(std::time::Instant::now() < deadline, "redis at {ip} does not answer");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+#[test]
+#[ignore = "needs a real dockerd + CRIU: run `make test`"]
+fn board_caps_are_applied_to_the_restored_container() {
+    let scratch = Scratch::new("board");
+    let mut containers = Containers::new(ENGINE_A);
+    let source = containers.track("ferry-e2e-board-src");
+    let restored = containers.track("ferry-e2e-board-dst");
+    start_counter(ENGINE_A, &source, 16);
+    let sum = memory_sum(ENGINE_A, &source);
+    settle(ENGINE_A, &source);
+    let payload = scratch.path("board.ferry");
+    ferry_ok(ENGINE_A, &scratch.work_dir(), &["checkpoint", &source, "-o", payload.to_str().unwrap()]);
+    ferry_ok(
+        ENGINE_A,
+        &scratch.work_dir(),
+        &["restore", payload.to_str().unwrap(), "--name", &restored, "--board", "edge-128m"],
+    );
+    let caps = docker_ok(ENGINE_A, &["inspect", "-f", "{{.HostConfig.Memory}} {{.HostConfig.MemorySwap}} {{.HostConfig.NanoCpus}}", &restored]);
+    assert_eq!(caps, "134217728 134217728 1000000000", "edge-128m caps: 128 MiB, no swap, one CPU");
+    assert_eq!(memory_check(ENGINE_A, &restored), sum);
+
+    // A profile file with a bad field is refused before anything is created.
+    let bad = scratch.path("bad-board.json");
+    std::fs::write(&bad, r#"{"name":"x","description":"","memory_mib":8,"cpus":1,"io_buffer_kib":64,"lz4_block_kib":64,"work_dir":"/tmp"}"#).unwrap();
+    let out = ferry(ENGINE_A, &scratch.work_dir(), &["restore", payload.to_str().unwrap(), "--board", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("field 'memory_mib' is 8; allowed: 16 to 65536"), "{}", stderr(&out));
 }

@@ -121,6 +121,19 @@ fn migrate_a_to_b_and_back_keeps_counter_and_memory() {
 
 #[test]
 #[ignore = "needs two real engines + CRIU: run `make test`"]
+fn an_agent_with_a_board_profile_caps_what_it_restores() {
+    let mut hosts = Hosts::new("board");
+    let capped = AgentProcess::start(true, &hosts.scratch.path("spool-capped"), &hosts.token, &["--board", "pi-zero-2w"]);
+    let (name, sum) = hosts.counter_on_a("ferry-e2e-board-agent", 16, &[]);
+    let out = hosts.migrate_a_to(&name, &capped.addr, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let caps = docker_ok(ENGINE_B, &["inspect", "-f", "{{.HostConfig.Memory}} {{.HostConfig.MemorySwap}} {{.HostConfig.NanoCpus}}", &name]);
+    assert_eq!(caps, format!("{} {} 1000000000", 96 << 20, 96 << 20), "pi-zero-2w caps");
+    assert_eq!(memory_check(ENGINE_B, &name), sum);
+}
+
+#[test]
+#[ignore = "needs two real engines + CRIU: run `make test`"]
 fn wrong_token_is_refused_before_anything_stops() {
     let mut hosts = Hosts::new("token");
     let (name, sum) = hosts.counter_on_a("ferry-e2e-token", 4, &[]);

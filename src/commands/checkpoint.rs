@@ -130,6 +130,8 @@ pub(crate) struct Taken {
     stopped: bool,
     /// Whether the fast paths may be used to start it again.
     fast: bool,
+    /// The lz4 block size of the payload (a board profile may choose it).
+    pub lz4_block: lz4_flex::frame::BlockSize,
     job: JobDir,
 }
 
@@ -144,7 +146,7 @@ impl Taken {
     /// Streams the payload into `sink`.
     pub(crate) fn pack_into(&mut self, sink: impl Write) -> Result<payload::PackStats> {
         log::info!("packing {} files", self.files.len());
-        Ok(payload::pack(&mut self.manifest, &self.files, sink)?)
+        Ok(payload::pack(&mut self.manifest, &self.files, sink, self.lz4_block)?)
     }
 
     /// After a failed delivery: starts the source again if the checkpoint
@@ -218,6 +220,7 @@ pub(crate) fn take(
         files: Vec::new(),
         stopped: false,
         fast,
+        lz4_block: payload::LZ4_BLOCK,
         job,
     };
     let started = Instant::now();

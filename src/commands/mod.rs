@@ -1,6 +1,7 @@
 //! One file per subcommand; each reads like the steps a user would describe.
 //! Only here do the engine and the payload meet.
 
+pub(crate) mod boards;
 pub(crate) mod checkpoint;
 pub(crate) mod doctor;
 pub(crate) mod migrate;
@@ -20,7 +21,10 @@ use crate::error::{Error, Kind, Result};
 #[derive(Debug, Clone)]
 pub(crate) struct Context {
     pub docker_socket: Option<PathBuf>,
+    /// The work dir in force: --work-dir, $FERRY_WORK_DIR, or the default.
     pub work_dir: PathBuf,
+    /// The work dir the user chose, if any: a board profile's yields to it.
+    pub chosen_work_dir: Option<PathBuf>,
     /// Whether the fast checkpoint and restore paths may be tried (see runc.rs
     /// and restore::start_from_checkpoint); off with --portable.
     pub fast: bool,

@@ -13,6 +13,7 @@ use argh::FromArgs;
 use serde_json::{json, Value};
 
 use super::{human_bytes, print_report, seconds_since, Context};
+use crate::board::Board;
 use crate::engine::{self, Engine, Info};
 use crate::error::{io_error, Error, Kind, Result};
 use crate::host::JobDir;
@@ -28,9 +29,23 @@ pub(crate) struct Args {
     /// name of the new container (default: the checkpointed container's name)
     #[argh(option)]
     pub name: Option<String>,
+    /// cap the new container as this board profile says (a name from `ferry boards`, or a file)
+    #[argh(option)]
+    pub board: Option<String>,
     /// print the summary as one JSON object
     #[argh(switch)]
     pub json: bool,
+}
+
+/// How to restore, beside what the payload says.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Options<'a> {
+    /// The new container's name, instead of the checkpointed one's.
+    pub name: Option<&'a str>,
+    /// Whether the fast, symlinked placement may be tried.
+    pub fast: bool,
+    /// Caps to apply to the new container instead of the payload's.
+    pub board: Option<&'a Board>,
 }
 
 /// What a restore did and how long each part took.
@@ -61,8 +76,11 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
         })?;
         Box::new(file)
     };
-    let input = BufReader::with_capacity(64 * 1024, input);
-    let report = restore_from(&engine, &context.work_dir, input, args.name.as_deref(), context.fast)?;
+    let board = args.board.as_deref().map(Board::load).transpose()?;
+    let buffer = board.as_ref().map_or(64 * 1024, Board::io_buffer);
+    let work_dir = crate::board::work_dir(board.as_ref(), context.chosen_work_dir.as_deref(), &context.work_dir);
+    let options = Options { name: args.name.as_deref(), fast: context.fast, board: board.as_ref() };
+    let report = restore_from(&engine, work_dir, BufReader::with_capacity(buffer, input), &options)?;
     let line = format!(
         "restored {} ({}) as {}: unpack {:.2}s, restore {:.2}s, {} raw, {} compressed",
         report.container,
@@ -80,14 +98,14 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
 
 /// Unpacks a payload stream into the work dir, verifies it whole, then
 /// restores it. Shared by `restore` and the agent's `/v1/restore`.
-pub(crate) fn restore_from(engine: &Engine, work_dir: &Path, input: impl Read, name: Option<&str>, fast: bool) -> Result<Report> {
+pub(crate) fn restore_from(engine: &Engine, work_dir: &Path, input: impl Read, options: &Options<'_>) -> Result<Report> {
     let info = engine.info()?;
     let job = JobDir::reserve(work_dir, "restore")
         .map_err(|e| io_error(format!("cannot use the work dir {}", work_dir.display()), e))?;
     let started = Instant::now();
     let unpacked = payload::unpack(input, job.path(), &info.architecture, None)?;
     let unpack_secs = seconds_since(started);
-    let mut report = restore_unpacked(engine, &info, job.path(), &unpacked.manifest, name, fast)?;
+    let mut report = restore_unpacked(engine, &info, job.path(), &unpacked.manifest, options)?;
     report.unpack_secs = unpack_secs;
     report.raw_bytes = unpacked.raw_bytes;
     report.compressed_bytes = unpacked.compressed_bytes;
@@ -102,11 +120,11 @@ pub(crate) fn restore_unpacked(
     info: &Info,
     dir: &Path,
     manifest: &Manifest,
-    name: Option<&str>,
-    fast: bool,
+    options: &Options<'_>,
 ) -> Result<Report> {
     let spec = &manifest.container;
-    let name = name.unwrap_or(&spec.name);
+    let name = options.name.unwrap_or(&spec.name);
+    let fast = options.fast;
     let started = Instant::now();
     match manifest.mode {
         Mode::Criu if !info.experimental_build => {
@@ -128,7 +146,12 @@ pub(crate) fn restore_unpacked(
 
     let mut body = serde_json::to_value(&spec.config).map_err(|e| Error::new(Kind::Failure, e.to_string()))?;
     body["Image"] = Value::String(spec.image_id.clone());
-    body["HostConfig"] = serde_json::to_value(&spec.host_config).map_err(|e| Error::new(Kind::Failure, e.to_string()))?;
+    let mut limits = spec.host_config.clone();
+    if let Some(board) = options.board {
+        log::info!("capping {name} as board {} says: {} MiB, {} CPUs", board.name, board.memory_mib, board.cpus);
+        board.apply(&mut limits);
+    }
+    body["HostConfig"] = serde_json::to_value(&limits).map_err(|e| Error::new(Kind::Failure, e.to_string()))?;
     let id = engine.create_container(name, &body).map_err(|e| {
         if e.status() == Some(409) {
             Error::new(

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use argh::FromArgs;
 
 use super::Context;
+use crate::board::Board;
 use crate::error::{Error, Kind, Result};
 use crate::transfer::{self, server};
 
@@ -27,6 +28,9 @@ pub(crate) struct Args {
     /// refuse payloads larger than this (e.g. 512M, 2G)
     #[argh(option, from_str_fn(transfer::parse_size))]
     pub max_payload: Option<u64>,
+    /// cap the containers this agent creates as this board profile says
+    #[argh(option)]
+    pub board: Option<String>,
 }
 
 pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
@@ -43,8 +47,15 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
             ));
         }
     };
+    let board = args.board.as_deref().map(Board::load).transpose()?;
     let engine = context.engine()?;
-    let spool = args.spool.unwrap_or_else(|| context.work_dir.clone());
-    let agent = server::Agent::new(engine, token, spool, args.max_payload, context.fast);
+    let spool = match args.spool {
+        Some(spool) => spool,
+        None => crate::board::work_dir(board.as_ref(), context.chosen_work_dir.as_deref(), &context.work_dir).to_path_buf(),
+    };
+    if let Some(board) = &board {
+        log::info!("board {}: containers capped at {} MiB and {} CPUs", board.name, board.memory_mib, board.cpus);
+    }
+    let agent = server::Agent::new(engine, token, spool, args.max_payload, context.fast, board);
     server::serve(&agent, &args.listen)
 }

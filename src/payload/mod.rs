@@ -22,7 +22,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub(crate) use manifest::{
-    ContainerSpec, Entry, Manifest, Mode, RootfsArchive, RootfsChanges, SourceHost, FORMAT_VERSION,
+    ContainerSpec, Entry, HostLimits, Manifest, Mode, RootfsArchive, RootfsChanges, SourceHost, FORMAT_VERSION,
     normalize_arch,
 };
 pub(crate) use pack::{pack, PackStats};
@@ -83,7 +83,7 @@ impl std::error::Error for Error {}
 
 pub(crate) type Result<T> = std::result::Result<T, Error>;
 
-/// The lz4 block size of ferry payloads.
+/// The lz4 block size of ferry payloads, unless a board profile asks for larger.
 pub(crate) const LZ4_BLOCK: lz4_flex::frame::BlockSize = lz4_flex::frame::BlockSize::Max64KB;
 
 /// Hex SHA-256 of a stream, read in `buffer`-sized pieces.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use lz4_flex::frame::{FrameEncoder, FrameInfo};
 
-use super::{sha256_hex, Counting, Entry, Error, Manifest, Result, LZ4_BLOCK, MANIFEST_ENTRY};
+use super::{sha256_hex, Counting, Entry, Error, Manifest, Result, MANIFEST_ENTRY};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct PackStats {
@@ -22,7 +22,12 @@ pub(crate) struct PackStats {
 /// Each file is read twice: once to hash it (the manifest goes first), once to
 /// pack it. The second read comes from the page cache; memory stays at a few
 /// buffers whatever the sizes.
-pub(crate) fn pack(manifest: &mut Manifest, files: &[(String, PathBuf)], output: impl Write) -> Result<PackStats> {
+pub(crate) fn pack(
+    manifest: &mut Manifest,
+    files: &[(String, PathBuf)],
+    output: impl Write,
+    block: lz4_flex::frame::BlockSize,
+) -> Result<PackStats> {
     manifest.entries.clear();
     for (archive_path, disk_path) in files {
         let file = open(disk_path)?;
@@ -36,7 +41,7 @@ pub(crate) fn pack(manifest: &mut Manifest, files: &[(String, PathBuf)], output:
     let output_name = Path::new("payload output");
     let counted = Counting::new(output);
     let mut frame_info = FrameInfo::new();
-    frame_info.block_size = LZ4_BLOCK;
+    frame_info.block_size = block;
     let encoder = FrameEncoder::with_frame_info(frame_info, counted);
     let mut builder = tar::Builder::new(encoder);
 

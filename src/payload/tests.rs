@@ -75,7 +75,7 @@ fn packed(scratch: &Path) -> (Vec<u8>, Vec<(String, PathBuf)>) {
     let mut manifest = manifest();
     manifest.rootfs.archives.push(RootfsArchive { entry: "rootfs/0.tar".into(), target_dir: "/data".into() });
     let mut out = Vec::new();
-    let stats = pack(&mut manifest, &files, &mut out).unwrap();
+    let stats = pack(&mut manifest, &files, &mut out, LZ4_BLOCK).unwrap();
     assert_eq!(stats.compressed_bytes, out.len() as u64);
     assert!(stats.raw_bytes > 1 << 20);
     (out, files)

@@ -32,13 +32,22 @@ pub(crate) struct Agent {
     pub max_payload: Option<u64>,
     /// Whether restores may use the fast, symlinked placement.
     pub fast: bool,
+    /// Caps for the containers the agent creates.
+    pub board: Option<crate::board::Board>,
     restore_lock: Mutex<()>,
     outcomes: Mutex<VecDeque<(String, Outcome)>>,
 }
 
 impl Agent {
-    pub(crate) fn new(engine: Engine, token: Option<String>, spool: PathBuf, max_payload: Option<u64>, fast: bool) -> Agent {
-        Agent { engine, token, spool, max_payload, fast, restore_lock: Mutex::new(()), outcomes: Mutex::new(VecDeque::new()) }
+    pub(crate) fn new(
+        engine: Engine,
+        token: Option<String>,
+        spool: PathBuf,
+        max_payload: Option<u64>,
+        fast: bool,
+        board: Option<crate::board::Board>,
+    ) -> Agent {
+        Agent { engine, token, spool, max_payload, fast, board, restore_lock: Mutex::new(()), outcomes: Mutex::new(VecDeque::new()) }
     }
 }
 
@@ -256,7 +265,8 @@ fn receive_and_restore(agent: &Agent, body: &mut dyn Read, name: Option<&str>, l
         }
     })?;
     let unpack_secs = crate::commands::seconds_since(started);
-    let mut report = restore::restore_unpacked(&agent.engine, &info, job.path(), &unpacked.manifest, name, agent.fast)?;
+    let options = restore::Options { name, fast: agent.fast, board: agent.board.as_ref() };
+    let mut report = restore::restore_unpacked(&agent.engine, &info, job.path(), &unpacked.manifest, &options)?;
     report.unpack_secs = unpack_secs;
     report.raw_bytes = unpacked.raw_bytes;
     report.compressed_bytes = unpacked.compressed_bytes;
