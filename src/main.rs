@@ -11,6 +11,7 @@ mod error;
 mod host;
 mod payload;
 mod runc;
+mod snapshots;
 mod transfer;
 
 use std::path::PathBuf;
@@ -60,6 +61,9 @@ enum Command {
     Doctor(commands::doctor::Args),
     Serve(commands::serve::Args),
     Boards(commands::boards::Args),
+    Replicate(commands::replicate::Args),
+    Snapshots(commands::snapshots::Args),
+    Failover(commands::failover::Args),
     Migrate(commands::migrate::Args),
 }
 
@@ -121,6 +125,9 @@ fn try_main(cli: Cli) -> Result<(), Error> {
         Command::Doctor(args) => commands::doctor::run(&context, args),
         Command::Serve(args) => commands::serve::run(&context, args),
         Command::Boards(args) => commands::boards::run(args),
+        Command::Replicate(args) => commands::replicate::run(&context, args),
+        Command::Snapshots(args) => commands::snapshots::run(&context, args),
+        Command::Failover(args) => commands::failover::run(&context, args),
         Command::Migrate(args) => commands::migrate::run(&context, args),
     }
 }

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -212,44 +210,6 @@ fn payload_corrupted_in_flight_is_refused_by_checksum() {
     let out = hosts.migrate_a_to(&name, &proxy, &[]);
     expect_peer_failure(&out, "damaged");
     hosts.still_on_a_only(&name, counted, &sum);
-}
-
-/// A TCP proxy to `target` that flips one bit of the client's stream at
-/// `offset`: a payload damaged on the wire.
-fn flipping_proxy(target: &str, offset: u64) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let target = target.to_string();
-    thread::spawn(move || {
-        for client in listener.incoming() {
-            let Ok(mut client) = client else { return };
-            let mut server = TcpStream::connect(&target).unwrap();
-            let mut client_reader = client.try_clone().unwrap();
-            let mut server_writer = server.try_clone().unwrap();
-            thread::spawn(move || {
-                let mut seen = 0u64;
-                let mut buffer = vec![0u8; 64 * 1024];
-                loop {
-                    let n = match client_reader.read(&mut buffer) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    if seen <= offset && offset < seen + n as u64 {
-                        buffer[(offset - seen) as usize] ^= 0x10;
-                    }
-                    seen += n as u64;
-                    if server_writer.write_all(&buffer[..n]).is_err() {
-                        break;
-                    }
-                }
-                let _ = server_writer.shutdown(std::net::Shutdown::Write);
-            });
-            thread::spawn(move || {
-                let _ = std::io::copy(&mut server, &mut client);
-            });
-        }
-    });
-    addr
 }
 
 #[test]

@@ -125,6 +125,9 @@ pub(crate) struct Taken {
     pub checkpoint_secs: f64,
     /// How CRIU was asked to dump: `docker-api` or `runc`.
     pub checkpoint_path: &'static str,
+    /// How long the app was frozen (runc: pause to dump end or thaw; API: the
+    /// whole call, an upper bound).
+    pub frozen_secs: f64,
     files: Vec<(String, PathBuf)>,
     /// Whether taking it stopped the source container.
     stopped: bool,
@@ -217,6 +220,7 @@ pub(crate) fn take(
         container_id: inspect.id.clone(),
         checkpoint_secs: 0.0,
         checkpoint_path: "docker-api",
+        frozen_secs: 0.0,
         files: Vec::new(),
         stopped: false,
         fast,
@@ -246,10 +250,12 @@ fn take_criu(engine: &Engine, taken: &mut Taken, leave_running: bool, fast: bool
         Some(captured) => captured,
         None => {
             log::info!("checkpointing {} with CRIU through Docker", taken.name);
+            let frozen = Instant::now();
             engine
                 .checkpoint_create(&taken.container_id, CHECKPOINT_NAME, Some(taken.job.path()), !leave_running)
                 .map_err(|e| criu_error(&taken.name, "checkpoint", e))?;
             taken.checkpoint_path = "docker-api";
+            taken.frozen_secs = seconds_since(frozen);
             taken.stopped = !leave_running;
             // The app's files, captured while it is gone (or, left running,
             // just after its memory), match its memory.
@@ -303,6 +309,7 @@ fn dump_with_runc(
             log::warn!("{why}, and {} could not be thawed: {e}", taken.name);
         }
     };
+    let frozen = Instant::now();
     if let Err(reason) = runc::pause(root, &taken.container_id) {
         log::warn!("{reason}; using Docker's checkpoint API");
         return Ok(None);
@@ -323,6 +330,7 @@ fn dump_with_runc(
                 // CRIU leaves a frozen container frozen.
                 thaw("the checkpoint was taken");
             }
+            taken.frozen_secs = seconds_since(frozen);
             Ok(Some(captured))
         }
         Err(reason) => {
@@ -397,6 +405,7 @@ fn base_manifest(engine: &Engine, info: &Info, inspect: &ContainerInspect, mode:
         checkpoint_name: None,
         rootfs: RootfsChanges::default(),
         entries: Vec::new(),
+        snapshot: None,
     })
 }
 

@@ -4,9 +4,12 @@
 pub(crate) mod boards;
 pub(crate) mod checkpoint;
 pub(crate) mod doctor;
+pub(crate) mod failover;
 pub(crate) mod migrate;
 pub(crate) mod restore;
 pub(crate) mod serve;
+pub(crate) mod snapshots;
+pub(crate) mod replicate;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -71,6 +74,41 @@ pub(crate) fn human_bytes(bytes: u64) -> String {
     if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
+/// Parses a size such as `512M`, `2G`, `1048576` (binary units).
+pub(crate) fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let multiplier: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        "T" | "TB" | "TIB" => 1 << 40,
+        other => return Err(format!("unknown size unit '{other}' in '{text}': use K, M, G or T")),
+    };
+    let value: u64 = number.parse().map_err(|_| format!("'{text}' is not a size such as 512M or 2G"))?;
+    value.checked_mul(multiplier).ok_or_else(|| format!("size '{text}' is too large"))
+}
+
+/// Parses a duration such as `2s`, `500ms`, `5m`, `1h` (a bare number is seconds).
+pub(crate) fn parse_duration(text: &str) -> std::result::Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().map_err(|_| format!("'{text}' is not a duration such as 2s, 500ms or 5m"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        other => return Err(format!("unknown duration unit '{other}' in '{text}': use ms, s, m or h")),
+    };
+    if !(0.001..=86_400.0 * 365.0).contains(&seconds) {
+        return Err(format!("duration '{text}' is out of range"));
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
+}
+
 /// Looks a container up, turning "no such container" into a clear not-found.
 pub(crate) fn inspect_named(engine: &Engine, name: &str) -> Result<engine::ContainerInspect> {
     engine.inspect_container(name).map_err(|e| {
@@ -80,4 +118,28 @@ pub(crate) fn inspect_named(engine: &Engine, name: &str) -> Result<engine::Conta
             e.into()
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_in_binary_units() {
+        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("2g").unwrap(), 2 << 30);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("12 parsecs").unwrap_err().contains("unknown size unit"));
+        assert!(parse_size("M").is_err());
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("2s").unwrap(), std::time::Duration::from_secs(2));
+        assert_eq!(parse_duration("500ms").unwrap(), std::time::Duration::from_millis(500));
+        assert_eq!(parse_duration("1m").unwrap(), std::time::Duration::from_secs(60));
+        assert_eq!(parse_duration("3").unwrap(), std::time::Duration::from_secs(3));
+        assert!(parse_duration("2 fortnights").is_err());
+        assert!(parse_duration("0s").is_err());
+    }
 }

@@ -26,11 +26,15 @@ pub(crate) struct Args {
     #[argh(option)]
     pub spool: Option<PathBuf>,
     /// refuse payloads larger than this (e.g. 512M, 2G)
-    #[argh(option, from_str_fn(transfer::parse_size))]
+    #[argh(option, from_str_fn(super::parse_size))]
     pub max_payload: Option<u64>,
     /// cap the containers this agent creates as this board profile says
     #[argh(option)]
     pub board: Option<String>,
+    /// restore a replicated container by itself when its snapshots stop for
+    /// this long (e.g. 10s) and its source's agent does not answer
+    #[argh(option, from_str_fn(super::parse_duration))]
+    pub failover_after: Option<std::time::Duration>,
 }
 
 pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
@@ -56,6 +60,6 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     if let Some(board) = &board {
         log::info!("board {}: containers capped at {} MiB and {} CPUs", board.name, board.memory_mib, board.cpus);
     }
-    let agent = server::Agent::new(engine, token, spool, args.max_payload, context.fast, board);
+    let agent = server::Agent::new(engine, token, spool, args.max_payload, context.fast, board, args.failover_after);
     server::serve(&agent, &args.listen)
 }

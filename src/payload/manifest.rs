@@ -42,6 +42,19 @@ pub(crate) struct Manifest {
     #[serde(default)]
     pub rootfs: RootfsChanges,
     pub entries: Vec<Entry>,
+    /// Set on the periodic snapshots of `ferry replicate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotTag>,
+}
+
+/// What makes a payload one of a series of snapshots.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct SnapshotTag {
+    /// Grows by one with every snapshot a source takes of a container.
+    pub generation: u64,
+    /// The source's agent, which a peer asks before it fails the container over.
+    #[serde(default)]
+    pub source_agent: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -297,6 +310,7 @@ mod tests {
             checkpoint_name: Some("ferry".into()),
             rootfs: RootfsChanges::default(),
             entries: vec![Entry { path: "checkpoint/core-1.img".into(), size: 3, sha256: "0".repeat(64) }],
+            snapshot: None,
         }
     }
 

@@ -42,6 +42,7 @@ fn manifest() -> Manifest {
         checkpoint_name: Some("ferry".into()),
         rootfs: RootfsChanges::default(),
         entries: vec![],
+        snapshot: None,
     }
 }
 

@@ -7,7 +7,8 @@ use serde::de::DeserializeOwned;
 use ureq::http::Response;
 use ureq::{Agent, Body, SendBody};
 
-use super::{ErrorBody, Outcome, PeerInfo, IMAGES, INFO, MIGRATIONS, MIGRATION_HEADER, RESTORE};
+use super::{ErrorBody, Outcome, PeerInfo, FAILOVERS, IMAGES, INFO, MIGRATIONS, MIGRATION_HEADER, RESTORE, SNAPSHOTS};
+use crate::snapshots::{Failover, SnapshotInfo};
 use crate::commands::restore::Report;
 use crate::error::{Error, Kind, Result};
 
@@ -95,6 +96,38 @@ impl Peer {
             .map_err(http_error)?;
         let response = self.run("the restore", request)?;
         self.json("the restore", response)
+    }
+
+    /// Streams one snapshot to the agent, which stores it and keeps the newest `keep`.
+    pub(crate) fn send_snapshot(&self, payload: &mut dyn Read, keep: usize) -> Result<SnapshotInfo> {
+        let request = self
+            .request("POST", &format!("{SNAPSHOTS}?keep={keep}"))
+            .header("Content-Type", "application/x-ferry-payload")
+            .body(SendBody::from_reader(payload))
+            .map_err(http_error)?;
+        let response = self.run("the snapshot", request)?;
+        self.json("the snapshot", response)
+    }
+
+    pub(crate) fn snapshots(&self) -> Result<Vec<SnapshotInfo>> {
+        let request = self.request("GET", SNAPSHOTS).body(()).map_err(http_error)?;
+        let response = self.run("the snapshot list", request)?;
+        self.json("the snapshot list", response)
+    }
+
+    pub(crate) fn failovers(&self) -> Result<Vec<Failover>> {
+        let request = self.request("GET", FAILOVERS).body(()).map_err(http_error)?;
+        let response = self.run("the failover list", request)?;
+        self.json("the failover list", response)
+    }
+
+    /// Whether the agent answers its health check within a short time.
+    pub(crate) fn healthy(&self) -> bool {
+        let Ok(request) = ureq::http::Request::get(format!("http://{}{}", self.addr, super::HEALTH)).body(()) else {
+            return false;
+        };
+        let config = self.agent.configure_request(request).timeout_global(Some(Duration::from_secs(3))).build();
+        self.agent.run(config).is_ok_and(|r| r.status().is_success())
     }
 
     /// Asks what became of a migration whose answer was lost.

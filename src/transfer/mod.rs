@@ -9,6 +9,10 @@
 //! GET  /v1/migrations/ID       the outcome of the restore sent with
 //!                              `X-Ferry-Migration: ID`, for a client whose
 //!                              connection broke before the answer came
+//! POST /v1/snapshots?keep=N    body: a snapshot payload; stored verified, not
+//!                              restored; the newest N per container are kept
+//! GET  /v1/snapshots           the stored snapshots (SnapshotInfo list)
+//! GET  /v1/failovers           the containers failed over here (Failover list)
 //! ```
 //!
 //! Every endpoint but /health needs `Authorization: Bearer <token>`. Errors are
@@ -33,6 +37,8 @@ pub(crate) const IMAGES: &str = "/v1/images";
 pub(crate) const RESTORE: &str = "/v1/restore";
 pub(crate) const MIGRATIONS: &str = "/v1/migrations/";
 pub(crate) const MIGRATION_HEADER: &str = "X-Ferry-Migration";
+pub(crate) const SNAPSHOTS: &str = "/v1/snapshots";
+pub(crate) const FAILOVERS: &str = "/v1/failovers";
 
 /// What `GET /v1/info` answers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -103,22 +109,6 @@ pub(crate) fn authorized(expected: &str, header: Option<&str>) -> bool {
     given.as_bytes().ct_eq(expected.as_bytes()).into()
 }
 
-/// Parses a size such as `512M`, `2G`, `1048576` (binary units).
-pub(crate) fn parse_size(text: &str) -> std::result::Result<u64, String> {
-    let text = text.trim();
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let multiplier: u64 = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 1,
-        "K" | "KB" | "KIB" => 1 << 10,
-        "M" | "MB" | "MIB" => 1 << 20,
-        "G" | "GB" | "GIB" => 1 << 30,
-        "T" | "TB" | "TIB" => 1 << 40,
-        other => return Err(format!("unknown size unit '{other}' in '{text}': use K, M, G or T")),
-    };
-    let value: u64 = number.parse().map_err(|_| format!("'{text}' is not a size such as 512M or 2G"))?;
-    value.checked_mul(multiplier).ok_or_else(|| format!("size '{text}' is too large"))
-}
-
 /// The HTTP status that matches an error's kind.
 pub(crate) fn status_for(kind: Kind) -> u16 {
     match kind {
@@ -136,15 +126,6 @@ pub(crate) fn status_for(kind: Kind) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_parse_in_binary_units() {
-        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
-        assert_eq!(parse_size("2g").unwrap(), 2 << 30);
-        assert_eq!(parse_size("4096").unwrap(), 4096);
-        assert!(parse_size("12 parsecs").unwrap_err().contains("unknown size unit"));
-        assert!(parse_size("M").is_err());
-    }
 
     #[test]
     fn only_the_exact_bearer_token_is_authorized() {

@@ -6,12 +6,16 @@ use std::io::{self, Read};
 use std::path::PathBuf;
 use std::sync::{Mutex, TryLockError};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tiny_http::{Header, Method, Request, Response};
 
-use super::{authorized, status_for, ErrorBody, Outcome, PeerImage, PeerInfo, HEALTH, IMAGES, INFO, MIGRATIONS, MIGRATION_HEADER, RESTORE};
+use super::{
+    authorized, status_for, ErrorBody, Outcome, PeerImage, PeerInfo, FAILOVERS, HEALTH, IMAGES, INFO, MIGRATIONS,
+    MIGRATION_HEADER, RESTORE, SNAPSHOTS,
+};
+use crate::snapshots::Store;
 use crate::commands::restore;
 use crate::engine::Engine;
 use crate::error::{Error, Kind, Result};
@@ -34,6 +38,11 @@ pub(crate) struct Agent {
     pub fast: bool,
     /// Caps for the containers the agent creates.
     pub board: Option<crate::board::Board>,
+    /// Snapshots peers replicate here.
+    pub store: Store,
+    /// Fail a container over by itself when its snapshots stop for this long
+    /// and its source's agent does not answer.
+    pub failover_after: Option<Duration>,
     restore_lock: Mutex<()>,
     outcomes: Mutex<VecDeque<(String, Outcome)>>,
 }
@@ -46,8 +55,10 @@ impl Agent {
         max_payload: Option<u64>,
         fast: bool,
         board: Option<crate::board::Board>,
+        failover_after: Option<Duration>,
     ) -> Agent {
-        Agent { engine, token, spool, max_payload, fast, board, restore_lock: Mutex::new(()), outcomes: Mutex::new(VecDeque::new()) }
+        let store = Store::new(&spool);
+        Agent { engine, token, spool, max_payload, fast, board, store, failover_after, restore_lock: Mutex::new(()), outcomes: Mutex::new(VecDeque::new()) }
     }
 }
 
@@ -56,8 +67,12 @@ pub(crate) fn serve(agent: &Agent, listen: &str) -> Result<()> {
     let server = tiny_http::Server::http(listen)
         .map_err(|e| Error::new(Kind::Usage, format!("cannot listen on {listen}: {e}")))?;
     remove_stale_receives(agent);
+    agent.store.clean_partial();
     log::info!("agent listening on {listen}, spool {}", agent.spool.display());
     thread::scope(|scope| {
+        if let Some(after) = agent.failover_after {
+            scope.spawn(move || watch_for_failover(agent, after));
+        }
         for _ in 0..WORKERS {
             scope.spawn(|| loop {
                 match server.recv() {
@@ -102,6 +117,9 @@ fn handle(agent: &Agent, mut request: Request) {
             (Method::Post, IMAGES) => load_image(agent, &mut request).map(Reply::json),
             (Method::Post, RESTORE) => restore_payload(agent, &mut request, query).map(Reply::json),
             (Method::Get, p) if p.starts_with(MIGRATIONS) => outcome(agent, &p[MIGRATIONS.len()..]).map(Reply::json),
+            (Method::Post, SNAPSHOTS) => receive_snapshot(agent, &mut request, query).map(Reply::json),
+            (Method::Get, SNAPSHOTS) => Ok(Reply::json(agent.store.list())),
+            (Method::Get, FAILOVERS) => Ok(Reply::json(failovers(agent))),
             _ => Err(Error::new(Kind::NotFound, format!("no such endpoint: {method} {path}")).with_status(404)),
         }
     };
@@ -272,6 +290,83 @@ fn receive_and_restore(agent: &Agent, body: &mut dyn Read, name: Option<&str>, l
     report.compressed_bytes = unpacked.compressed_bytes;
     report.peak_rss_kib = host::peak_rss_kib();
     Ok(report)
+}
+
+fn receive_snapshot(agent: &Agent, request: &mut Request, query: &str) -> Handled<crate::snapshots::SnapshotInfo> {
+    let keep = match query_value(query, "keep") {
+        Some(text) => text.parse::<usize>().ok().filter(|&n| n >= 1).ok_or_else(|| {
+            Error::new(Kind::Usage, format!("keep={text} is not a count of snapshots (1 or more)"))
+        })?,
+        None => 3,
+    };
+    std::fs::create_dir_all(&agent.spool).map_err(|e| crate::error::io_error(agent.spool.display(), e))?;
+    let free = host::free_bytes(&agent.spool).map_err(|e| crate::error::io_error(agent.spool.display(), e))?;
+    if let Some(length) = request.body_length().map(|n| n as u64)
+        && length > free
+    {
+        return Err(too_small(length, free));
+    }
+    let info = agent.engine.info()?;
+    let limit = agent.max_payload.map_or(free, |max| max.min(free));
+    let stored = agent.store.receive(request.as_reader(), &info.architecture, limit, keep)?;
+    log::info!("stored snapshot {} ({} bytes) from {}", stored.id, stored.compressed_bytes, stored.source_host);
+    Ok(stored)
+}
+
+/// Automatic failover: every second, a container whose newest snapshot is
+/// older than `after`, that does not run here, was not failed over already,
+/// and whose source's agent does not answer, is restored from that snapshot.
+fn watch_for_failover(agent: &Agent, after: Duration) {
+    log::info!("automatic failover after {:.1}s without snapshots", after.as_secs_f64());
+    let mut warned = std::collections::BTreeSet::new();
+    loop {
+        thread::sleep(Duration::from_secs(1));
+        let snapshots = agent.store.list();
+        let failed_over = agent.store.failovers();
+        let containers: std::collections::BTreeSet<&str> = snapshots.iter().map(|s| s.container.as_str()).collect();
+        for container in containers {
+            let Some(latest) = snapshots.iter().filter(|s| s.container == container).max_by_key(|s| s.generation) else {
+                continue;
+            };
+            let silent = host::unix_now().saturating_sub(latest.received_unix);
+            if silent < after.as_secs().max(1) || failed_over.iter().any(|f| f.container == container && f.generation >= latest.generation) {
+                continue;
+            }
+            let Some(source) = &latest.source_agent else {
+                if warned.insert(container.to_string()) {
+                    log::warn!("snapshots of {container} stopped {silent}s ago, but its source named no agent to ask (ferry replicate --self): not failing over");
+                }
+                continue;
+            };
+            if agent.engine.inspect_container(container).is_ok_and(|c| c.state.running) {
+                continue;
+            }
+            if super::client::Peer::new(source, agent.token.clone(), Duration::from_secs(3)).healthy() {
+                continue;
+            }
+            let Ok(_one_at_a_time) = agent.restore_lock.lock() else { continue };
+            log::warn!("no snapshot of {container} for {silent}s and its source's agent {source} does not answer: failing over");
+            let options = restore::Options { name: None, fast: agent.fast, board: agent.board.as_ref() };
+            match crate::commands::failover::failover(&agent.engine, &agent.store, container, None, &options) {
+                Ok(done) => log::warn!(
+                    "failed {container} over from generation {} ({}s old): runs here as {}",
+                    done.generation,
+                    done.snapshot_age_secs,
+                    &done.container_id[..12.min(done.container_id.len())]
+                ),
+                Err(e) => log::error!("failover of {container} failed: {e}"),
+            }
+        }
+    }
+}
+
+/// The recorded failovers, each saying whether its container still runs here.
+fn failovers(agent: &Agent) -> Vec<crate::snapshots::Failover> {
+    let mut failovers = agent.store.failovers();
+    for failover in &mut failovers {
+        failover.running = agent.engine.inspect_container(&failover.container_id).is_ok_and(|c| c.state.running);
+    }
+    failovers
 }
 
 fn too_small(length: u64, free: u64) -> HttpError {

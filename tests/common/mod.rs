@@ -280,3 +280,48 @@ pub fn token_file(scratch: &Scratch) -> PathBuf {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     path
 }
+
+/// A TCP proxy to `target` that flips one bit of the client's stream at
+/// `offset` and every 4 MiB after it (pooled connections carry several
+/// requests): payloads damaged on the wire.
+pub fn flipping_proxy(target: &str, offset: u64) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let target = target.to_string();
+    thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            let mut server = std::net::TcpStream::connect(&target).unwrap();
+            let mut client_reader = client.try_clone().unwrap();
+            let mut server_writer = server.try_clone().unwrap();
+            thread::spawn(move || {
+                let mut seen = 0u64;
+                let mut buffer = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match std::io::Read::read(&mut client_reader, &mut buffer) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    const PERIOD: u64 = 4 << 20;
+                    let mut at = offset;
+                    while at < seen + n as u64 {
+                        if at >= seen {
+                            buffer[(at - seen) as usize] ^= 0x10;
+                        }
+                        at += PERIOD;
+                    }
+                    seen += n as u64;
+                    if std::io::Write::write_all(&mut server_writer, &buffer[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = server_writer.shutdown(std::net::Shutdown::Write);
+            });
+            thread::spawn(move || {
+                let _ = std::io::copy(&mut server, &mut client);
+            });
+        }
+    });
+    addr
+}
+

@@ -1,0 +1,58 @@
+//! `ferry snapshots`: the replicated snapshots stored on this host or a peer.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use argh::FromArgs;
+
+use super::{human_bytes, Context};
+use crate::error::Result;
+use crate::host;
+use crate::snapshots::{SnapshotInfo, Store};
+use crate::transfer::{self, client::Peer};
+
+#[derive(FromArgs, Debug)]
+/// List the verified snapshots stored here (or on a peer's agent).
+#[argh(subcommand, name = "snapshots")]
+pub(crate) struct Args {
+    /// ask this agent (HOST:PORT) instead of reading the local spool
+    #[argh(option)]
+    pub peer: Option<String>,
+    /// file holding the agent's shared token (with --peer)
+    #[argh(option)]
+    pub token_file: Option<PathBuf>,
+    /// the local spool (default: the work dir)
+    #[argh(option)]
+    pub spool: Option<PathBuf>,
+    /// print the list as JSON
+    #[argh(switch)]
+    pub json: bool,
+}
+
+pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
+    let snapshots: Vec<SnapshotInfo> = match &args.peer {
+        Some(addr) => {
+            let token = args.token_file.as_deref().map(transfer::load_token).transpose()?;
+            Peer::new(addr, token, Duration::from_secs(30)).snapshots()?
+        }
+        None => Store::new(args.spool.as_deref().unwrap_or(&context.work_dir)).list(),
+    };
+    if args.json {
+        println!("{}", serde_json::json!(snapshots));
+        return Ok(());
+    }
+    println!("{:<24} {:>10} {:<16} {:>8} {:>10} {:>8}", "snapshot", "generation", "source", "age", "size", "verified");
+    let now = host::unix_now();
+    for s in &snapshots {
+        println!(
+            "{:<24} {:>10} {:<16} {:>7}s {:>10} {:>8}",
+            s.id,
+            s.generation,
+            s.source_agent.as_deref().unwrap_or(&s.source_host),
+            now.saturating_sub(s.taken_unix),
+            human_bytes(s.compressed_bytes),
+            if s.verified { "yes" } else { "no" }
+        );
+    }
+    Ok(())
+}

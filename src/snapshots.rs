@@ -1,0 +1,269 @@
+//! An agent's snapshot store: the periodic snapshots peers send with
+//! `ferry replicate`, kept on disk verified, the newest N per container.
+//!
+//! ```text
+//! <spool>/snapshots/<container>/<generation, 20 digits>/   one verified snapshot
+//!     snapshot.json  manifest.json  checkpoint/…  rootfs/…
+//! <spool>/snapshots/.incoming-*/                           one being received
+//! <spool>/snapshots/<container>/.restoring-*/              one being failed over
+//! <spool>/failovers/<container>.json                       the last failover of it
+//! ```
+//!
+//! A snapshot becomes visible only once it is whole and verified: it is
+//! unpacked (every digest checked) into `.incoming-*`, written to disk
+//! (fsync), then renamed into place. Listing reads only the numbered folders,
+//! so a partial or damaged snapshot is never listed or used.
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{io_error, Error, Kind, Result};
+use crate::host;
+use crate::payload::{self, Manifest};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SnapshotInfo {
+    /// `<container>@<generation>`, what `ferry failover --snapshot` takes.
+    pub id: String,
+    pub container: String,
+    pub generation: u64,
+    pub source_host: String,
+    #[serde(default)]
+    pub source_agent: Option<String>,
+    pub taken_unix: u64,
+    pub received_unix: u64,
+    pub raw_bytes: u64,
+    pub compressed_bytes: u64,
+    /// Every entry's digest matched when it was received.
+    pub verified: bool,
+}
+
+/// The record of a container failed over from its snapshots on this host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Failover {
+    pub container: String,
+    pub generation: u64,
+    pub source_host: String,
+    #[serde(default)]
+    pub source_agent: Option<String>,
+    pub restored_unix: u64,
+    pub container_id: String,
+    /// How old the snapshot was when it was restored: the state lost.
+    pub snapshot_age_secs: u64,
+    pub restore_secs: f64,
+    /// Whether the failed-over container still runs here (filled in when asked).
+    #[serde(default)]
+    pub running: bool,
+}
+
+pub(crate) struct Store {
+    root: PathBuf,
+    failovers: PathBuf,
+}
+
+const META: &str = "snapshot.json";
+
+impl Store {
+    pub(crate) fn new(spool: &Path) -> Store {
+        Store { root: spool.join("snapshots"), failovers: spool.join("failovers") }
+    }
+
+    /// Removes what an agent stopped mid-transfer or mid-failover left behind.
+    pub(crate) fn clean_partial(&self) {
+        let Ok(entries) = fs::read_dir(&self.root) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".incoming-") {
+                log::info!("removing the partial snapshot {}", entry.path().display());
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+
+    /// Receives one snapshot: unpacks and verifies it, writes it to disk, makes
+    /// it visible, then keeps only the newest `keep` of its container.
+    pub(crate) fn receive(&self, body: impl Read, host_arch: &str, limit: u64, keep: usize) -> Result<SnapshotInfo> {
+        fs::create_dir_all(&self.root).map_err(|e| io_error(self.root.display(), e))?;
+        let incoming = host::JobDir::reserve(&self.root, ".incoming").map_err(|e| io_error(self.root.display(), e))?;
+        let unpacked = payload::unpack(body, incoming.path(), host_arch, Some(limit))?;
+        let manifest = unpacked.manifest;
+        let Some(tag) = manifest.snapshot.clone() else {
+            return Err(Error::new(Kind::BadPayload, "this payload is not a snapshot (no generation): send it to /v1/restore"));
+        };
+        let info = SnapshotInfo {
+            id: format!("{}@{}", manifest.container.name, tag.generation),
+            container: manifest.container.name.clone(),
+            generation: tag.generation,
+            source_host: manifest.source.hostname.clone(),
+            source_agent: tag.source_agent,
+            taken_unix: manifest.created_unix,
+            received_unix: host::unix_now(),
+            raw_bytes: unpacked.raw_bytes,
+            compressed_bytes: unpacked.compressed_bytes,
+            verified: true,
+        };
+        write_json(&incoming.path().join(payload::MANIFEST_ENTRY), &manifest)?;
+        write_json(&incoming.path().join(META), &info)?;
+        sync_tree(incoming.path()).map_err(|e| io_error(format!("writing {} to disk", incoming.path().display()), e))?;
+
+        let container_dir = self.root.join(&info.container);
+        fs::create_dir_all(&container_dir).map_err(|e| io_error(container_dir.display(), e))?;
+        let target = container_dir.join(format!("{:020}", info.generation));
+        if target.exists() {
+            return Err(Error::new(
+                Kind::Refused,
+                format!("snapshot {} is already stored here: generations only grow", info.id),
+            ));
+        }
+        fs::rename(incoming.path(), &target).map_err(|e| io_error(target.display(), e))?;
+        incoming.keep();
+        let _ = File::open(&container_dir).and_then(|d| d.sync_all());
+        self.retain(&info.container, keep);
+        Ok(info)
+    }
+
+    /// Every stored snapshot, by container then generation.
+    pub(crate) fn list(&self) -> Vec<SnapshotInfo> {
+        let mut all = Vec::new();
+        let Ok(containers) = fs::read_dir(&self.root) else { return all };
+        for container in containers.flatten() {
+            if container.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            all.extend(self.of(&container.file_name().to_string_lossy()));
+        }
+        all.sort_by(|a, b| (&a.container, a.generation).cmp(&(&b.container, b.generation)));
+        all
+    }
+
+    /// The verified snapshots of one container, oldest first.
+    pub(crate) fn of(&self, container: &str) -> Vec<SnapshotInfo> {
+        let Ok(entries) = fs::read_dir(self.root.join(container)) else { return Vec::new() };
+        let mut found: Vec<SnapshotInfo> = entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+            .filter_map(|e| fs::read(e.path().join(META)).ok())
+            .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
+            .collect();
+        found.sort_by_key(|s: &SnapshotInfo| s.generation);
+        found
+    }
+
+    fn dir(&self, container: &str, generation: u64) -> PathBuf {
+        self.root.join(container).join(format!("{generation:020}"))
+    }
+
+    /// Keeps the newest `keep` snapshots of a container, deletes the rest.
+    fn retain(&self, container: &str, keep: usize) {
+        let stored = self.of(container);
+        let excess = stored.len().saturating_sub(keep.max(1));
+        for old in &stored[..excess] {
+            log::debug!("retention: deleting snapshot {}", old.id);
+            let _ = fs::remove_dir_all(self.dir(container, old.generation));
+        }
+    }
+
+    /// Takes a snapshot out of the store for a failover: the newest verified
+    /// one, or `generation`. Renamed aside so that retention cannot delete it
+    /// meanwhile; put back if the failover fails.
+    pub(crate) fn checkout(&self, container: &str, generation: Option<u64>) -> Result<Checkout> {
+        let stored = self.of(container);
+        let chosen = match generation {
+            Some(g) => stored.into_iter().find(|s| s.generation == g),
+            None => stored.into_iter().last(),
+        };
+        let Some(info) = chosen else {
+            return Err(Error::new(
+                Kind::NotFound,
+                format!(
+                    "no verified snapshot of '{container}'{} here — `ferry snapshots` lists them",
+                    generation.map(|g| format!(" at generation {g}")).unwrap_or_default()
+                ),
+            ));
+        };
+        let stored_at = self.dir(container, info.generation);
+        let aside = self.root.join(container).join(format!(".restoring-{:020}", info.generation));
+        fs::rename(&stored_at, &aside).map_err(|e| io_error(stored_at.display(), e))?;
+        let manifest: Manifest = serde_json::from_slice(
+            &fs::read(aside.join(payload::MANIFEST_ENTRY)).map_err(|e| io_error(aside.display(), e))?,
+        )
+        .map_err(|e| Error::new(Kind::BadPayload, format!("snapshot {}: {e}", info.id)))?;
+        Ok(Checkout { info, manifest, aside, stored_at, used: false })
+    }
+
+    pub(crate) fn record_failover(&self, failover: &Failover) -> Result<()> {
+        fs::create_dir_all(&self.failovers).map_err(|e| io_error(self.failovers.display(), e))?;
+        let path = self.failovers.join(format!("{}.json", failover.container));
+        let temporary = path.with_extension("json.new");
+        write_json(&temporary, failover)?;
+        let _ = File::open(&temporary).and_then(|f| f.sync_all());
+        fs::rename(&temporary, &path).map_err(|e| io_error(path.display(), e))
+    }
+
+    pub(crate) fn failovers(&self) -> Vec<Failover> {
+        let Ok(entries) = fs::read_dir(&self.failovers) else { return Vec::new() };
+        entries
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .filter_map(|e| fs::read(e.path()).ok())
+            .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
+            .collect()
+    }
+}
+
+/// A snapshot taken out of the store; goes back unless [`Checkout::used`].
+pub(crate) struct Checkout {
+    pub info: SnapshotInfo,
+    pub manifest: Manifest,
+    aside: PathBuf,
+    stored_at: PathBuf,
+    used: bool,
+}
+
+impl Checkout {
+    pub(crate) fn path(&self) -> &Path {
+        &self.aside
+    }
+
+    /// The snapshot was restored: delete it.
+    pub(crate) fn used(mut self) {
+        self.used = true;
+        let _ = fs::remove_dir_all(&self.aside);
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if !self.used {
+            // The portable restore moves the images away: a snapshot that
+            // lost them is no longer whole, and must not be listed again.
+            if self.aside.join(payload::CHECKPOINT_DIR).exists() {
+                let _ = fs::rename(&self.aside, &self.stored_at);
+            } else {
+                let _ = fs::remove_dir_all(&self.aside);
+            }
+        }
+    }
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| Error::new(Kind::Failure, e.to_string()))?;
+    fs::write(path, bytes).map_err(|e| io_error(path.display(), e))
+}
+
+/// fsync every file and folder below `dir`, so a snapshot that is visible
+/// survives a power cut.
+fn sync_tree(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            sync_tree(&entry.path())?;
+        } else {
+            File::open(entry.path())?.sync_all()?;
+        }
+    }
+    File::open(dir)?.sync_all()
+}
