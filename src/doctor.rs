@@ -64,6 +64,7 @@ pub(crate) fn run_checks(socket: &Path, work_dir: &Path) -> Vec<Check> {
         ));
     }
     checks.push(check("criu", true, criu_check()));
+    checks.push(check("dirty tracking", false, dirty_tracking_check()));
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let kernel = kernel.trim().to_string();
     let (major, minor) = kernel_version(&kernel);
@@ -100,6 +101,22 @@ fn criu_check() -> Result<String, (String, String)> {
             Err((format!("criu {version}: `criu check` fails: {last}"), "run `criu check` as root and fix what it names".into()))
         }
         Err(e) => Err((format!("cannot run criu: {e}"), "run ferry doctor as root".into())),
+    }
+}
+
+/// Incremental snapshots (CRIU pre-dump / parent images) need the kernel's
+/// soft-dirty bits (CONFIG_MEM_SOFT_DIRTY, x86 only); without them every
+/// snapshot is a full one.
+fn dirty_tracking_check() -> Result<String, (String, String)> {
+    let output = Command::new("criu").args(["check", "--feature", "mem_dirty_track"]).output();
+    match output {
+        Ok(out) if out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("OFF") => {
+            Ok("memory dirty tracking works: incremental snapshots are possible".into())
+        }
+        _ => Err((
+            "this kernel has no memory dirty tracking (CONFIG_MEM_SOFT_DIRTY)".into(),
+            "every snapshot is a full one; incremental snapshots need an x86 kernel with soft-dirty".into(),
+        )),
     }
 }
 

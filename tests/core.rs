@@ -220,3 +220,18 @@ fn board_caps_are_applied_to_the_restored_container() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("field 'memory_mib' is 8; allowed: 16 to 65536"), "{}", stderr(&out));
 }
+
+#[test]
+#[ignore = "needs a real dockerd + CRIU: run `make test`"]
+fn doctor_passes_here_and_names_the_fix_when_docker_is_missing() {
+    let scratch = Scratch::new("doctor");
+    let out = ferry_ok(ENGINE_A, &scratch.work_dir(), &["doctor"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for check in ["docker socket", "api version", "experimental", "criu", "kernel", "cgroup", "work dir", "arch"] {
+        assert!(text.lines().any(|l| l.contains(check) && (l.starts_with("OK") || l.starts_with("WARN"))), "{check}: {text}");
+    }
+    let out = ferry("/nonexistent.sock", &scratch.work_dir(), &["doctor"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l.starts_with("FAIL docker socket") && l.contains("start dockerd")), "{text}");
+}
