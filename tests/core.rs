@@ -99,6 +99,7 @@ fn leave_running_checkpoint_to_stdout_and_restore_from_stdin() {
         .arg(scratch.work_dir())
         .args(["-q", "restore", "-", "--name", &restored])
         .stdin(std::fs::File::open(&payload).unwrap())
+        .stdout(std::process::Stdio::null())
         .status()
         .unwrap();
     assert!(status.success());

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{human_bytes, inspect_named, print_report, restore, seconds_since, Context};
+use crate::board::Board;
 use crate::engine::{self, ContainerInspect, Engine, Info, CHANGE_ADDED, CHANGE_DELETED, CHANGE_MODIFIED};
 use crate::error::{io_error, Error, Kind, Result};
 use crate::host::{self, JobDir};
@@ -35,6 +36,9 @@ pub(crate) struct Args {
     /// criu (the process carries on, default) or commit (docker commit + save: the app restarts)
     #[argh(option, default = "Mode::Criu", from_str_fn(parse_mode))]
     pub mode: Mode,
+    /// use this board profile's buffer and lz4 block sizes and work dir
+    #[argh(option)]
+    pub board: Option<String>,
     /// print the summary as one JSON object
     #[argh(switch)]
     pub json: bool,
@@ -65,6 +69,9 @@ pub(crate) struct Report {
 }
 
 pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
+    let board = args.board.as_deref().map(Board::load).transpose()?;
+    let buffer = board.as_ref().map_or(64 * 1024, Board::io_buffer);
+    let work_dir = crate::board::work_dir(board.as_ref(), context.chosen_work_dir.as_deref(), &context.work_dir);
     let engine = context.engine()?;
     let to_stdout = args.output.as_deref() == Some("-");
     let output_path = match &args.output {
@@ -77,13 +84,16 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     let (sink, partial): (Box<dyn Write>, Option<PartialFile>) = match &output_path {
         Some(path) => {
             let file = File::create(path).map_err(|e| io_error(format!("cannot write {}", path.display()), e))?;
-            (Box::new(BufWriter::with_capacity(64 * 1024, file)), Some(PartialFile(path.clone())))
+            (Box::new(BufWriter::with_capacity(buffer, file)), Some(PartialFile(path.clone())))
         }
         None => (Box::new(io::stdout().lock()), None),
     };
 
     let info = engine.info()?;
-    let mut taken = take(&engine, &info, &context.work_dir, &args.container, args.mode, args.leave_running, context.fast)?;
+    let mut taken = take(&engine, &info, work_dir, &args.container, args.mode, args.leave_running, context.fast)?;
+    if let Some(board) = &board {
+        taken.lz4_block = board.lz4_block();
+    }
     let pack_started = Instant::now();
     let stats = match taken.pack_into(sink) {
         Ok(stats) => stats,

@@ -17,6 +17,7 @@ use serde_json::json;
 
 use super::checkpoint::{refuse_uncarryable, take};
 use super::{human_bytes, inspect_named, print_report, seconds_since, Context};
+use crate::board::Board;
 use crate::engine::Engine;
 use crate::error::{Error, Kind, Result};
 use crate::payload::{normalize_arch, Mode};
@@ -45,6 +46,9 @@ pub(crate) struct Args {
     /// seconds to wait for the peer's answer (default 300)
     #[argh(option, default = "300")]
     pub timeout: u64,
+    /// use this board profile's buffer and lz4 block sizes and work dir
+    #[argh(option)]
+    pub board: Option<String>,
     /// print the report as one JSON object
     #[argh(switch)]
     pub json: bool,
@@ -92,6 +96,9 @@ pub(crate) struct Report {
 }
 
 pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
+    let board = args.board.as_deref().map(Board::load).transpose()?;
+    let buffer = board.as_ref().map_or(64 * 1024, Board::io_buffer);
+    let work_dir = crate::board::work_dir(board.as_ref(), context.chosen_work_dir.as_deref(), &context.work_dir);
     let engine = context.engine()?;
     let info = engine.info()?;
     let token = args.token_file.as_deref().map(transfer::load_token).transpose()?;
@@ -125,7 +132,10 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     report.image_secs = seconds_since(image_started);
 
     let freeze = Instant::now();
-    let mut taken = take(&engine, &info, &context.work_dir, &args.container, Mode::Criu, false, context.fast)?;
+    let mut taken = take(&engine, &info, work_dir, &args.container, Mode::Criu, false, context.fast)?;
+    if let Some(board) = &board {
+        taken.lz4_block = board.lz4_block();
+    }
     report.save_secs = taken.checkpoint_secs;
     report.checkpoint_path = taken.checkpoint_path;
     let migration = migration_id();
@@ -135,7 +145,7 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     let transfer_started = Instant::now();
     let (answer, packed) = thread::scope(|scope| {
         let packer = scope.spawn(|| {
-            let sink = transfer::Progress::new(BufWriter::with_capacity(64 * 1024, payload_writer), "sent");
+            let sink = transfer::Progress::new(BufWriter::with_capacity(buffer, payload_writer), "sent");
             let stats = taken.pack_into(sink);
             (stats, seconds_since(transfer_started))
         });

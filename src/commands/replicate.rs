@@ -78,8 +78,8 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     // SIGTERM (init systems) and SIGINT end the loop between snapshots.
     // SAFETY: the handler only stores to an atomic.
     unsafe {
-        libc::signal(libc::SIGTERM, request_stop as libc::sighandler_t);
-        libc::signal(libc::SIGINT, request_stop as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, request_stop as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, request_stop as *const () as libc::sighandler_t);
     }
     let engine = context.engine()?;
     let token = args.token_file.as_deref().map(transfer::load_token).transpose()?;

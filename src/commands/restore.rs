@@ -329,7 +329,11 @@ fn start_placed(engine: &Engine, info: &Info, id: &str, name: &str, placed: &Pat
     // containerd extracts the checkpoint into $TMPDIR/ctrd-checkpoint* for every
     // restore, failed ones too, and never deletes it (containerd issue 10166).
     remove_extractions(&leaks_before, placed);
-    let removed = fs::remove_dir_all(placed);
+    // The images were read: remove them, through Docker when it knows them.
+    let removed = match engine.checkpoint_delete(id, name) {
+        Ok(()) => Ok(()),
+        Err(_) => fs::remove_dir_all(placed),
+    };
     started.map_err(|e| super::checkpoint::criu_error(&id[..12.min(id.len())], "restore", e))?;
     if let Err(e) = removed {
         log::warn!("could not remove the used checkpoint {}: {e}", placed.display());

@@ -54,6 +54,7 @@ impl Error {
     }
 
     /// Docker's own message for a non-2xx answer, e.g. "No such container: web".
+    #[cfg(test)]
     pub(crate) fn message(&self) -> Option<&str> {
         match self {
             Error::Api { message, .. } => Some(message),
@@ -130,10 +131,6 @@ pub(crate) fn socket_path(explicit: Option<&Path>) -> std::result::Result<PathBu
 pub(crate) struct Version {
     pub version: String,
     pub api_version: String,
-    #[serde(default)]
-    pub kernel_version: String,
-    #[serde(default)]
-    pub arch: String,
 }
 
 /// `GET /info`, the subset ferry reads.
@@ -147,11 +144,7 @@ pub(crate) struct Info {
     #[serde(default)]
     pub server_version: String,
     #[serde(default)]
-    pub cgroup_version: String,
-    #[serde(default)]
     pub driver: String,
-    #[serde(default)]
-    pub name: String,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -159,8 +152,6 @@ pub(crate) struct Info {
 pub(crate) struct ContainerState {
     pub status: String,
     pub running: bool,
-    #[serde(default)]
-    pub pid: u32,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -214,10 +205,6 @@ pub(crate) struct ImageInspect {
     pub id: String,
     #[serde(default)]
     pub repo_tags: Option<Vec<String>>,
-    #[serde(default)]
-    pub architecture: String,
-    #[serde(default)]
-    pub size: u64,
 }
 
 /// One row of `GET /containers/{id}/changes`.
@@ -236,11 +223,7 @@ pub(crate) const CHANGE_DELETED: u8 = 2;
 /// The `X-Docker-Container-Path-Stat` header of the archive endpoints.
 #[derive(Debug, Deserialize, Clone)]
 pub(crate) struct PathStat {
-    pub name: String,
-    pub size: i64,
     pub mode: u32,
-    #[serde(rename = "linkTarget", default)]
-    pub link_target: String,
 }
 
 impl PathStat {
@@ -289,10 +272,6 @@ impl Engine {
         engine.api = daemon_api.min(NEWEST_API);
         log::debug!("docker engine {} at {}, using API {}", version.version, socket.display(), engine.api);
         Ok(engine)
-    }
-
-    pub(crate) fn socket(&self) -> &Path {
-        &self.socket
     }
 
     pub(crate) fn api_version(&self) -> ApiVersion {
@@ -421,10 +400,6 @@ impl Engine {
         self.call("DELETE", &format!("/containers/{}?force={force}&v=true", encode(id)))
     }
 
-    pub(crate) fn kill_container(&self, id: &str, signal: &str) -> Result<()> {
-        self.call("POST", &format!("/containers/{}/kill?signal={}", encode(id), encode(signal)))
-    }
-
     pub(crate) fn container_changes(&self, id: &str) -> Result<Vec<Change>> {
         // Docker answers `null` for a container with no changes.
         let changes: Option<Vec<Change>> = self.get_json(&format!("/containers/{}/changes", encode(id)))?;
@@ -466,16 +441,6 @@ impl Engine {
         drain(&path, response)
     }
 
-    pub(crate) fn checkpoint_list(&self, id: &str) -> Result<Vec<String>> {
-        #[derive(Deserialize)]
-        #[serde(rename_all = "PascalCase")]
-        struct Checkpoint {
-            name: String,
-        }
-        let list: Option<Vec<Checkpoint>> = self.get_json(&format!("/containers/{}/checkpoints", encode(id)))?;
-        Ok(list.unwrap_or_default().into_iter().map(|c| c.name).collect())
-    }
-
     pub(crate) fn checkpoint_delete(&self, id: &str, name: &str) -> Result<()> {
         self.call("DELETE", &format!("/containers/{}/checkpoints/{}", encode(id), encode(name)))
     }
@@ -496,7 +461,7 @@ impl Engine {
         let list: Vec<Summary> = self.get_json("/images/json")?;
         Ok(list
             .into_iter()
-            .map(|s| ImageInspect { id: s.id, repo_tags: s.repo_tags, architecture: String::new(), size: 0 })
+            .map(|s| ImageInspect { id: s.id, repo_tags: s.repo_tags })
             .collect())
     }
 
