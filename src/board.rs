@@ -4,7 +4,7 @@
 //! The profiles in boards/ are compiled into the binary (one file to copy
 //! onto a board); `--board FILE` reads another one from disk.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
@@ -126,11 +126,6 @@ impl Board {
         host_config.cpu_quota = 0;
         host_config.cpu_period = 0;
     }
-}
-
-/// The work dir a board prefers, unless the user chose one.
-pub(crate) fn work_dir<'a>(board: Option<&'a Board>, chosen: Option<&'a Path>, default: &'a Path) -> &'a Path {
-    chosen.or(board.map(|b| b.work_dir.as_path())).unwrap_or(default)
 }
 
 #[cfg(test)]

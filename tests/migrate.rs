@@ -13,24 +13,14 @@ use common::*;
 
 const PEER: i32 = 9;
 
-struct Hosts {
-    scratch: Scratch,
-    token: PathBuf,
-    agent_a: AgentProcess,
-    agent_b: AgentProcess,
-    on_a: Containers,
-    on_b: Containers,
+/// What the migration tests do with the two hosts.
+trait Migration {
+    fn counter_on_a(&mut self, name: &str, mib: u32, extra: &[&str]) -> (String, String);
+    fn migrate_a_to(&self, name: &str, to: &str, extra: &[&str]) -> std::process::Output;
+    fn still_on_a_only(&self, name: &str, counted: u64, sum: &str);
 }
 
-impl Hosts {
-    fn new(label: &str) -> Hosts {
-        let scratch = Scratch::new(label);
-        let token = token_file(&scratch);
-        let agent_a = AgentProcess::start(false, &scratch.path("spool-a"), &token, &[]);
-        let agent_b = AgentProcess::start(true, &scratch.path("spool-b"), &token, &[]);
-        Hosts { scratch, token, agent_a, agent_b, on_a: Containers::new(ENGINE_A), on_b: Containers::new(ENGINE_B) }
-    }
-
+impl Migration for TwoHosts {
     /// A counter on A, tracked on both engines; returns its name and memory sum.
     fn counter_on_a(&mut self, name: &str, mib: u32, extra: &[&str]) -> (String, String) {
         let name = self.on_a.track(name);
@@ -82,7 +72,7 @@ fn expect_peer_failure(out: &std::process::Output, message: &str) {
 #[test]
 #[ignore = "needs two real engines + CRIU: run `make test`"]
 fn migrate_a_to_b_and_back_keeps_counter_and_memory() {
-    let mut hosts = Hosts::new("hop");
+    let mut hosts = TwoHosts::new("hop", &[]);
     let (name, sum) = hosts.counter_on_a("ferry-e2e-hop", 16, &[]);
 
     let before = latest_count(ENGINE_A, &name);
@@ -120,7 +110,7 @@ fn migrate_a_to_b_and_back_keeps_counter_and_memory() {
 #[test]
 #[ignore = "needs two real engines + CRIU: run `make test`"]
 fn an_agent_with_a_board_profile_caps_what_it_restores() {
-    let mut hosts = Hosts::new("board");
+    let mut hosts = TwoHosts::new("board", &[]);
     let capped = AgentProcess::start(true, &hosts.scratch.path("spool-capped"), &hosts.token, &["--board", "pi-zero-2w"]);
     let (name, sum) = hosts.counter_on_a("ferry-e2e-board-agent", 16, &[]);
     let out = hosts.migrate_a_to(&name, &capped.addr, &[]);
@@ -133,7 +123,7 @@ fn an_agent_with_a_board_profile_caps_what_it_restores() {
 #[test]
 #[ignore = "needs two real engines + CRIU: run `make test`"]
 fn wrong_token_is_refused_before_anything_stops() {
-    let mut hosts = Hosts::new("token");
+    let mut hosts = TwoHosts::new("token", &[]);
     let (name, sum) = hosts.counter_on_a("ferry-e2e-token", 4, &[]);
     let wrong = hosts.scratch.path("wrong-token");
     std::fs::write(&wrong, "not-the-token-not-the-token").unwrap();
@@ -150,7 +140,7 @@ fn wrong_token_is_refused_before_anything_stops() {
 #[test]
 #[ignore = "needs two real engines + CRIU: run `make test`"]
 fn unreachable_peer_is_refused_before_anything_stops() {
-    let mut hosts = Hosts::new("unreachable");
+    let mut hosts = TwoHosts::new("unreachable", &[]);
     let (name, sum) = hosts.counter_on_a("ferry-e2e-unreachable", 4, &[]);
     let counted = latest_count(ENGINE_A, &name);
     let nobody = format!("127.0.0.1:{}", free_port());
@@ -162,7 +152,7 @@ fn unreachable_peer_is_refused_before_anything_stops() {
 #[test]
 #[ignore = "needs two real engines + CRIU: run `make test`"]
 fn migrate_rolls_back_when_the_agent_dies_mid_transfer() {
-    let mut hosts = Hosts::new("agent-dies");
+    let mut hosts = TwoHosts::new("agent-dies", &[]);
     let (name, sum) = hosts.counter_on_a("ferry-e2e-dies", 256, &[]);
     let counted = latest_count(ENGINE_A, &name);
     // Kill B's agent once its spool holds part of the payload.
@@ -203,7 +193,7 @@ fn unsafe_kill(pid: u32) {
 #[test]
 #[ignore = "needs two real engines + CRIU: run `make test`"]
 fn payload_corrupted_in_flight_is_refused_by_checksum() {
-    let mut hosts = Hosts::new("corrupt");
+    let mut hosts = TwoHosts::new("corrupt", &[]);
     let (name, sum) = hosts.counter_on_a("ferry-e2e-corrupt", 16, &[]);
     let counted = latest_count(ENGINE_A, &name);
     let proxy = flipping_proxy(&hosts.agent_b.addr, 4 << 20);
@@ -215,7 +205,7 @@ fn payload_corrupted_in_flight_is_refused_by_checksum() {
 #[test]
 #[ignore = "needs two real engines + CRIU: run `make test`"]
 fn image_missing_on_peer_is_refused_with_never_and_shipped_with_auto() {
-    let mut hosts = Hosts::new("image");
+    let mut hosts = TwoHosts::new("image", &[]);
     // An image only A has: a commit of a counter's filesystem.
     let seed = hosts.on_a.track("ferry-e2e-image-seed");
     docker_ok(ENGINE_A, &["run", "-d", "--name", &seed, WORKLOAD, "/counter", "1", "100"]);
@@ -257,7 +247,7 @@ impl Drop for ImageCleanup {
 #[test]
 #[ignore = "needs two real engines + CRIU: run `make test`"]
 fn peer_spool_too_small_is_refused_before_it_fills() {
-    let mut hosts = Hosts::new("small-spool");
+    let mut hosts = TwoHosts::new("small-spool", &[]);
     // A 16 MiB tmpfs in B's mount namespace as the agent's spool.
     let small = hosts.scratch.path("small-spool");
     std::fs::create_dir_all(&small).unwrap();
@@ -294,7 +284,7 @@ impl Drop for Unmount {
 #[test]
 #[ignore = "needs two real engines + CRIU: run `make test`"]
 fn restore_failing_on_the_peer_rolls_back() {
-    let mut hosts = Hosts::new("port");
+    let mut hosts = TwoHosts::new("port", &[]);
     // B already publishes the port the app needs.
     let squatter = hosts.on_b.track("ferry-e2e-port-squatter");
     docker_ok(ENGINE_B, &["run", "-d", "--name", &squatter, "-p", "18080:8080", WORKLOAD, "/counter", "1", "1000"]);

@@ -15,24 +15,17 @@ const EVERY: &str = "2s";
 /// The counter's period is 100 ms: one interval of 2 s is 20 counts.
 const COUNTS_PER_INTERVAL: u64 = 20;
 
-struct Replication {
-    scratch: Scratch,
-    token: PathBuf,
-    agent_a: AgentProcess,
-    agent_b: AgentProcess,
-    on_a: Containers,
-    on_b: Containers,
+/// What the replication tests do with the two hosts.
+trait Replication {
+    fn spool_b(&self) -> PathBuf;
+    fn counter(&mut self, name: &str, mib: u32) -> String;
+    fn replicate(&self, name: &str, to: &str, extra: &[&str]) -> Child;
+    fn stored(&self, name: &str) -> Vec<u64>;
+    fn wait_for_snapshots(&self, name: &str, count: usize);
+    fn kill_a(&mut self, replicate: &mut Child, name: &str) -> u64;
 }
 
-impl Replication {
-    fn new(label: &str, b_extra: &[&str]) -> Replication {
-        let scratch = Scratch::new(label);
-        let token = token_file(&scratch);
-        let agent_a = AgentProcess::start(false, &scratch.path("spool-a"), &token, &[]);
-        let agent_b = AgentProcess::start(true, &scratch.path("spool-b"), &token, b_extra);
-        Replication { scratch, token, agent_a, agent_b, on_a: Containers::new(ENGINE_A), on_b: Containers::new(ENGINE_B) }
-    }
-
+impl Replication for TwoHosts {
     fn spool_b(&self) -> PathBuf {
         self.scratch.path("spool-b")
     }
@@ -115,7 +108,7 @@ fn assert_resumed_on_b(name: &str, last_on_a: u64, sum: &str) {
 #[test]
 #[ignore = "needs two real engines + CRIU: run `make test`"]
 fn failover_restores_from_the_newest_snapshot_and_a_returning_source_stands_down() {
-    let mut hosts = Replication::new("failover", &[]);
+    let mut hosts = TwoHosts::new("failover", &[]);
     let name = "ferry-e2e-replicated";
     let sum = hosts.counter(name, 16);
     let mut replicate = hosts.replicate(name, &hosts.agent_b.addr.clone(), &["--keep", "3"]);
@@ -144,7 +137,7 @@ fn failover_restores_from_the_newest_snapshot_and_a_returning_source_stands_down
 #[test]
 #[ignore = "needs two real engines + CRIU: run `make test`"]
 fn automatic_failover_when_snapshots_stop_and_the_source_is_silent() {
-    let mut hosts = Replication::new("auto-failover", &["--failover-after", "4s"]);
+    let mut hosts = TwoHosts::new("auto-failover", &["--failover-after", "4s"]);
     let name = "ferry-e2e-auto-failover";
     let sum = hosts.counter(name, 16);
     let mut replicate = hosts.replicate(name, &hosts.agent_b.addr.clone(), &[]);
@@ -161,7 +154,7 @@ fn automatic_failover_when_snapshots_stop_and_the_source_is_silent() {
 #[test]
 #[ignore = "needs two real engines + CRIU: run `make test`"]
 fn retention_keeps_exactly_n_and_never_more_than_n_plus_one() {
-    let mut hosts = Replication::new("retention", &[]);
+    let mut hosts = TwoHosts::new("retention", &[]);
     let name = "ferry-e2e-retention";
     hosts.counter(name, 4);
     let mut replicate = hosts.replicate(name, &hosts.agent_b.addr.clone(), &["--keep", "2"]);
@@ -189,7 +182,7 @@ fn retention_keeps_exactly_n_and_never_more_than_n_plus_one() {
 #[test]
 #[ignore = "needs two real engines + CRIU: run `make test`"]
 fn damaged_or_partial_snapshots_are_never_listed() {
-    let mut hosts = Replication::new("damaged", &[]);
+    let mut hosts = TwoHosts::new("damaged", &[]);
     let name = "ferry-e2e-damaged";
     hosts.counter(name, 16);
     // Every snapshot crosses a wire that flips one bit.

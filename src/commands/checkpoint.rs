@@ -10,7 +10,6 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{human_bytes, inspect_named, print_report, restore, seconds_since, Context};
-use crate::board::Board;
 use crate::engine::{self, ContainerInspect, Engine, Info, CHANGE_ADDED, CHANGE_DELETED, CHANGE_MODIFIED};
 use crate::error::{io_error, Error, Kind, Result};
 use crate::host::{self, JobDir};
@@ -69,9 +68,7 @@ pub(crate) struct Report {
 }
 
 pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
-    let board = args.board.as_deref().map(Board::load).transpose()?;
-    let buffer = board.as_ref().map_or(64 * 1024, Board::io_buffer);
-    let work_dir = crate::board::work_dir(board.as_ref(), context.chosen_work_dir.as_deref(), &context.work_dir);
+    let tuning = context.tuning(args.board.as_deref())?;
     let engine = context.engine()?;
     let to_stdout = args.output.as_deref() == Some("-");
     let output_path = match &args.output {
@@ -84,14 +81,14 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     let (sink, partial): (Box<dyn Write>, Option<PartialFile>) = match &output_path {
         Some(path) => {
             let file = File::create(path).map_err(|e| io_error(format!("cannot write {}", path.display()), e))?;
-            (Box::new(BufWriter::with_capacity(buffer, file)), Some(PartialFile(path.clone())))
+            (Box::new(BufWriter::with_capacity(tuning.io_buffer, file)), Some(PartialFile(path.clone())))
         }
         None => (Box::new(io::stdout().lock()), None),
     };
 
     let info = engine.info()?;
-    let mut taken = take(&engine, &info, work_dir, &args.container, args.mode, args.leave_running, context.fast)?;
-    if let Some(board) = &board {
+    let mut taken = take(&engine, &info, &tuning.work_dir, &args.container, args.mode, args.leave_running, context.fast)?;
+    if let Some(board) = &tuning.board {
         taken.lz4_block = board.lz4_block();
     }
     let pack_started = Instant::now();

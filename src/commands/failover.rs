@@ -8,7 +8,6 @@ use serde_json::json;
 
 use super::restore::{restore_unpacked, Options};
 use super::{print_report, Context};
-use crate::board::Board;
 use crate::engine::Engine;
 use crate::error::{Error, Kind, Result};
 use crate::host;
@@ -36,10 +35,8 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
-    let board = args.board.as_deref().map(Board::load).transpose()?;
-    let spool = args.spool.clone().unwrap_or_else(|| {
-        crate::board::work_dir(board.as_ref(), context.chosen_work_dir.as_deref(), &context.work_dir).to_path_buf()
-    });
+    let tuning = context.tuning(args.board.as_deref())?;
+    let spool = args.spool.clone().unwrap_or(tuning.work_dir);
     let generation = match args.snapshot.as_deref() {
         None => None,
         Some(id) => {
@@ -50,7 +47,7 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
         }
     };
     let engine = context.engine()?;
-    let options = Options { name: None, fast: context.fast, board: board.as_ref() };
+    let options = Options { name: None, fast: context.fast, board: tuning.board.as_ref() };
     let done = failover(&engine, &Store::new(&spool), &args.container, generation, &options)?;
     let line = format!(
         "failed over {} from snapshot {} taken {}s ago on {}: restored in {:.2}s as {}",

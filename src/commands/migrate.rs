@@ -17,7 +17,6 @@ use serde_json::json;
 
 use super::checkpoint::{refuse_uncarryable, take};
 use super::{human_bytes, inspect_named, print_report, seconds_since, Context};
-use crate::board::Board;
 use crate::engine::Engine;
 use crate::error::{Error, Kind, Result};
 use crate::payload::{normalize_arch, Mode};
@@ -96,9 +95,7 @@ pub(crate) struct Report {
 }
 
 pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
-    let board = args.board.as_deref().map(Board::load).transpose()?;
-    let buffer = board.as_ref().map_or(64 * 1024, Board::io_buffer);
-    let work_dir = crate::board::work_dir(board.as_ref(), context.chosen_work_dir.as_deref(), &context.work_dir);
+    let tuning = context.tuning(args.board.as_deref())?;
     let engine = context.engine()?;
     let info = engine.info()?;
     let token = args.token_file.as_deref().map(transfer::load_token).transpose()?;
@@ -132,8 +129,8 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     report.image_secs = seconds_since(image_started);
 
     let freeze = Instant::now();
-    let mut taken = take(&engine, &info, work_dir, &args.container, Mode::Criu, false, context.fast)?;
-    if let Some(board) = &board {
+    let mut taken = take(&engine, &info, &tuning.work_dir, &args.container, Mode::Criu, false, context.fast)?;
+    if let Some(board) = &tuning.board {
         taken.lz4_block = board.lz4_block();
     }
     report.save_secs = taken.checkpoint_secs;
@@ -145,7 +142,7 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     let transfer_started = Instant::now();
     let (answer, packed) = thread::scope(|scope| {
         let packer = scope.spawn(|| {
-            let sink = transfer::Progress::new(BufWriter::with_capacity(buffer, payload_writer), "sent");
+            let sink = transfer::Progress::new(BufWriter::with_capacity(tuning.io_buffer, payload_writer), "sent");
             let stats = taken.pack_into(sink);
             (stats, seconds_since(transfer_started))
         });

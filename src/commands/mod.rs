@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
+use crate::board::Board;
 use crate::engine::{self, Engine};
 use crate::error::{Error, Kind, Result};
 
@@ -38,6 +39,27 @@ impl Context {
         let socket = engine::socket_path(self.docker_socket.as_deref()).map_err(|m| Error::new(Kind::Usage, m))?;
         Ok(Engine::connect(&socket)?)
     }
+
+    /// Loads the `--board` a command was given and what it decides for
+    /// ferry's own I/O: buffer size, and work dir unless the user chose one.
+    pub(crate) fn tuning(&self, board: Option<&str>) -> Result<Tuning> {
+        let board = board.map(Board::load).transpose()?;
+        let work_dir = match (&self.chosen_work_dir, &board) {
+            (None, Some(board)) => board.work_dir.clone(),
+            _ => self.work_dir.clone(),
+        };
+        let io_buffer = board.as_ref().map_or(DEFAULT_IO_BUFFER, Board::io_buffer);
+        Ok(Tuning { board, io_buffer, work_dir })
+    }
+}
+
+/// ferry's read and write buffers when no board profile says otherwise.
+pub(crate) const DEFAULT_IO_BUFFER: usize = 64 * 1024;
+
+pub(crate) struct Tuning {
+    pub board: Option<Board>,
+    pub io_buffer: usize,
+    pub work_dir: PathBuf,
 }
 
 /// Where a command's one-line summary or JSON goes: stdout, unless stdout

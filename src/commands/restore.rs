@@ -76,11 +76,10 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
         })?;
         Box::new(file)
     };
-    let board = args.board.as_deref().map(Board::load).transpose()?;
-    let buffer = board.as_ref().map_or(64 * 1024, Board::io_buffer);
-    let work_dir = crate::board::work_dir(board.as_ref(), context.chosen_work_dir.as_deref(), &context.work_dir);
-    let options = Options { name: args.name.as_deref(), fast: context.fast, board: board.as_ref() };
-    let report = restore_from(&engine, work_dir, BufReader::with_capacity(buffer, input), &options)?;
+    let tuning = context.tuning(args.board.as_deref())?;
+    let options = Options { name: args.name.as_deref(), fast: context.fast, board: tuning.board.as_ref() };
+    let input = BufReader::with_capacity(tuning.io_buffer, input);
+    let report = restore_from(&engine, &tuning.work_dir, input, &options)?;
     let line = format!(
         "restored {} ({}) as {}: unpack {:.2}s, restore {:.2}s, {} raw, {} compressed",
         report.container,

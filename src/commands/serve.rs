@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use argh::FromArgs;
 
 use super::Context;
-use crate::board::Board;
 use crate::error::{Error, Kind, Result};
 use crate::transfer::{self, server};
 
@@ -51,15 +50,12 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
             ));
         }
     };
-    let board = args.board.as_deref().map(Board::load).transpose()?;
+    let tuning = context.tuning(args.board.as_deref())?;
     let engine = context.engine()?;
-    let spool = match args.spool {
-        Some(spool) => spool,
-        None => crate::board::work_dir(board.as_ref(), context.chosen_work_dir.as_deref(), &context.work_dir).to_path_buf(),
-    };
-    if let Some(board) = &board {
+    let spool = args.spool.unwrap_or(tuning.work_dir);
+    if let Some(board) = &tuning.board {
         log::info!("board {}: containers capped at {} MiB and {} CPUs", board.name, board.memory_mib, board.cpus);
     }
-    let agent = server::Agent::new(engine, token, spool, args.max_payload, context.fast, board, args.failover_after);
+    let agent = server::Agent::new(engine, token, spool, args.max_payload, context.fast, tuning.board, args.failover_after);
     server::serve(&agent, &args.listen)
 }

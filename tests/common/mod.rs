@@ -325,3 +325,25 @@ pub fn flipping_proxy(target: &str, offset: u64) -> String {
     addr
 }
 
+
+/// Engines A and B with an agent each, one token, and the containers a test
+/// made on either, removed at the end.
+pub struct TwoHosts {
+    pub scratch: Scratch,
+    pub token: PathBuf,
+    pub agent_a: AgentProcess,
+    pub agent_b: AgentProcess,
+    pub on_a: Containers,
+    pub on_b: Containers,
+}
+
+impl TwoHosts {
+    /// `b_extra`: more `ferry serve` options for B's agent.
+    pub fn new(label: &str, b_extra: &[&str]) -> TwoHosts {
+        let scratch = Scratch::new(label);
+        let token = token_file(&scratch);
+        let agent_a = AgentProcess::start(false, &scratch.path("spool-a"), &token, &[]);
+        let agent_b = AgentProcess::start(true, &scratch.path("spool-b"), &token, b_extra);
+        TwoHosts { scratch, token, agent_a, agent_b, on_a: Containers::new(ENGINE_A), on_b: Containers::new(ENGINE_B) }
+    }
+}
