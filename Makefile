@@ -5,7 +5,7 @@ CARGO    ?= cargo
 FERRY    := target/release/ferry
 SHELL    := /bin/bash
 
-.PHONY: all build setup test unit demo bench-core bench-migrate soak clean stop-engines
+.PHONY: all build setup test unit demo bench-core bench-migrate soak aarch64 armv7 arm arm-test clean stop-engines
 
 all: build
 
@@ -19,6 +19,7 @@ setup:
 test: setup build
 	$(CARGO) test --release --locked
 	bash tests/with-engines.sh all -- $(CARGO) test --release --locked -- --ignored --test-threads=1
+	$(MAKE) arm-test
 
 unit:
 	$(CARGO) test --locked
@@ -43,6 +44,27 @@ bench-migrate: build
 HOPS ?= 200
 soak: setup build
 	bash tests/with-engines.sh all -- python3 tests/bench-migrate.py --soak $(HOPS)
+
+# Static musl binaries for the boards (see cross/setup.sh for why this
+# toolchain): target/<triple>/release/ferry.
+AARCH64 := aarch64-unknown-linux-musl
+ARMV7   := armv7-unknown-linux-musleabihf
+
+aarch64:
+	bash cross/setup.sh
+	bash cross/build.sh $(AARCH64)
+
+armv7:
+	bash cross/setup.sh
+	bash cross/build.sh $(ARMV7)
+
+arm: aarch64 armv7
+
+# Both ARM binaries: static, within 1.5 MiB, run under qemu, unit tests pass there.
+arm-test: arm
+	bash cross/check-static.sh $(AARCH64) $(ARMV7)
+	bash cross/build.sh $(AARCH64) test
+	bash cross/build.sh $(ARMV7) test
 
 stop-engines:
 	bash tests/engines.sh stop all

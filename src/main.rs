@@ -3,6 +3,15 @@
 //! `main` parses the command line, sets up logging on stderr, runs one command
 //! and maps its error to an exit code (see the README's table).
 
+/// `println!` for what a command prints: a closed stdout (`ferry boards | head`)
+/// ends the output quietly instead of panicking, as a broken pipe should.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 mod board;
 mod commands;
 mod doctor;
@@ -88,7 +97,7 @@ fn main() -> ExitCode {
             // --help prints to stdout and succeeds; a usage error goes to stderr.
             return match early.status {
                 Ok(()) => {
-                    println!("{}", early.output);
+                    say!("{}", early.output);
                     ExitCode::SUCCESS
                 }
                 Err(()) => {
@@ -110,7 +119,7 @@ fn main() -> ExitCode {
 
 fn try_main(cli: Cli) -> Result<(), Error> {
     if cli.version {
-        println!("ferry {}", env!("CARGO_PKG_VERSION"));
+        say!("ferry {}", env!("CARGO_PKG_VERSION"));
         return Ok(());
     }
     let chosen_work_dir = cli.work_dir.or_else(|| std::env::var_os("FERRY_WORK_DIR").map(PathBuf::from));

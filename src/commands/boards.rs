@@ -26,12 +26,12 @@ pub(crate) fn run(args: Args) -> Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::Value::Array(list));
+        say!("{}", serde_json::Value::Array(list));
         return Ok(());
     }
-    println!("{:<12} {:>8} {:>5} {:>7} {:>6}  {:<16} description", "board", "memory", "cpus", "io_buf", "lz4", "work dir");
+    say!("{:<12} {:>8} {:>5} {:>7} {:>6}  {:<16} description", "board", "memory", "cpus", "io_buf", "lz4", "work dir");
     for b in boards {
-        println!(
+        say!(
             "{:<12} {:>4} MiB {:>5} {:>3} KiB {:>2} KiB  {:<16} {}",
             b.name,
             b.memory_mib,

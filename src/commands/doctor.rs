@@ -20,14 +20,14 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     let socket = engine::socket_path(context.docker_socket.as_deref()).map_err(|m| Error::new(Kind::Usage, m))?;
     let checks = run_checks(&socket, &context.work_dir);
     if args.json {
-        println!("{}", serde_json::json!(checks));
+        say!("{}", serde_json::json!(checks));
     } else {
         for check in &checks {
             let status = if check.ok { "OK  " } else if check.required { "FAIL" } else { "WARN" };
             if check.fix.is_empty() {
-                println!("{status} {:<14} {}", check.name, check.detail);
+                say!("{status} {:<14} {}", check.name, check.detail);
             } else {
-                println!("{status} {:<14} {} — {}", check.name, check.detail, check.fix);
+                say!("{status} {:<14} {} — {}", check.name, check.detail, check.fix);
             }
         }
     }

@@ -38,13 +38,13 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
         None => Store::new(args.spool.as_deref().unwrap_or(&context.work_dir)).list(),
     };
     if args.json {
-        println!("{}", serde_json::json!(snapshots));
+        say!("{}", serde_json::json!(snapshots));
         return Ok(());
     }
-    println!("{:<24} {:>10} {:<16} {:>8} {:>10} {:>8}", "snapshot", "generation", "source", "age", "size", "verified");
+    say!("{:<24} {:>10} {:<16} {:>8} {:>10} {:>8}", "snapshot", "generation", "source", "age", "size", "verified");
     let now = host::unix_now();
     for s in &snapshots {
-        println!(
+        say!(
             "{:<24} {:>10} {:<16} {:>7}s {:>10} {:>8}",
             s.id,
             s.generation,
