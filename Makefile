@@ -5,7 +5,7 @@ CARGO    ?= cargo
 FERRY    := target/release/ferry
 SHELL    := /bin/bash
 
-.PHONY: all build setup test unit demo bench-core bench-migrate soak aarch64 armv7 arm arm-test clean stop-engines
+.PHONY: all build setup test unit demo bench bench-core bench-migrate soak aarch64 armv7 arm arm-test clean stop-engines
 
 all: build
 
@@ -38,6 +38,12 @@ SIZES ?= 16 64 128 256
 bench-migrate: build
 	bash tests/setup-host.sh --bench
 	bash tests/with-engines.sh all -- python3 tests/bench-migrate.py $(SIZES) --repeat 5
+
+# The paper's study on this host: 16–512 MiB, 5 repetitions, CRIU and commit,
+# with the paper's own scripts as baseline; tables and SVG figures in OUT.
+OUT ?= target/ferry-bench
+bench: setup build
+	bash tests/with-engines.sh a -- $(FERRY) bench --sizes 16,32,64,128,256,512 --repeat 5 --mode criu,commit --baseline --out $(OUT)
 
 # Migrates a counter back and forth HOPS times (default 200); fails on any
 # failed hop, a lost checksum or a leftover. Not part of `make test`.

@@ -12,6 +12,7 @@ macro_rules! say {
     }};
 }
 
+mod bench;
 mod board;
 mod commands;
 mod doctor;
@@ -73,6 +74,7 @@ enum Command {
     Replicate(commands::replicate::Args),
     Snapshots(commands::snapshots::Args),
     Failover(commands::failover::Args),
+    Bench(commands::bench::Args),
     Migrate(commands::migrate::Args),
 }
 
@@ -137,6 +139,7 @@ fn try_main(cli: Cli) -> Result<(), Error> {
         Command::Replicate(args) => commands::replicate::run(&context, args),
         Command::Snapshots(args) => commands::snapshots::run(&context, args),
         Command::Failover(args) => commands::failover::run(&context, args),
+        Command::Bench(args) => commands::bench::run(&context, args),
         Command::Migrate(args) => commands::migrate::run(&context, args),
     }
 }

@@ -146,6 +146,11 @@ pub(crate) struct Taken {
 }
 
 impl Taken {
+    /// CRIU's dump statistics, when runc dumped it (Docker keeps its own).
+    pub(crate) fn stats_dump(&self) -> PathBuf {
+        self.job.path().join("criu-work").join("stats-dump")
+    }
+
     pub(crate) fn mode_name(&self) -> &'static str {
         match self.manifest.mode {
             Mode::Criu => "criu",

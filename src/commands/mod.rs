@@ -1,6 +1,7 @@
 //! One file per subcommand; each reads like the steps a user would describe.
 //! Only here do the engine and the payload meet.
 
+pub(crate) mod bench;
 pub(crate) mod boards;
 pub(crate) mod checkpoint;
 pub(crate) mod doctor;

@@ -384,7 +384,7 @@ fn extraction_root() -> PathBuf {
     std::env::var_os("TMPDIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"))
 }
 
-fn containerd_extractions() -> BTreeSet<PathBuf> {
+pub(crate) fn containerd_extractions() -> BTreeSet<PathBuf> {
     let Ok(entries) = fs::read_dir(extraction_root()) else { return BTreeSet::new() };
     entries
         .flatten()
@@ -395,7 +395,7 @@ fn containerd_extractions() -> BTreeSet<PathBuf> {
 
 /// Removes the extractions that appeared since `before` and hold our
 /// checkpoint (same inventory.img), leaving other restores' alone.
-fn remove_extractions(before: &BTreeSet<PathBuf>, ours: &Path) {
+pub(crate) fn remove_extractions(before: &BTreeSet<PathBuf>, ours: &Path) {
     let Ok(inventory) = fs::read(ours.join("inventory.img")) else { return };
     for dir in containerd_extractions().difference(before) {
         let same = find_file(dir, "inventory.img", 2).and_then(|p| fs::read(p).ok()).is_some_and(|c| c == inventory);

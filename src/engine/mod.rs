@@ -406,6 +406,34 @@ impl Engine {
         Ok(changes.unwrap_or_default())
     }
 
+    /// The last `tail` lines a container wrote to stdout, at most 64 KiB.
+    /// Docker multiplexes a non-TTY container's streams into frames of an
+    /// 8-byte header (stream, 3 zero bytes, big-endian length) and the bytes.
+    pub(crate) fn logs(&self, id: &str, tail: u32) -> Result<String> {
+        let path = format!("/containers/{}/logs?stdout=1&tail={tail}", encode(id));
+        let response = self.send("GET", &path, RequestBody::Empty, None)?;
+        let mut raw = Vec::new();
+        response
+            .into_body()
+            .into_reader()
+            .take(64 * 1024)
+            .read_to_end(&mut raw)
+            .map_err(|source| Error::Io { request: path.clone(), source })?;
+        let mut text = String::new();
+        let mut rest = raw.as_slice();
+        while rest.len() >= 8 && rest[1..4] == [0, 0, 0] {
+            let size = u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]) as usize;
+            let end = (8 + size).min(rest.len());
+            text.push_str(&String::from_utf8_lossy(&rest[8..end]));
+            rest = &rest[end..];
+        }
+        if text.is_empty() {
+            // A TTY container's log is not multiplexed.
+            text = String::from_utf8_lossy(rest).into_owned();
+        }
+        Ok(text)
+    }
+
     /// `HEAD /containers/{id}/archive`: what is at `path` in the container.
     pub(crate) fn stat_path(&self, id: &str, path: &str) -> Result<PathStat> {
         let request = format!("/containers/{}/archive?path={}", encode(id), encode(path));

@@ -1,0 +1,445 @@
+//! `ferry bench`: the paper's experiments on this host — checkpoint and
+//! restore time against memory (Fig. 2), CRIU against commit (Fig. 3), CPU
+//! during checkpoint and restore (Figs. 4, 5), per-phase statistics (Table 1)
+//! — with the paper's own method measured beside ferry in the same run.
+
+pub(crate) mod criu_stats;
+pub(crate) mod export;
+pub(crate) mod stats;
+pub(crate) mod telemetry;
+
+use std::fs::{self, File};
+use std::io::{BufReader, BufWriter};
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::board::Board;
+use crate::commands::checkpoint::take;
+use crate::commands::restore::{self, restore_from};
+use crate::commands::seconds_since;
+use crate::engine::{Engine, Info};
+use crate::error::{io_error, Error, Kind, Result};
+use crate::host;
+use crate::payload::Mode;
+use stats::{least_squares, summarize, Summary};
+use telemetry::{PhaseUsage, Telemetry};
+
+/// The phases of every run, in order; `total` is their sum.
+pub(crate) const PHASES: [&str; 5] = ["checkpoint", "pack", "restore", "first_life", "total"];
+
+const SOURCE: &str = "ferry-bench-src";
+const TARGET: &str = "ferry-bench-dst";
+
+/// One row per run and phase.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Row {
+    pub size_mib: u32,
+    /// `ferry-criu`, `ferry-commit` or `baseline` (the paper's scripts).
+    pub method: &'static str,
+    pub repetition: u32,
+    pub phase: &'static str,
+    pub seconds: f64,
+    pub raw_bytes: u64,
+    pub compressed_bytes: u64,
+    /// `runc`, `docker-api`, `commit`, or `baseline`.
+    pub checkpoint_path: &'static str,
+    /// CRIU's own figures for the run (0 where CRIU did not report them).
+    pub criu_frozen_ms: f64,
+    pub criu_restore_ms: f64,
+    pub usage: PhaseUsage,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct HostFacts {
+    pub arch: String,
+    pub kernel: String,
+    pub criu: String,
+    pub docker: String,
+    pub cpus: usize,
+    pub board: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct PhaseSummary {
+    pub method: &'static str,
+    pub size_mib: u32,
+    pub phase: &'static str,
+    pub summary: Summary,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct FitRow {
+    pub method: &'static str,
+    pub phase: &'static str,
+    pub slope_s_per_gib: f64,
+    pub intercept_s: f64,
+    pub r_squared: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Results {
+    pub host: HostFacts,
+    pub rows: Vec<Row>,
+    pub summaries: Vec<PhaseSummary>,
+    pub fits: Vec<FitRow>,
+}
+
+impl Results {
+    fn new(host: HostFacts, rows: Vec<Row>) -> Results {
+        let mut results = Results { host, rows, summaries: Vec::new(), fits: Vec::new() };
+        for method in results.methods() {
+            for size in results.sizes() {
+                for phase in PHASES {
+                    let values: Vec<f64> = results.select(method, size, phase).collect();
+                    if !values.is_empty() {
+                        results.summaries.push(PhaseSummary { method, size_mib: size, phase, summary: summarize(&values) });
+                    }
+                }
+            }
+            for phase in ["checkpoint", "restore", "total"] {
+                let points: Vec<(f64, f64)> = results
+                    .rows
+                    .iter()
+                    .filter(|r| r.method == method && r.phase == phase)
+                    .map(|r| (f64::from(r.size_mib) / 1024.0, r.seconds))
+                    .collect();
+                if let Some(fit) = least_squares(&points) {
+                    results.fits.push(FitRow { method, phase, slope_s_per_gib: fit.slope, intercept_s: fit.intercept, r_squared: fit.r_squared });
+                }
+            }
+        }
+        results
+    }
+
+    pub(crate) fn sizes(&self) -> Vec<u32> {
+        let mut sizes: Vec<u32> = self.rows.iter().map(|r| r.size_mib).collect();
+        sizes.sort();
+        sizes.dedup();
+        sizes
+    }
+
+    pub(crate) fn methods(&self) -> Vec<&'static str> {
+        let mut methods = Vec::new();
+        for row in &self.rows {
+            if !methods.contains(&row.method) {
+                methods.push(row.method);
+            }
+        }
+        methods
+    }
+
+    fn select<'a>(&'a self, method: &'a str, size: u32, phase: &'a str) -> impl Iterator<Item = f64> + 'a {
+        self.rows.iter().filter(move |r| r.method == method && r.size_mib == size && r.phase == phase).map(|r| r.seconds)
+    }
+
+    pub(crate) fn median(&self, method: &str, size: u32, phase: &str) -> Option<f64> {
+        let values: Vec<f64> = self.select(method, size, phase).collect();
+        (!values.is_empty()).then(|| summarize(&values).median)
+    }
+
+    pub(crate) fn median_of(&self, pick: impl Fn(&Row) -> Option<f64>) -> Option<f64> {
+        let values: Vec<f64> = self.rows.iter().filter_map(pick).collect();
+        (!values.is_empty()).then(|| summarize(&values).median)
+    }
+}
+
+pub(crate) struct Options {
+    pub sizes: Vec<u32>,
+    pub repeat: u32,
+    pub modes: Vec<Mode>,
+    pub baseline: bool,
+    pub out: PathBuf,
+    pub image: String,
+    pub board: Option<Board>,
+    pub work_dir: PathBuf,
+    pub fast: bool,
+}
+
+/// Runs every size × repetition × method, then writes every output.
+pub(crate) fn run(engine: &Engine, options: &Options) -> Result<Results> {
+    let info = engine.info()?;
+    engine.inspect_image(&options.image).map_err(|_| {
+        Error::new(Kind::NotFound, format!("the workload image {} is not here — `make setup` builds it (tests/workload)", options.image))
+    })?;
+    fs::create_dir_all(&options.out).map_err(|e| io_error(options.out.display(), e))?;
+    fs::create_dir_all(&options.work_dir).map_err(|e| io_error(options.work_dir.display(), e))?;
+    let telemetry = Telemetry::start();
+    let mut methods: Vec<&'static str> = options
+        .modes
+        .iter()
+        .map(|m| match m {
+            Mode::Criu => "ferry-criu",
+            Mode::Commit => "ferry-commit",
+        })
+        .collect();
+    if options.baseline {
+        methods.push("baseline");
+    }
+    let total_runs = options.sizes.len() * options.repeat as usize * methods.len();
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    let mut run_index = 0;
+    for &size in &options.sizes {
+        for repetition in 1..=options.repeat {
+            for &method in &methods {
+                if host::stderr_is_terminal() {
+                    let eta = if run_index == 0 { String::new() } else {
+                        let each = started.elapsed().as_secs_f64() / run_index as f64;
+                        format!(", about {:.0}s left", each * (total_runs - run_index) as f64)
+                    };
+                    eprint!("\rbench: {size} MiB, {method}, repetition {repetition}/{} (run {}/{total_runs}{eta})   ", options.repeat, run_index + 1);
+                }
+                let run = Run { engine, info: &info, options, telemetry: &telemetry, index: run_index, size, repetition, method };
+                let result = run.measure();
+                cleanup(engine, &options.work_dir);
+                rows.extend(result.map_err(|e| e.context(format!("bench run {method} at {size} MiB")))?);
+                run_index += 1;
+            }
+        }
+    }
+    if host::stderr_is_terminal() {
+        eprintln!();
+    }
+    drop(telemetry);
+    let results = Results::new(host_facts(&info, options), rows);
+    for exporter in export::all() {
+        let path = options.out.join(exporter.file_name());
+        let mut file = BufWriter::new(File::create(&path).map_err(|e| io_error(path.display(), e))?);
+        exporter.write(&results, &mut file).map_err(|e| io_error(path.display(), e))?;
+    }
+    Ok(results)
+}
+
+fn host_facts(info: &Info, options: &Options) -> HostFacts {
+    HostFacts {
+        arch: info.architecture.clone(),
+        kernel: info.kernel_version.clone(),
+        criu: host::criu_version().unwrap_or_default(),
+        docker: info.server_version.clone(),
+        cpus: thread::available_parallelism().map_or(1, |n| n.get()),
+        board: options.board.as_ref().map_or("none".into(), |b| b.name.clone()),
+    }
+}
+
+fn cleanup(engine: &Engine, work_dir: &Path) {
+    for name in [SOURCE, TARGET] {
+        let _ = engine.remove_container(name, true);
+    }
+    let _ = fs::remove_file(work_dir.join("bench.ferry"));
+    let _ = fs::remove_file(work_dir.join("baseline.tar"));
+}
+
+struct Run<'a> {
+    engine: &'a Engine,
+    info: &'a Info,
+    options: &'a Options,
+    telemetry: &'a Telemetry,
+    index: usize,
+    size: u32,
+    repetition: u32,
+    method: &'static str,
+}
+
+/// What one run measured, before it becomes rows.
+#[derive(Default)]
+struct Measured {
+    seconds: [f64; 4],
+    raw_bytes: u64,
+    compressed_bytes: u64,
+    checkpoint_path: &'static str,
+    criu_frozen_ms: f64,
+    criu_restore_ms: f64,
+}
+
+impl Run<'_> {
+    fn measure(&self) -> Result<Vec<Row>> {
+        cleanup(self.engine, &self.options.work_dir);
+        self.start_workload()?;
+        let measured = match self.method {
+            "ferry-criu" => self.ferry(Mode::Criu)?,
+            "ferry-commit" => self.ferry(Mode::Commit)?,
+            _ => self.baseline()?,
+        };
+        self.telemetry.enter(None);
+        let mut rows: Vec<Row> = PHASES[..4]
+            .iter()
+            .zip(measured.seconds)
+            .map(|(phase, seconds)| self.row(phase, seconds, &measured))
+            .collect();
+        rows.push(self.row("total", measured.seconds.iter().sum(), &measured));
+        Ok(rows)
+    }
+
+    fn row(&self, phase: &'static str, seconds: f64, measured: &Measured) -> Row {
+        let usage = if phase == "total" { self.total_usage() } else { self.telemetry.usage(self.index, phase) };
+        Row {
+            size_mib: self.size,
+            method: self.method,
+            repetition: self.repetition,
+            phase,
+            seconds,
+            raw_bytes: measured.raw_bytes,
+            compressed_bytes: measured.compressed_bytes,
+            checkpoint_path: measured.checkpoint_path,
+            criu_frozen_ms: measured.criu_frozen_ms,
+            criu_restore_ms: measured.criu_restore_ms,
+            usage,
+        }
+    }
+
+    /// The phases' usage weighted by how long each was sampled.
+    fn total_usage(&self) -> PhaseUsage {
+        let mut total = PhaseUsage::default();
+        for phase in &PHASES[..4] {
+            let u = self.telemetry.usage(self.index, phase);
+            let (before, after) = (total.sampled_secs, total.sampled_secs + u.sampled_secs);
+            if after == 0.0 {
+                continue;
+            }
+            let mix = |a: f64, b: f64| (a * before + b * u.sampled_secs) / after;
+            for g in 0..telemetry::GROUPS.len() {
+                total.user_pct[g] = mix(total.user_pct[g], u.user_pct[g]);
+                total.system_pct[g] = mix(total.system_pct[g], u.system_pct[g]);
+                total.rss_mib_peak[g] = total.rss_mib_peak[g].max(u.rss_mib_peak[g]);
+            }
+            total.host_cpu_pct_mean = mix(total.host_cpu_pct_mean, u.host_cpu_pct_mean);
+            total.host_cpu_pct_peak = total.host_cpu_pct_peak.max(u.host_cpu_pct_peak);
+            total.host_mem_used_mib_peak = total.host_mem_used_mib_peak.max(u.host_mem_used_mib_peak);
+            total.sampled_secs = after;
+        }
+        total
+    }
+
+    fn phase(&self, phase: &'static str) {
+        self.telemetry.enter(Some((self.index, phase)));
+    }
+
+    /// The container body both the workload and the baseline's target use.
+    fn workload_body(&self) -> serde_json::Value {
+        let mut limits = crate::payload::HostLimits::default();
+        if let Some(board) = &self.options.board {
+            board.apply(&mut limits);
+        }
+        json!({
+            "Image": self.options.image,
+            "Cmd": ["/counter", self.size.to_string(), "100"],
+            "HostConfig": limits,
+        })
+    }
+
+    fn start_workload(&self) -> Result<()> {
+        let id = self.engine.create_container(SOURCE, &self.workload_body())?;
+        self.engine.start_container(&id, None)?;
+        // Settled: its memory is filled and it counts.
+        wait_for_count(self.engine, SOURCE, Duration::from_secs(60))?;
+        Ok(())
+    }
+
+    fn ferry(&self, mode: Mode) -> Result<Measured> {
+        let mut measured = Measured::default();
+        self.phase("checkpoint");
+        let started = Instant::now();
+        let mut taken = take(self.engine, self.info, &self.options.work_dir, SOURCE, mode, false, self.options.fast)?;
+        measured.seconds[0] = seconds_since(started);
+        measured.checkpoint_path = if mode == Mode::Commit { "commit" } else { taken.checkpoint_path };
+        measured.criu_frozen_ms = criu_stats::read_dump(&taken.stats_dump()).map_or(0.0, |s| s.frozen_time_us as f64 / 1000.0);
+        if let Some(board) = &self.options.board {
+            taken.lz4_block = board.lz4_block();
+        }
+        let committed_image = taken.manifest.container.image_tags.first().cloned().filter(|_| mode == Mode::Commit);
+
+        self.phase("pack");
+        let started = Instant::now();
+        let payload = self.options.work_dir.join("bench.ferry");
+        let file = File::create(&payload).map_err(|e| io_error(payload.display(), e))?;
+        let stats = taken.pack_into(BufWriter::with_capacity(self.io_buffer(), file))?;
+        measured.seconds[1] = seconds_since(started);
+        (measured.raw_bytes, measured.compressed_bytes) = (stats.raw_bytes, stats.compressed_bytes);
+        drop(taken);
+
+        self.phase("restore");
+        let started = Instant::now();
+        let input = BufReader::with_capacity(self.io_buffer(), File::open(&payload).map_err(|e| io_error(payload.display(), e))?);
+        let options = restore::Options { name: Some(TARGET), fast: self.options.fast, board: self.options.board.as_ref() };
+        let report = restore_from(self.engine, &self.options.work_dir, input, &options)?;
+        measured.seconds[2] = seconds_since(started);
+        let restore_stats = self.info.docker_root_dir.join("containerd/daemon/io.containerd.runtime.v2.task/moby").join(&report.id).join("stats-restore");
+        measured.criu_restore_ms = criu_stats::read_restore(&restore_stats).map_or(0.0, |s| s.restore_time_us as f64 / 1000.0);
+
+        self.phase("first_life");
+        let started = Instant::now();
+        wait_for_count(self.engine, TARGET, Duration::from_secs(60))?;
+        measured.seconds[3] = seconds_since(started);
+        if let Some(image) = committed_image {
+            let _ = self.engine.remove_container(TARGET, true);
+            let _ = self.engine.remove_image(&image);
+        }
+        Ok(measured)
+    }
+
+    /// The paper's scripts: `docker checkpoint create` + tar, then `docker
+    /// create` + untar into the new container's checkpoints folder + `docker
+    /// start --checkpoint`; through the API, with containerd's leftover removed.
+    fn baseline(&self) -> Result<Measured> {
+        let mut measured = Measured { checkpoint_path: "baseline", ..Measured::default() };
+        let root = &self.info.docker_root_dir;
+        let source_id = self.engine.inspect_container(SOURCE)?.id;
+        self.phase("checkpoint");
+        let started = Instant::now();
+        self.engine.checkpoint_create(&source_id, "cp", None, true).map_err(|e| crate::commands::checkpoint::criu_error(SOURCE, "checkpoint", e))?;
+        measured.seconds[0] = seconds_since(started);
+
+        self.phase("pack");
+        let started = Instant::now();
+        let archive = self.options.work_dir.join("baseline.tar");
+        let checkpoint = root.join("containers").join(&source_id).join("checkpoints").join("cp");
+        let tar_error = |e: std::io::Error| io_error(format!("tar of {}", checkpoint.display()), e);
+        let mut builder = tar::Builder::new(BufWriter::new(File::create(&archive).map_err(tar_error)?));
+        builder.append_dir_all("cp", &checkpoint).map_err(tar_error)?;
+        builder.into_inner().map_err(tar_error)?;
+        measured.seconds[1] = seconds_since(started);
+        measured.raw_bytes = fs::metadata(&archive).map_or(0, |m| m.len());
+        measured.compressed_bytes = measured.raw_bytes;
+
+        self.phase("restore");
+        let started = Instant::now();
+        let target_id = self.engine.create_container(TARGET, &self.workload_body())?;
+        let checkpoints = root.join("containers").join(&target_id).join("checkpoints");
+        fs::create_dir_all(&checkpoints).map_err(|e| io_error(checkpoints.display(), e))?;
+        tar::Archive::new(BufReader::new(File::open(&archive).map_err(tar_error)?)).unpack(&checkpoints).map_err(tar_error)?;
+        let before = restore::containerd_extractions();
+        let started_container = self.engine.start_container(&target_id, Some("cp"));
+        restore::remove_extractions(&before, &checkpoints.join("cp"));
+        started_container.map_err(|e| crate::commands::checkpoint::criu_error(TARGET, "restore", e))?;
+        measured.seconds[2] = seconds_since(started);
+
+        self.phase("first_life");
+        let started = Instant::now();
+        wait_for_count(self.engine, TARGET, Duration::from_secs(60))?;
+        measured.seconds[3] = seconds_since(started);
+        Ok(measured)
+    }
+
+    fn io_buffer(&self) -> usize {
+        self.options.board.as_ref().map_or(crate::commands::DEFAULT_IO_BUFFER, Board::io_buffer)
+    }
+}
+
+/// Waits until the container has logged a `count=` line: the workload is
+/// alive and counting.
+fn wait_for_count(engine: &Engine, name: &str, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if engine.logs(name, 5)?.contains("count=") {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::new(Kind::Failure, format!("{name} never counted within {}s", limit.as_secs())));
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,99 @@
+//! `ferry bench` end to end on a real engine: its outputs are complete and
+//! agree with each other. Run by `make test`.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::*;
+
+#[test]
+#[ignore = "needs a real dockerd + CRIU: run `make test`"]
+fn bench_outputs_are_complete_consistent_and_plot_every_size() {
+    let scratch = Scratch::new("bench");
+    let out = scratch.path("out");
+    let run = ferry_ok(
+        ENGINE_A,
+        &scratch.work_dir(),
+        &["-q", "bench", "--sizes", "16,64", "--repeat", "2", "--baseline", "--out", out.to_str().unwrap()],
+    );
+    assert!(String::from_utf8_lossy(&run.stdout).contains("12 runs"), "{}", String::from_utf8_lossy(&run.stdout));
+
+    // results.csv: every column for every row; 2 sizes × 2 repetitions × 3 methods × 5 phases.
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 60);
+    for row in &rows {
+        assert_eq!(row.len(), header.len(), "{row:?}");
+        assert!(row.iter().all(|f| !f.is_empty()), "empty field in {row:?}");
+    }
+    let column = |name: &str| header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no column {name}"));
+    for name in ["criu_frozen_ms", "criu_user_pct", "dockerd_rss_mib_peak", "host_cpu_pct_peak", "compressed_bytes"] {
+        column(name);
+    }
+
+    // summary.md's medians are the CSV's.
+    let mut seconds: BTreeMap<(String, String, String), Vec<f64>> = BTreeMap::new();
+    for row in &rows {
+        let key = (row[column("method")].to_string(), row[column("size_mib")].to_string(), row[column("phase")].to_string());
+        seconds.entry(key).or_default().push(row[column("seconds")].parse().unwrap());
+    }
+    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    let mut checked = 0;
+    for line in summary.lines().filter(|l| l.starts_with("| ferry-") || l.starts_with("| baseline")) {
+        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        if cells.len() != 8 {
+            continue;
+        }
+        let values = &seconds[&(cells[0].to_string(), cells[1].to_string(), cells[2].to_string())];
+        let mut sorted = values.clone();
+        sorted.sort_by(f64::total_cmp);
+        let median = (sorted[0] + sorted[1]) / 2.0;
+        assert_eq!(cells[5], format!("{median:.3}"), "median of {cells:?}");
+        assert_eq!(cells[4], format!("{:.3}", sorted[0]));
+        assert_eq!(cells[7], format!("{:.3}", sorted[1]));
+        checked += 1;
+    }
+    assert_eq!(checked, 30, "one summary row per method, size and phase");
+
+    // The fit of time against memory rises.
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    for (method, phase) in [("ferry-criu", "total"), ("baseline", "checkpoint"), ("baseline", "restore")] {
+        let fit = json["fits"].as_array().unwrap().iter().find(|f| f["method"] == method && f["phase"] == phase).unwrap();
+        assert!(fit["slope_s_per_gib"].as_f64().unwrap() > 0.0, "{method} {phase}: {fit}");
+    }
+
+    // Each figure is well-formed XML with one point per size in every series.
+    for figure in ["fig2-time-vs-memory.svg", "fig3-criu-vs-commit.svg", "fig4-cpu-checkpoint.svg", "fig5-cpu-restore.svg"] {
+        let svg = std::fs::read_to_string(out.join(figure)).unwrap();
+        assert_well_formed(&svg, figure);
+        let mut per_series: BTreeMap<&str, usize> = BTreeMap::new();
+        for piece in svg.split(r#"class="point" data-series=""#).skip(1) {
+            *per_series.entry(piece.split('"').next().unwrap()).or_default() += 1;
+        }
+        assert!(!per_series.is_empty(), "{figure} has no points");
+        assert!(per_series.values().all(|&n| n == 2), "{figure}: {per_series:?}");
+        assert!(svg.contains("(MiB)") && svg.contains("(s)") || svg.contains("(% of one core)"), "{figure}: axes carry units");
+    }
+}
+
+/// A small XML well-formedness check: tags nest and close, attributes are quoted.
+fn assert_well_formed(text: &str, name: &str) {
+    let mut stack: Vec<String> = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find('<') {
+        let close = rest[open..].find('>').unwrap_or_else(|| panic!("{name}: unclosed '<'")) + open;
+        let tag = &rest[open + 1..close];
+        assert_eq!(tag.matches('"').count() % 2, 0, "{name}: unbalanced quotes in <{tag}>");
+        if let Some(end) = tag.strip_prefix('/') {
+            assert_eq!(stack.pop().as_deref(), Some(end.trim()), "{name}: </{end}> closes the wrong element");
+        } else if !tag.ends_with('/') && !tag.starts_with('?') && !tag.starts_with('!') {
+            stack.push(tag.split_whitespace().next().unwrap().to_string());
+        }
+        assert!(!rest[close + 1..].split('<').next().unwrap().contains('&') || rest[close + 1..].split('<').next().unwrap().contains(';'), "{name}: bare '&'");
+        rest = &rest[close + 1..];
+    }
+    assert!(stack.is_empty(), "{name}: unclosed {stack:?}");
+}
