@@ -74,7 +74,7 @@ impl JobDir {
 
     pub(crate) fn create(work_dir: &Path, label: &str) -> io::Result<JobDir> {
         let job = JobDir::reserve(work_dir, label)?;
-        fs::create_dir(&job.path)?;
+        create_private_dir(&job.path)?;
         Ok(job)
     }
 
@@ -95,6 +95,13 @@ impl Drop for JobDir {
             let _ = fs::remove_dir_all(&self.path);
         }
     }
+}
+
+/// Creates a folder only root can enter: checkpoints hold the app's memory,
+/// its secrets included.
+pub(crate) fn create_private_dir(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new().mode(0o700).create(path)
 }
 
 /// Moves a folder: a rename where both sides share a filesystem, else a copy

@@ -1,6 +1,7 @@
 //! `ferry checkpoint`: a running container → one payload stream.
 
 use std::fs::{self, File};
+use std::os::unix::fs::OpenOptionsExt;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -80,7 +81,14 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     // Open the output before the app is frozen: a bad path must not cost a checkpoint.
     let (sink, partial): (Box<dyn Write>, Option<PartialFile>) = match &output_path {
         Some(path) => {
-            let file = File::create(path).map_err(|e| io_error(format!("cannot write {}", path.display()), e))?;
+            // The payload holds the app's memory, its secrets included: 0600.
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| io_error(format!("cannot write {}", path.display()), e))?;
             (Box::new(BufWriter::with_capacity(tuning.io_buffer, file)), Some(PartialFile(path.clone())))
         }
         None => (Box::new(io::stdout().lock()), None),

@@ -30,7 +30,8 @@ pub(crate) struct Unpacked {
 /// or SHA-256 differ from it. On any error `dest` is removed: a payload is
 /// either unpacked whole and verified, or not at all.
 pub(crate) fn unpack(input: impl Read, dest: &Path, host_arch: &str, max_raw_bytes: Option<u64>) -> Result<Unpacked> {
-    fs::create_dir(dest).map_err(|source| Error::Io { path: dest.to_path_buf(), source })?;
+    // The payload holds the app's memory: only root may read it.
+    crate::host::create_private_dir(dest).map_err(|source| Error::Io { path: dest.to_path_buf(), source })?;
     let result = unpack_into(input, dest, host_arch, max_raw_bytes);
     if result.is_err() {
         let _ = fs::remove_dir_all(dest);

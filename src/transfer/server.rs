@@ -126,10 +126,11 @@ fn handle(agent: &Agent, mut request: Request) {
     let (status, body, content_type) = match result {
         Ok(reply) => (200, reply.body, reply.content_type),
         Err(error) => {
-            // Read what the peer is still sending, so that it gets this answer
-            // instead of a broken pipe.
-            let _ = io::copy(&mut request.as_reader().take(DRAIN_LIMIT), &mut io::sink());
             let status = error.status.unwrap_or_else(|| status_for(error.inner.kind));
+            // Read what the peer is still sending, so that it gets this answer
+            // instead of a broken pipe; a stranger without the token gets little.
+            let limit = if status == 401 { 1 << 20 } else { DRAIN_LIMIT };
+            let _ = io::copy(&mut request.as_reader().take(limit), &mut io::sink());
             log::warn!("{method} {path}: {}", error.inner);
             let body = ErrorBody { error: error.inner.message, exit_code: error.inner.kind.exit_code() };
             (status, serde_json::to_string(&body).unwrap_or_default(), "application/json")

@@ -11,8 +11,10 @@ use crate::bench::stats::{least_squares, Fit};
 use crate::bench::telemetry::GROUPS;
 use crate::bench::Results;
 
-const WIDTH: f64 = 720.0;
+const WIDTH: f64 = 760.0;
+/// The plot's height; the legend adds rows below it.
 const HEIGHT: f64 = 440.0;
+const LEGEND_ROW: f64 = 20.0;
 const LEFT: f64 = 70.0;
 const RIGHT: f64 = 30.0;
 const TOP: f64 = 50.0;
@@ -55,12 +57,15 @@ impl Chart {
         let plot_h = HEIGHT - TOP - BOTTOM;
         let sx = |x: f64| LEFT + x / x_end * plot_w;
         let sy = |y: f64| TOP + plot_h - y / y_end * plot_h;
+        // The legend sits below the plot, two entries a row, so it never hides data.
+        let legend_rows = self.series.len().div_ceil(2) as f64;
+        let height = HEIGHT + legend_rows * LEGEND_ROW + 10.0;
         let mut svg = String::new();
         let _ = write!(
             svg,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">"#
         );
-        let _ = write!(svg, r#"<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>"#);
+        let _ = write!(svg, r#"<rect width="{WIDTH}" height="{height}" fill="white"/>"#);
         let _ = write!(svg, r#"<text x="{}" y="28" text-anchor="middle" font-size="16" font-weight="bold">{}</text>"#, WIDTH / 2.0, escape(&self.title));
         // Grid and ticks.
         let mut x = 0.0;
@@ -89,13 +94,14 @@ impl Chart {
             for (x, y) in &series.points {
                 let _ = write!(svg, r#"<circle class="point" data-series="{name}" cx="{:.1}" cy="{:.1}" r="4" fill="{color}"><title>{name}: {x} MiB, {}</title></circle>"#, sx(*x), sy(*y), trim(*y));
             }
-            // Legend, top left inside the plot.
-            let ly = TOP + 16.0 + i as f64 * 18.0;
+            let column = (i % 2) as f64;
+            let ly = HEIGHT + 10.0 + (i / 2) as f64 * LEGEND_ROW;
             let label = match series.fit {
                 Some(fit) => format!("{name} (fit: {:.3} s/GiB, R² {:.2})", fit.slope * 1024.0, fit.r_squared),
                 None => name.clone(),
             };
-            let _ = write!(svg, r#"<rect x="{:.1}" y="{:.1}" width="14" height="4" fill="{color}"/><text x="{:.1}" y="{:.1}">{label}</text>"#, LEFT + 12.0, ly - 6.0, LEFT + 32.0, ly);
+            let lx = LEFT + column * (WIDTH - LEFT - RIGHT) / 2.0;
+            let _ = write!(svg, r#"<rect x="{:.1}" y="{:.1}" width="14" height="4" fill="{color}"/><text x="{:.1}" y="{:.1}">{label}</text>"#, lx, ly - 6.0, lx + 20.0, ly);
         }
         svg.push_str("</svg>\n");
         svg
