@@ -101,7 +101,7 @@ fn sample(state: &Mutex<State>) {
     let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
     let elapsed = state.last_at.elapsed().as_secs_f64().max(0.001);
     if let Some(key) = state.phase {
-        let ticks_per_sec = clock_ticks() as f64;
+        let ticks_per_sec = clock_ticks();
         let mut user = [0.0; 5];
         let mut system = [0.0; 5];
         let pct = |ticks: u64| ticks as f64 / ticks_per_sec / elapsed * 100.0;
@@ -132,11 +132,11 @@ fn sample(state: &Mutex<State>) {
     state.last_at = Instant::now();
 }
 
-fn clock_ticks() -> i64 {
-    // SAFETY: sysconf only reads a constant.
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf only reads a constant. (c_long: 32 bits on armv7.)
     match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
-        n if n > 0 => n,
-        _ => 100,
+        n if n > 0 => n as f64,
+        _ => 100.0,
     }
 }
 
