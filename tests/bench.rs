@@ -19,12 +19,12 @@ fn bench_outputs_are_complete_consistent_and_plot_every_size() {
     );
     assert!(String::from_utf8_lossy(&run.stdout).contains("12 runs"), "{}", String::from_utf8_lossy(&run.stdout));
 
-    // results.csv: every column for every row; 2 sizes × 2 repetitions × 3 methods × 5 phases.
+    // results.csv: every column for every row; 2 sizes × 2 repetitions × 3 methods × 6 phases.
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
     let mut lines = csv.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
-    assert_eq!(rows.len(), 60);
+    assert_eq!(rows.len(), 72);
     for row in &rows {
         assert_eq!(row.len(), header.len(), "{row:?}");
         assert!(row.iter().all(|f| !f.is_empty()), "empty field in {row:?}");
@@ -58,7 +58,7 @@ fn bench_outputs_are_complete_consistent_and_plot_every_size() {
         assert_eq!(cells[3], "2", "two repetitions");
         checked += 1;
     }
-    assert_eq!(checked, 30, "one summary row per method, size and phase");
+    assert_eq!(checked, 36, "one summary row per method, size and phase");
 
     // The fit of time against memory rises.
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
@@ -79,6 +79,26 @@ fn bench_outputs_are_complete_consistent_and_plot_every_size() {
         assert!(per_series.values().all(|&n| n == 2), "{figure}: {per_series:?}");
         assert!(svg.contains("(MiB)") && svg.contains("(s)") || svg.contains("(% of one core)"), "{figure}: axes carry units");
     }
+}
+
+#[test]
+#[ignore = "needs two real engines + CRIU: run `make test`"]
+fn bench_to_a_peer_measures_the_transfer_and_leaves_nothing_there() {
+    let hosts = TwoHosts::new("bench-to", &[]);
+    let out = hosts.scratch.path("out");
+    ferry_ok(
+        ENGINE_A,
+        &hosts.scratch.work_dir(),
+        &[
+            "-q", "bench", "--sizes", "16", "--repeat", "1", "--mode", "criu", "--to", &hosts.agent_b.addr,
+            "--token-file", hosts.token.to_str().unwrap(), "--out", out.to_str().unwrap(),
+        ],
+    );
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    let transfer = csv.lines().find(|l| l.contains(",transfer,")).expect("a transfer row");
+    let seconds: f64 = transfer.split(',').nth(4).unwrap().parse().unwrap();
+    assert!(seconds > 0.0, "{transfer}");
+    assert!(!exists(ENGINE_B, "ferry-bench-dst"), "the bench left its container on the peer");
 }
 
 /// A small XML well-formedness check: tags nest and close, attributes are quoted.

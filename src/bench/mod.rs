@@ -29,7 +29,10 @@ use stats::{least_squares, summarize, Summary};
 use telemetry::{PhaseUsage, Telemetry};
 
 /// The phases of every run, in order; `total` is their sum.
-pub(crate) const PHASES: [&str; 5] = ["checkpoint", "pack", "restore", "first_life", "total"];
+/// `transfer` is 0 without `--to` (the payload goes to a local file); with
+/// it, packing and sending overlap and count as transfer, and the restore is
+/// the peer's own figure.
+pub(crate) const PHASES: [&str; 6] = ["checkpoint", "pack", "transfer", "restore", "first_life", "total"];
 
 const SOURCE: &str = "ferry-bench-src";
 const TARGET: &str = "ferry-bench-dst";
@@ -157,6 +160,8 @@ pub(crate) struct Options {
     pub board: Option<Board>,
     pub work_dir: PathBuf,
     pub fast: bool,
+    /// Restore on this peer's agent instead of here (ferry's modes only).
+    pub peer: Option<crate::transfer::client::Peer>,
 }
 
 /// Runs every size × repetition × method, then writes every output.
@@ -247,7 +252,7 @@ struct Run<'a> {
 /// What one run measured, before it becomes rows.
 #[derive(Default)]
 struct Measured {
-    seconds: [f64; 4],
+    seconds: [f64; 5],
     raw_bytes: u64,
     compressed_bytes: u64,
     checkpoint_path: &'static str,
@@ -265,7 +270,7 @@ impl Run<'_> {
             _ => self.baseline()?,
         };
         self.telemetry.enter(None);
-        let mut rows: Vec<Row> = PHASES[..4]
+        let mut rows: Vec<Row> = PHASES[..5]
             .iter()
             .zip(measured.seconds)
             .map(|(phase, seconds)| self.row(phase, seconds, &measured))
@@ -294,7 +299,7 @@ impl Run<'_> {
     /// The phases' usage weighted by how long each was sampled.
     fn total_usage(&self) -> PhaseUsage {
         let mut total = PhaseUsage::default();
-        for phase in &PHASES[..4] {
+        for phase in &PHASES[..5] {
             let u = self.telemetry.usage(self.index, phase);
             let (before, after) = (total.sampled_secs, total.sampled_secs + u.sampled_secs);
             if after == 0.0 {
@@ -351,6 +356,18 @@ impl Run<'_> {
             taken.lz4_block = board.lz4_block();
         }
         let committed_image = taken.manifest.container.image_tags.first().cloned().filter(|_| mode == Mode::Commit);
+        if let Some(peer) = &self.options.peer {
+            self.phase("transfer");
+            let (sent, secs) = crate::commands::migrate::send_payload(peer, &mut taken, TARGET, self.io_buffer());
+            let (report, stats) = sent?;
+            measured.seconds[2] = secs;
+            // The peer's own restore time; its first sign of life is not seen from here.
+            measured.seconds[3] = report.restore_secs;
+            (measured.raw_bytes, measured.compressed_bytes) = (stats.raw_bytes, stats.compressed_bytes);
+            drop(taken);
+            peer.remove_container(TARGET)?;
+            return Ok(measured);
+        }
 
         self.phase("pack");
         let started = Instant::now();
@@ -366,14 +383,14 @@ impl Run<'_> {
         let input = BufReader::with_capacity(self.io_buffer(), File::open(&payload).map_err(|e| io_error(payload.display(), e))?);
         let options = restore::Options { name: Some(TARGET), fast: self.options.fast, board: self.options.board.as_ref() };
         let report = restore_from(self.engine, &self.options.work_dir, input, &options)?;
-        measured.seconds[2] = seconds_since(started);
+        measured.seconds[3] = seconds_since(started);
         let restore_stats = self.info.docker_root_dir.join("containerd/daemon/io.containerd.runtime.v2.task/moby").join(&report.id).join("stats-restore");
         measured.criu_restore_ms = criu_stats::read_restore(&restore_stats).map_or(0.0, |s| s.restore_time_us as f64 / 1000.0);
 
         self.phase("first_life");
         let started = Instant::now();
         wait_for_count(self.engine, TARGET, Duration::from_secs(60))?;
-        measured.seconds[3] = seconds_since(started);
+        measured.seconds[4] = seconds_since(started);
         if let Some(image) = committed_image {
             let _ = self.engine.remove_container(TARGET, true);
             let _ = self.engine.remove_image(&image);
@@ -415,12 +432,12 @@ impl Run<'_> {
         let started_container = self.engine.start_container(&target_id, Some("cp"));
         restore::remove_extractions(&before, &checkpoints.join("cp"));
         started_container.map_err(|e| crate::commands::checkpoint::criu_error(TARGET, "restore", e))?;
-        measured.seconds[2] = seconds_since(started);
+        measured.seconds[3] = seconds_since(started);
 
         self.phase("first_life");
         let started = Instant::now();
         wait_for_count(self.engine, TARGET, Duration::from_secs(60))?;
-        measured.seconds[3] = seconds_since(started);
+        measured.seconds[4] = seconds_since(started);
         Ok(measured)
     }
 

@@ -32,6 +32,13 @@ pub(crate) struct Args {
     /// the workload image, run as `/counter MIB 100` (default ferry-workload:latest)
     #[argh(option, default = "String::from(\"ferry-workload:latest\")")]
     pub image: String,
+    /// restore on this peer's agent (HOST:PORT) instead of here: ferry's modes
+    /// then measure the transfer too (the baseline stays on this host)
+    #[argh(option)]
+    pub to: Option<String>,
+    /// file holding the agent's shared token (with --to)
+    #[argh(option)]
+    pub token_file: Option<PathBuf>,
     /// folder for results.csv, results.json, summary.md and the SVG figures
     #[argh(option, default = "PathBuf::from(\"ferry-bench\")")]
     pub out: PathBuf,
@@ -60,6 +67,13 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
         board: tuning.board,
         work_dir: tuning.work_dir.join("bench"),
         fast: context.fast,
+        peer: match &args.to {
+            Some(addr) => {
+                let token = args.token_file.as_deref().map(crate::transfer::load_token).transpose()?;
+                Some(crate::transfer::client::Peer::new(addr, token, std::time::Duration::from_secs(300)))
+            }
+            None => None,
+        },
     };
     let results = bench::run(&engine, &options)?;
     say!("bench: {} runs, results in {}", results.rows.len() / bench::PHASES.len(), args.out.display());

@@ -15,11 +15,11 @@ use argh::FromArgs;
 use serde::Serialize;
 use serde_json::json;
 
-use super::checkpoint::{refuse_uncarryable, take};
+use super::checkpoint::{refuse_uncarryable, take, Taken};
 use super::{human_bytes, inspect_named, print_report, seconds_since, Context};
 use crate::engine::Engine;
 use crate::error::{Error, Kind, Result};
-use crate::payload::{normalize_arch, Mode};
+use crate::payload::{normalize_arch, Mode, PackStats};
 use crate::transfer::client::Peer;
 use crate::transfer::{self, Outcome, PeerInfo};
 
@@ -135,35 +135,15 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     }
     report.save_secs = taken.checkpoint_secs;
     report.checkpoint_path = taken.checkpoint_path;
-    let migration = migration_id();
     let name = taken.name.clone();
-
-    let (mut payload_reader, payload_writer) = io::pipe().map_err(|e| crate::error::io_error("cannot make a pipe", e))?;
-    let transfer_started = Instant::now();
-    let (answer, packed) = thread::scope(|scope| {
-        let packer = scope.spawn(|| {
-            let sink = transfer::Progress::new(BufWriter::with_capacity(tuning.io_buffer, payload_writer), "sent");
-            let stats = taken.pack_into(sink);
-            (stats, seconds_since(transfer_started))
-        });
-        let answer = peer.restore(&mut payload_reader, &name, &migration);
-        // Unblocks the packer if the peer stopped reading early.
-        drop(payload_reader);
-        let packed = packer.join().unwrap_or_else(|_| (Err(Error::new(Kind::Failure, "the packer thread panicked")), 0.0));
-        (answer, packed)
-    });
-    let (pack_result, transfer_secs) = packed;
-    let answer = match answer {
-        Err(error) if pack_result.is_ok() => ask_again(&peer, &migration, error),
-        other => other,
-    };
-    let restored = match (answer, pack_result) {
-        (Ok(restored), Ok(stats)) => {
+    let (sent, transfer_secs) = send_payload(&peer, &mut taken, &name, tuning.io_buffer);
+    let restored = match sent {
+        Ok((restored, stats)) => {
             report.bytes_sent = stats.compressed_bytes;
             report.raw_bytes = stats.raw_bytes;
             restored
         }
-        (Err(error), _) | (Ok(_), Err(error)) => {
+        Err(error) => {
             return Err(taken.give_back(&engine, &info, error.context(format!("moving {name} to {}", args.to))));
         }
     };
@@ -194,6 +174,45 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     let json = args.json.then(|| json!(report));
     print_report(&line, json.as_ref(), false);
     Ok(())
+}
+
+/// Streams a taken checkpoint to the peer's agent, packing in a thread into a
+/// pipe that the HTTP body reads: no intermediate file. Returns the peer's
+/// restore report with the pack statistics, and the seconds until the last
+/// byte was packed. Shared by `migrate` and `bench --to`.
+pub(crate) fn send_payload(
+    peer: &Peer,
+    taken: &mut Taken,
+    name: &str,
+    io_buffer: usize,
+) -> (Result<(crate::commands::restore::Report, PackStats)>, f64) {
+    let migration = migration_id();
+    let (mut payload_reader, payload_writer) = match io::pipe() {
+        Ok(pipe) => pipe,
+        Err(e) => return (Err(crate::error::io_error("cannot make a pipe", e)), 0.0),
+    };
+    let started = Instant::now();
+    let (answer, (packed, secs)) = thread::scope(|scope| {
+        let packer = scope.spawn(|| {
+            let sink = transfer::Progress::new(BufWriter::with_capacity(io_buffer, payload_writer), "sent");
+            let stats = taken.pack_into(sink);
+            (stats, seconds_since(started))
+        });
+        let answer = peer.restore(&mut payload_reader, name, &migration);
+        // Unblocks the packer if the peer stopped reading early.
+        drop(payload_reader);
+        let packed = packer.join().unwrap_or_else(|_| (Err(Error::new(Kind::Failure, "the packer thread panicked")), 0.0));
+        (answer, packed)
+    });
+    let answer = match answer {
+        Err(error) if packed.is_ok() => ask_again(peer, &migration, error),
+        other => other,
+    };
+    let result = match (answer, packed) {
+        (Ok(restored), Ok(stats)) => Ok((restored, stats)),
+        (Err(error), _) | (Ok(_), Err(error)) => Err(error),
+    };
+    (result, secs)
 }
 
 /// Makes sure the peer has the container's image, sending it when needed.

@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use ureq::http::Response;
 use ureq::{Agent, Body, SendBody};
 
-use super::{ErrorBody, Outcome, PeerInfo, FAILOVERS, IMAGES, INFO, MIGRATIONS, MIGRATION_HEADER, RESTORE, SNAPSHOTS};
+use super::{ErrorBody, Outcome, PeerInfo, CONTAINERS, FAILOVERS, IMAGES, INFO, MIGRATIONS, MIGRATION_HEADER, RESTORE, SNAPSHOTS};
 use crate::snapshots::{Failover, SnapshotInfo};
 use crate::commands::restore::Report;
 use crate::error::{Error, Kind, Result};
@@ -119,6 +119,14 @@ impl Peer {
         let request = self.request("GET", FAILOVERS).body(()).map_err(http_error)?;
         let response = self.run("the failover list", request)?;
         self.json("the failover list", response)
+    }
+
+    /// Removes a container the agent restored.
+    pub(crate) fn remove_container(&self, name: &str) -> Result<()> {
+        let request = self.request("DELETE", &format!("{CONTAINERS}{name}")).body(()).map_err(http_error)?;
+        let response = self.run("the removal", request)?;
+        let _ = std::io::copy(&mut response.into_body().into_reader(), &mut std::io::sink());
+        Ok(())
     }
 
     /// Whether the agent answers its health check within a short time.

@@ -13,6 +13,8 @@
 //!                              restored; the newest N per container are kept
 //! GET  /v1/snapshots           the stored snapshots (SnapshotInfo list)
 //! GET  /v1/failovers           the containers failed over here (Failover list)
+//! DELETE /v1/containers/NAME   removes a container this agent restored (and
+//!                              only those: `ferry bench --to` cleans up with it)
 //! ```
 //!
 //! Every endpoint but /health needs `Authorization: Bearer <token>`. Errors are
@@ -39,6 +41,7 @@ pub(crate) const MIGRATIONS: &str = "/v1/migrations/";
 pub(crate) const MIGRATION_HEADER: &str = "X-Ferry-Migration";
 pub(crate) const SNAPSHOTS: &str = "/v1/snapshots";
 pub(crate) const FAILOVERS: &str = "/v1/failovers";
+pub(crate) const CONTAINERS: &str = "/v1/containers/";
 
 /// What `GET /v1/info` answers.
 #[derive(Debug, Clone, Serialize, Deserialize)]

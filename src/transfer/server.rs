@@ -13,7 +13,7 @@ use tiny_http::{Header, Method, Request, Response};
 
 use super::{
     authorized, status_for, ErrorBody, Outcome, PeerImage, PeerInfo, FAILOVERS, HEALTH, IMAGES, INFO, MIGRATIONS,
-    MIGRATION_HEADER, RESTORE, SNAPSHOTS,
+    MIGRATION_HEADER, RESTORE, SNAPSHOTS, CONTAINERS,
 };
 use crate::snapshots::Store;
 use crate::commands::restore;
@@ -44,6 +44,8 @@ pub(crate) struct Agent {
     /// and its source's agent does not answer.
     pub failover_after: Option<Duration>,
     restore_lock: Mutex<()>,
+    /// Names of the containers this agent restored, the only ones it removes.
+    restored: Mutex<std::collections::BTreeSet<String>>,
     outcomes: Mutex<VecDeque<(String, Outcome)>>,
 }
 
@@ -58,7 +60,7 @@ impl Agent {
         failover_after: Option<Duration>,
     ) -> Agent {
         let store = Store::new(&spool);
-        Agent { engine, token, spool, max_payload, fast, board, store, failover_after, restore_lock: Mutex::new(()), outcomes: Mutex::new(VecDeque::new()) }
+        Agent { engine, token, spool, max_payload, fast, board, store, failover_after, restore_lock: Mutex::new(()), restored: Mutex::default(), outcomes: Mutex::new(VecDeque::new()) }
     }
 }
 
@@ -120,6 +122,7 @@ fn handle(agent: &Agent, mut request: Request) {
             (Method::Post, SNAPSHOTS) => receive_snapshot(agent, &mut request, query).map(Reply::json),
             (Method::Get, SNAPSHOTS) => Ok(Reply::json(agent.store.list())),
             (Method::Get, FAILOVERS) => Ok(Reply::json(failovers(agent))),
+            (Method::Delete, p) if p.starts_with(CONTAINERS) => remove_restored(agent, &p[CONTAINERS.len()..]).map(Reply::json),
             _ => Err(Error::new(Kind::NotFound, format!("no such endpoint: {method} {path}")).with_status(404)),
         }
     };
@@ -286,6 +289,7 @@ fn receive_and_restore(agent: &Agent, body: &mut dyn Read, name: Option<&str>, l
     let unpack_secs = crate::commands::seconds_since(started);
     let options = restore::Options { name, fast: agent.fast, board: agent.board.as_ref() };
     let mut report = restore::restore_unpacked(&agent.engine, &info, job.path(), &unpacked.manifest, &options)?;
+    agent.restored.lock().unwrap_or_else(|p| p.into_inner()).insert(report.container.clone());
     report.unpack_secs = unpack_secs;
     report.raw_bytes = unpacked.raw_bytes;
     report.compressed_bytes = unpacked.compressed_bytes;
@@ -359,6 +363,16 @@ fn watch_for_failover(agent: &Agent, after: Duration) {
             }
         }
     }
+}
+
+fn remove_restored(agent: &Agent, name: &str) -> Handled<serde_json::Value> {
+    let mut restored = agent.restored.lock().unwrap_or_else(|p| p.into_inner());
+    if !restored.contains(name) {
+        return Err(Error::new(Kind::Refused, format!("'{name}' was not restored by this agent: it removes only what it restored")).with_status(403));
+    }
+    agent.engine.remove_container(name, true)?;
+    restored.remove(name);
+    Ok(serde_json::json!({ "removed": name }))
 }
 
 /// The recorded failovers, each saying whether its container still runs here.
