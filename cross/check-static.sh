@@ -12,14 +12,20 @@ for triple in "$@"; do
     aarch64-*) qemu=(qemu-aarch64-static -cpu cortex-a53) ;;
     armv7-*) qemu=(qemu-arm-static -cpu cortex-a7) ;;
   esac
+  problems=()
   size=$(stat -c %s "$bin")
-  if readelf -lW "$bin" | grep -q 'INTERP'; then echo "FAIL $bin has a program interpreter"; status=1; fi
-  if readelf -dW "$bin" 2>/dev/null | grep -q 'NEEDED\|(DYNAMIC)'; then echo "FAIL $bin has a dynamic section"; status=1; fi
-  file "$bin" | grep -q 'statically linked' || { echo "FAIL file(1) does not call $bin static"; status=1; }
-  [ "$size" -le "$BUDGET" ] || { echo "FAIL $bin is $size bytes, over the $BUDGET budget"; status=1; }
+  readelf -lW "$bin" | grep -q 'INTERP' && problems+=("it has a program interpreter")
+  readelf -dW "$bin" 2>/dev/null | grep -q 'NEEDED\|(DYNAMIC)' && problems+=("it has a dynamic section")
+  file "$bin" | grep -q 'statically linked' || problems+=("file(1) does not call it static")
+  [ "$size" -le "$BUDGET" ] || problems+=("it is $size bytes, over the $BUDGET budget")
   version="$("${qemu[@]}" "$bin" --version)"
   boards="$("${qemu[@]}" "$bin" boards | wc -l)"
-  [ "$boards" -ge 6 ] || { echo "FAIL $bin lists $boards lines of boards"; status=1; }
-  echo "ok   $triple: static, $size bytes, '$version', $((boards - 1)) boards under ${qemu[*]}"
+  [ "$boards" -ge 6 ] || problems+=("it lists $boards lines of boards")
+  if [ ${#problems[@]} -eq 0 ]; then
+    echo "ok   $triple: static, $size bytes, '$version', $((boards - 1)) boards under ${qemu[*]}"
+  else
+    (IFS=';'; echo "FAIL $bin: ${problems[*]}")
+    status=1
+  fi
 done
 exit $status
