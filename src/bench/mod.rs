@@ -381,8 +381,8 @@ impl Run<'_> {
         self.phase("restore");
         let started = Instant::now();
         let input = BufReader::with_capacity(self.io_buffer(), File::open(&payload).map_err(|e| io_error(payload.display(), e))?);
-        let options = restore::Options { name: Some(TARGET), fast: self.options.fast, board: self.options.board.as_ref() };
-        let report = restore_from(self.engine, &self.options.work_dir, input, &options)?;
+        let options = restore::Options { name: Some(TARGET), fast: self.options.fast, board: self.options.board.as_ref(), max_raw_bytes: None };
+        let report = restore_from(self.engine, &self.options.work_dir, "restore", input, &options)?;
         measured.seconds[3] = seconds_since(started);
         let restore_stats = self.info.docker_root_dir.join("containerd/daemon/io.containerd.runtime.v2.task/moby").join(&report.id).join("stats-restore");
         measured.criu_restore_ms = criu_stats::read_restore(&restore_stats).map_or(0.0, |s| s.restore_time_us as f64 / 1000.0);

@@ -47,7 +47,7 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
         }
     };
     let engine = context.engine()?;
-    let options = Options { name: None, fast: context.fast, board: tuning.board.as_ref() };
+    let options = Options { name: None, fast: context.fast, board: tuning.board.as_ref(), max_raw_bytes: None };
     let done = failover(&engine, &Store::new(&spool), &args.container, generation, &options)?;
     let line = format!(
         "failed over {} from snapshot {} taken {}s ago on {}: restored in {:.2}s as {}",

@@ -46,6 +46,8 @@ pub(crate) struct Options<'a> {
     pub fast: bool,
     /// Caps to apply to the new container instead of the payload's.
     pub board: Option<&'a Board>,
+    /// Refuse a payload that unpacks to more than this (an agent's spool).
+    pub max_raw_bytes: Option<u64>,
 }
 
 /// What a restore did and how long each part took.
@@ -77,9 +79,9 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
         Box::new(file)
     };
     let tuning = context.tuning(args.board.as_deref())?;
-    let options = Options { name: args.name.as_deref(), fast: context.fast, board: tuning.board.as_ref() };
+    let options = Options { name: args.name.as_deref(), fast: context.fast, board: tuning.board.as_ref(), max_raw_bytes: None };
     let input = BufReader::with_capacity(tuning.io_buffer, input);
-    let report = restore_from(&engine, &tuning.work_dir, input, &options)?;
+    let report = restore_from(&engine, &tuning.work_dir, "restore", input, &options)?;
     let line = format!(
         "restored {} ({}) as {}: unpack {:.2}s, restore {:.2}s, {} raw, {} compressed",
         report.container,
@@ -95,14 +97,21 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Unpacks a payload stream into the work dir, verifies it whole, then
-/// restores it. Shared by `restore` and the agent's `/v1/restore`.
-pub(crate) fn restore_from(engine: &Engine, work_dir: &Path, input: impl Read, options: &Options<'_>) -> Result<Report> {
+/// Unpacks a payload stream into a `label-*` folder of the work dir, verifies
+/// it whole, then restores it. Shared by `restore`, `bench` and the agent's
+/// `/v1/restore`.
+pub(crate) fn restore_from(
+    engine: &Engine,
+    work_dir: &Path,
+    label: &str,
+    input: impl Read,
+    options: &Options<'_>,
+) -> Result<Report> {
     let info = engine.info()?;
-    let job = JobDir::reserve(work_dir, "restore")
+    let job = JobDir::reserve(work_dir, label)
         .map_err(|e| io_error(format!("cannot use the work dir {}", work_dir.display()), e))?;
     let started = Instant::now();
-    let unpacked = payload::unpack(input, job.path(), &info.architecture, None)?;
+    let unpacked = payload::unpack(input, job.path(), &info.architecture, options.max_raw_bytes)?;
     let unpack_secs = seconds_since(started);
     let mut report = restore_unpacked(engine, &info, job.path(), &unpacked.manifest, options)?;
     report.unpack_secs = unpack_secs;

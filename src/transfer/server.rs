@@ -19,8 +19,7 @@ use crate::snapshots::Store;
 use crate::commands::restore;
 use crate::engine::Engine;
 use crate::error::{Error, Kind, Result};
-use crate::host::{self, JobDir};
-use crate::payload;
+use crate::host;
 
 /// Requests served at once: a restore, plus health and info checks beside it.
 const WORKERS: usize = 4;
@@ -272,28 +271,20 @@ fn restore_payload(agent: &Agent, request: &mut Request, query: &str) -> Handled
 }
 
 fn receive_and_restore(agent: &Agent, body: &mut dyn Read, name: Option<&str>, limit: u64, free: u64) -> Handled<restore::Report> {
-    let info = agent.engine.info()?;
-    let job = JobDir::reserve(&agent.spool, "receive").map_err(|e| crate::error::io_error(agent.spool.display(), e))?;
-    let started = Instant::now();
-    let unpacked = payload::unpack(body, job.path(), &info.architecture, Some(limit)).map_err(|e| {
-        match &e {
-            payload::Error::Manifest(detail) if detail.contains("allowed here") => Error::from(e).context(format!(
+    let options = restore::Options { name, fast: agent.fast, board: agent.board.as_ref(), max_raw_bytes: Some(limit) };
+    let report = restore::restore_from(&agent.engine, &agent.spool, "receive", body, &options).map_err(|e| {
+        if e.message.contains("allowed here") {
+            e.context(format!(
                 "the agent's spool {} has {} free and a --max-payload of {}",
                 agent.spool.display(),
                 crate::commands::human_bytes(free),
                 agent.max_payload.map_or("none".into(), crate::commands::human_bytes)
-            )),
-            _ => Error::from(e),
+            ))
+        } else {
+            e
         }
     })?;
-    let unpack_secs = crate::commands::seconds_since(started);
-    let options = restore::Options { name, fast: agent.fast, board: agent.board.as_ref() };
-    let mut report = restore::restore_unpacked(&agent.engine, &info, job.path(), &unpacked.manifest, &options)?;
     agent.restored.lock().unwrap_or_else(|p| p.into_inner()).insert(report.container.clone());
-    report.unpack_secs = unpack_secs;
-    report.raw_bytes = unpacked.raw_bytes;
-    report.compressed_bytes = unpacked.compressed_bytes;
-    report.peak_rss_kib = host::peak_rss_kib();
     Ok(report)
 }
 
@@ -351,7 +342,7 @@ fn watch_for_failover(agent: &Agent, after: Duration) {
             }
             let Ok(_one_at_a_time) = agent.restore_lock.lock() else { continue };
             log::warn!("no snapshot of {container} for {silent}s and its source's agent {source} does not answer: failing over");
-            let options = restore::Options { name: None, fast: agent.fast, board: agent.board.as_ref() };
+            let options = restore::Options { name: None, fast: agent.fast, board: agent.board.as_ref(), max_raw_bytes: None };
             match crate::commands::failover::failover(&agent.engine, &agent.store, container, None, &options) {
                 Ok(done) => log::warn!(
                     "failed {container} over from generation {} ({}s old): runs here as {}",

@@ -88,6 +88,15 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Asserts ferry failed with the documented exit code and said `message`.
+pub fn expect_failure(out: &Output, code: i32, message: &str) {
+    let text = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "wrong exit code; stderr:
+{text}");
+    assert!(text.contains(message), "stderr lacks {message:?}:
+{text}");
+}
+
 /// Removes the named containers when dropped, so a failed test leaves none.
 pub struct Containers {
     pub socket: &'static str,
