@@ -15,12 +15,6 @@ const NOT_FOUND: i32 = 4;
 const BAD_PAYLOAD: i32 = 6;
 const REFUSED: i32 = 8;
 
-fn expect_failure(out: &std::process::Output, code: i32, message: &str) {
-    let text = stderr(out);
-    assert_eq!(out.status.code(), Some(code), "wrong exit code; stderr:\n{text}");
-    assert!(text.contains(message), "stderr lacks {message:?}:\n{text}");
-}
-
 #[test]
 #[ignore = "needs a real dockerd + CRIU: run `make test`"]
 fn containers_ferry_cannot_take_are_refused_before_anything_stops() {
