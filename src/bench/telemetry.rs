@@ -239,9 +239,15 @@ mod tests {
         telemetry.enter(None);
         let usage = telemetry.usage(0, "busy");
         assert!(usage.sampled_secs >= 0.3, "{usage:?}");
-        assert!(usage.user_pct[4] > 20.0, "ferry spun a core: {usage:?}");
-        assert!(usage.rss_mib_peak[4] > 0.0);
         assert!(usage.host_mem_used_mib_peak > 0.0);
+        // qemu-user fakes a process's view of its own /proc/PID/stat (no CPU
+        // time, no RSS): the ARM tests run under it. Where the kernel answers,
+        // the spin must show.
+        let own_ticks = proc_stat(std::process::id()).map_or(0, |(_, f)| f[14 - 3] + f[15 - 3]);
+        if own_ticks > 0 {
+            assert!(usage.user_pct[4] > 20.0, "ferry spun a core: {usage:?}");
+            assert!(usage.rss_mib_peak[4] > 0.0);
+        }
         assert_eq!(telemetry.usage(0, "never").sampled_secs, 0.0);
     }
 }
