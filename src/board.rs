@@ -4,7 +4,7 @@
 //! The profiles in boards/ are compiled into the binary (one file to copy
 //! onto a board); `--board FILE` reads another one from disk.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -125,6 +125,38 @@ impl Board {
         host_config.nano_cpus = self.nano_cpus();
         host_config.cpu_quota = 0;
         host_config.cpu_period = 0;
+    }
+}
+
+/// ferry's read and write buffers when no board profile says otherwise.
+pub(crate) const DEFAULT_IO_BUFFER: usize = 64 * 1024;
+
+/// What a `--board` decides for ferry's own I/O, with the defaults where no
+/// board is given: every layer that reads, writes or packs takes one of these.
+#[derive(Debug, Clone)]
+pub(crate) struct Tuning {
+    pub board: Option<Board>,
+    pub io_buffer: usize,
+    pub lz4_block: lz4_flex::frame::BlockSize,
+    /// Where checkpoints in transit go: the user's choice, else the board's, else the default.
+    pub work_dir: PathBuf,
+}
+
+impl Tuning {
+    /// `chosen_work_dir` is the user's own (--work-dir, $FERRY_WORK_DIR): a
+    /// board profile's work dir yields to it, and `default_work_dir` to both.
+    pub(crate) fn new(board: Option<Board>, chosen_work_dir: Option<&Path>, default_work_dir: &Path) -> Tuning {
+        let work_dir = match (chosen_work_dir, &board) {
+            (Some(chosen), _) => chosen.to_path_buf(),
+            (None, Some(board)) => board.work_dir.clone(),
+            (None, None) => default_work_dir.to_path_buf(),
+        };
+        Tuning {
+            io_buffer: board.as_ref().map_or(DEFAULT_IO_BUFFER, Board::io_buffer),
+            lz4_block: board.as_ref().map_or(crate::payload::LZ4_BLOCK, Board::lz4_block),
+            board,
+            work_dir,
+        }
     }
 }
 

@@ -125,9 +125,9 @@ fn work_dir_check(work_dir: &Path) -> Result<String, (String, String)> {
         return Err((format!("cannot create {}: {e}", work_dir.display()), "pass --work-dir on a writable disk".into()));
     }
     match host::free_bytes(work_dir) {
-        Ok(free) if free >= MIN_FREE_BYTES => Ok(format!("{} has {} free", work_dir.display(), crate::commands::human_bytes(free))),
+        Ok(free) if free >= MIN_FREE_BYTES => Ok(format!("{} has {} free", work_dir.display(), crate::units::human_bytes(free))),
         Ok(free) => Err((
-            format!("{} has only {} free", work_dir.display(), crate::commands::human_bytes(free)),
+            format!("{} has only {} free", work_dir.display(), crate::units::human_bytes(free)),
             "free space or pass --work-dir on a larger disk".into(),
         )),
         Err(e) => Err((format!("cannot stat {}: {e}", work_dir.display()), "pass --work-dir".into())),

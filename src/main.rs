@@ -19,10 +19,12 @@ mod doctor;
 mod engine;
 mod error;
 mod host;
+mod migration;
 mod payload;
 mod runc;
 mod snapshots;
 mod transfer;
+mod units;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

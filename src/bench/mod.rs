@@ -5,6 +5,7 @@
 
 pub(crate) mod criu_stats;
 pub(crate) mod export;
+pub(crate) mod results;
 pub(crate) mod stats;
 pub(crate) mod telemetry;
 
@@ -14,141 +15,23 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use serde_json::json;
 
-use crate::board::Board;
-use crate::commands::checkpoint::take;
-use crate::commands::restore::{self, restore_from};
-use crate::commands::seconds_since;
+use crate::board::Tuning;
 use crate::engine::{Engine, Info};
 use crate::error::{io_error, Error, Kind, Result};
 use crate::host;
+use crate::migration::restore::{self, restore_from};
+use crate::migration::{checkpoint, criu_error, preflight, resume};
 use crate::payload::Mode;
-use stats::{least_squares, summarize, Summary};
+use crate::transfer::client::Peer;
+use crate::transfer::migrate::send_payload;
+use crate::units::seconds_since;
+pub(crate) use results::{HostFacts, Phase, Results, Row};
 use telemetry::{PhaseUsage, Telemetry};
-
-/// The phases of every run, in order; `total` is their sum.
-/// `transfer` is 0 without `--to` (the payload goes to a local file); with
-/// it, packing and sending overlap and count as transfer, and the restore is
-/// the peer's own figure.
-pub(crate) const PHASES: [&str; 6] = ["checkpoint", "pack", "transfer", "restore", "first_life", "total"];
 
 const SOURCE: &str = "ferry-bench-src";
 const TARGET: &str = "ferry-bench-dst";
-
-/// One row per run and phase.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct Row {
-    pub size_mib: u32,
-    /// `ferry-criu`, `ferry-commit` or `baseline` (the paper's scripts).
-    pub method: &'static str,
-    pub repetition: u32,
-    pub phase: &'static str,
-    pub seconds: f64,
-    pub raw_bytes: u64,
-    pub compressed_bytes: u64,
-    /// `runc`, `docker-api`, `commit`, or `baseline`.
-    pub checkpoint_path: &'static str,
-    /// CRIU's own figures for the run (0 where CRIU did not report them).
-    pub criu_frozen_ms: f64,
-    pub criu_restore_ms: f64,
-    pub usage: PhaseUsage,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct HostFacts {
-    pub arch: String,
-    pub kernel: String,
-    pub criu: String,
-    pub docker: String,
-    pub cpus: usize,
-    pub board: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct PhaseSummary {
-    pub method: &'static str,
-    pub size_mib: u32,
-    pub phase: &'static str,
-    pub summary: Summary,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct FitRow {
-    pub method: &'static str,
-    pub phase: &'static str,
-    pub slope_s_per_gib: f64,
-    pub intercept_s: f64,
-    pub r_squared: f64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct Results {
-    pub host: HostFacts,
-    pub rows: Vec<Row>,
-    pub summaries: Vec<PhaseSummary>,
-    pub fits: Vec<FitRow>,
-}
-
-impl Results {
-    fn new(host: HostFacts, rows: Vec<Row>) -> Results {
-        let mut results = Results { host, rows, summaries: Vec::new(), fits: Vec::new() };
-        for method in results.methods() {
-            for size in results.sizes() {
-                for phase in PHASES {
-                    let values: Vec<f64> = results.select(method, size, phase).collect();
-                    if !values.is_empty() {
-                        results.summaries.push(PhaseSummary { method, size_mib: size, phase, summary: summarize(&values) });
-                    }
-                }
-            }
-            for phase in ["checkpoint", "restore", "total"] {
-                let points: Vec<(f64, f64)> = results
-                    .rows
-                    .iter()
-                    .filter(|r| r.method == method && r.phase == phase)
-                    .map(|r| (f64::from(r.size_mib) / 1024.0, r.seconds))
-                    .collect();
-                if let Some(fit) = least_squares(&points) {
-                    results.fits.push(FitRow { method, phase, slope_s_per_gib: fit.slope, intercept_s: fit.intercept, r_squared: fit.r_squared });
-                }
-            }
-        }
-        results
-    }
-
-    pub(crate) fn sizes(&self) -> Vec<u32> {
-        let mut sizes: Vec<u32> = self.rows.iter().map(|r| r.size_mib).collect();
-        sizes.sort();
-        sizes.dedup();
-        sizes
-    }
-
-    pub(crate) fn methods(&self) -> Vec<&'static str> {
-        let mut methods = Vec::new();
-        for row in &self.rows {
-            if !methods.contains(&row.method) {
-                methods.push(row.method);
-            }
-        }
-        methods
-    }
-
-    fn select<'a>(&'a self, method: &'a str, size: u32, phase: &'a str) -> impl Iterator<Item = f64> + 'a {
-        self.rows.iter().filter(move |r| r.method == method && r.size_mib == size && r.phase == phase).map(|r| r.seconds)
-    }
-
-    pub(crate) fn median(&self, method: &str, size: u32, phase: &str) -> Option<f64> {
-        let values: Vec<f64> = self.select(method, size, phase).collect();
-        (!values.is_empty()).then(|| summarize(&values).median)
-    }
-
-    pub(crate) fn median_of(&self, pick: impl Fn(&Row) -> Option<f64>) -> Option<f64> {
-        let values: Vec<f64> = self.rows.iter().filter_map(pick).collect();
-        (!values.is_empty()).then(|| summarize(&values).median)
-    }
-}
 
 pub(crate) struct Options {
     pub sizes: Vec<u32>,
@@ -157,11 +40,11 @@ pub(crate) struct Options {
     pub baseline: bool,
     pub out: PathBuf,
     pub image: String,
-    pub board: Option<Board>,
-    pub work_dir: PathBuf,
+    /// The board's caps for the workload, ferry's buffers, and the work dir.
+    pub tuning: Tuning,
     pub fast: bool,
     /// Restore on this peer's agent instead of here (ferry's modes only).
-    pub peer: Option<crate::transfer::client::Peer>,
+    pub peer: Option<Peer>,
 }
 
 /// Runs every size × repetition × method, then writes every output.
@@ -171,15 +54,12 @@ pub(crate) fn run(engine: &Engine, options: &Options) -> Result<Results> {
         Error::new(Kind::NotFound, format!("the workload image {} is not here — `bash tests/engines.sh start a` builds it from tests/workload (make demo and make test do)", options.image))
     })?;
     fs::create_dir_all(&options.out).map_err(|e| io_error(options.out.display(), e))?;
-    fs::create_dir_all(&options.work_dir).map_err(|e| io_error(options.work_dir.display(), e))?;
+    fs::create_dir_all(&options.tuning.work_dir).map_err(|e| io_error(options.tuning.work_dir.display(), e))?;
     let telemetry = Telemetry::start();
     let mut methods: Vec<&'static str> = options
         .modes
         .iter()
-        .map(|m| match m {
-            Mode::Criu => "ferry-criu",
-            Mode::Commit => "ferry-commit",
-        })
+        .map(|mode| method_of(*mode))
         .collect();
     if options.baseline {
         methods.push("baseline");
@@ -200,7 +80,7 @@ pub(crate) fn run(engine: &Engine, options: &Options) -> Result<Results> {
                 }
                 let run = Run { engine, info: &info, options, telemetry: &telemetry, index: run_index, size, repetition, method };
                 let result = run.measure();
-                cleanup(engine, &options.work_dir);
+                cleanup(engine, &options.tuning.work_dir);
                 rows.extend(result.map_err(|e| e.context(format!("bench run {method} at {size} MiB")))?);
                 run_index += 1;
             }
@@ -226,7 +106,7 @@ fn host_facts(info: &Info, options: &Options) -> HostFacts {
         criu: host::criu_version().unwrap_or_default(),
         docker: info.server_version.clone(),
         cpus: thread::available_parallelism().map_or(1, |n| n.get()),
-        board: options.board.as_ref().map_or("none".into(), |b| b.name.clone()),
+        board: options.tuning.board.as_ref().map_or("none".into(), |b| b.name.clone()),
     }
 }
 
@@ -249,10 +129,19 @@ struct Run<'a> {
     method: &'static str,
 }
 
+/// The method name of one of ferry's modes in rows and figures.
+fn method_of(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Criu => "ferry-criu",
+        Mode::Commit => "ferry-commit",
+    }
+}
+
 /// What one run measured, before it becomes rows.
 #[derive(Default)]
 struct Measured {
-    seconds: [f64; 5],
+    /// Seconds per phase, indexed by `Phase as usize` (`Total` is their sum).
+    seconds: [f64; 6],
     raw_bytes: u64,
     compressed_bytes: u64,
     checkpoint_path: &'static str,
@@ -260,9 +149,22 @@ struct Measured {
     criu_restore_ms: f64,
 }
 
+impl Measured {
+    fn get(&self, phase: Phase) -> f64 {
+        match phase {
+            Phase::Total => self.seconds.iter().sum(),
+            measured => self.seconds[measured as usize],
+        }
+    }
+
+    fn set(&mut self, phase: Phase, seconds: f64) {
+        self.seconds[phase as usize] = seconds;
+    }
+}
+
 impl Run<'_> {
     fn measure(&self) -> Result<Vec<Row>> {
-        cleanup(self.engine, &self.options.work_dir);
+        cleanup(self.engine, &self.options.tuning.work_dir);
         self.start_workload()?;
         let measured = match self.method {
             "ferry-criu" => self.ferry(Mode::Criu)?,
@@ -270,17 +172,11 @@ impl Run<'_> {
             _ => self.baseline()?,
         };
         self.telemetry.enter(None);
-        let mut rows: Vec<Row> = PHASES[..5]
-            .iter()
-            .zip(measured.seconds)
-            .map(|(phase, seconds)| self.row(phase, seconds, &measured))
-            .collect();
-        rows.push(self.row("total", measured.seconds.iter().sum(), &measured));
-        Ok(rows)
+        Ok(Phase::ALL.into_iter().map(|phase| self.row(phase, measured.get(phase), &measured)).collect())
     }
 
-    fn row(&self, phase: &'static str, seconds: f64, measured: &Measured) -> Row {
-        let usage = if phase == "total" { self.total_usage() } else { self.telemetry.usage(self.index, phase) };
+    fn row(&self, phase: Phase, seconds: f64, measured: &Measured) -> Row {
+        let usage = if phase == Phase::Total { self.total_usage() } else { self.telemetry.usage(self.index, phase.as_str()) };
         Row {
             size_mib: self.size,
             method: self.method,
@@ -299,8 +195,8 @@ impl Run<'_> {
     /// The phases' usage weighted by how long each was sampled.
     fn total_usage(&self) -> PhaseUsage {
         let mut total = PhaseUsage::default();
-        for phase in &PHASES[..5] {
-            let u = self.telemetry.usage(self.index, phase);
+        for phase in Phase::MEASURED {
+            let u = self.telemetry.usage(self.index, phase.as_str());
             let (before, after) = (total.sampled_secs, total.sampled_secs + u.sampled_secs);
             if after == 0.0 {
                 continue;
@@ -319,14 +215,14 @@ impl Run<'_> {
         total
     }
 
-    fn phase(&self, phase: &'static str) {
-        self.telemetry.enter(Some((self.index, phase)));
+    fn phase(&self, phase: Phase) {
+        self.telemetry.enter(Some((self.index, phase.as_str())));
     }
 
     /// The container body both the workload and the baseline's target use.
     fn workload_body(&self) -> serde_json::Value {
         let mut limits = crate::payload::HostLimits::default();
-        if let Some(board) = &self.options.board {
+        if let Some(board) = &self.options.tuning.board {
             board.apply(&mut limits);
         }
         json!({
@@ -346,51 +242,53 @@ impl Run<'_> {
 
     fn ferry(&self, mode: Mode) -> Result<Measured> {
         let mut measured = Measured::default();
-        self.phase("checkpoint");
+        self.phase(Phase::Checkpoint);
         let started = Instant::now();
-        let mut taken = take(self.engine, self.info, &self.options.work_dir, SOURCE, mode, false, self.options.fast)?;
-        measured.seconds[0] = seconds_since(started);
+        let carryable = preflight::check(self.engine, self.info, SOURCE, mode)?;
+        let checkpoint_options = checkpoint::Options { tuning: &self.options.tuning, leave_running: false, fast: self.options.fast };
+        let mut taken = checkpoint::take(self.engine, self.info, &carryable, &checkpoint_options)?;
+        measured.set(Phase::Checkpoint, seconds_since(started));
         measured.checkpoint_path = if mode == Mode::Commit { "commit" } else { taken.checkpoint_path };
         measured.criu_frozen_ms = criu_stats::read_dump(&taken.stats_dump()).map_or(0.0, |s| s.frozen_time_us as f64 / 1000.0);
-        if let Some(board) = &self.options.board {
-            taken.lz4_block = board.lz4_block();
-        }
         let committed_image = taken.manifest.container.image_tags.first().cloned().filter(|_| mode == Mode::Commit);
         if let Some(peer) = &self.options.peer {
-            self.phase("transfer");
-            let (sent, secs) = crate::commands::migrate::send_payload(peer, &mut taken, TARGET, self.io_buffer());
+            self.phase(Phase::Transfer);
+            let (sent, secs) = send_payload(peer, &mut taken, TARGET, self.options.tuning.io_buffer);
             let (report, stats) = sent?;
-            measured.seconds[2] = secs;
+            measured.set(Phase::Transfer, secs);
             // The peer's own restore time; its first sign of life is not seen from here.
-            measured.seconds[3] = report.restore_secs;
+            measured.set(Phase::Restore, report.restore_secs);
             (measured.raw_bytes, measured.compressed_bytes) = (stats.raw_bytes, stats.compressed_bytes);
             drop(taken);
             peer.remove_container(TARGET)?;
             return Ok(measured);
         }
 
-        self.phase("pack");
+        self.phase(Phase::Pack);
         let started = Instant::now();
-        let payload = self.options.work_dir.join("bench.ferry");
+        let payload = self.options.tuning.work_dir.join("bench.ferry");
         let file = File::create(&payload).map_err(|e| io_error(payload.display(), e))?;
-        let stats = taken.pack_into(BufWriter::with_capacity(self.io_buffer(), file))?;
-        measured.seconds[1] = seconds_since(started);
+        let stats = taken.pack_into(BufWriter::with_capacity(self.options.tuning.io_buffer, file))?;
+        measured.set(Phase::Pack, seconds_since(started));
         (measured.raw_bytes, measured.compressed_bytes) = (stats.raw_bytes, stats.compressed_bytes);
         drop(taken);
 
-        self.phase("restore");
+        self.phase(Phase::Restore);
         let started = Instant::now();
-        let input = BufReader::with_capacity(self.io_buffer(), File::open(&payload).map_err(|e| io_error(payload.display(), e))?);
-        let options = restore::Options { name: Some(TARGET), fast: self.options.fast, board: self.options.board.as_ref(), max_raw_bytes: None };
-        let report = restore_from(self.engine, &self.options.work_dir, "restore", input, &options)?;
-        measured.seconds[3] = seconds_since(started);
-        let restore_stats = self.info.docker_root_dir.join("containerd/daemon/io.containerd.runtime.v2.task/moby").join(&report.id).join("stats-restore");
-        measured.criu_restore_ms = criu_stats::read_restore(&restore_stats).map_or(0.0, |s| s.restore_time_us as f64 / 1000.0);
+        let file = File::open(&payload).map_err(|e| io_error(payload.display(), e))?;
+        let input = BufReader::with_capacity(self.options.tuning.io_buffer, file);
+        let options =
+            restore::Options { name: Some(TARGET), fast: self.options.fast, board: self.options.tuning.board.as_ref(), size_limit: None };
+        let report = restore_from(self.engine, &self.options.tuning.work_dir, "restore", input, &options)?;
+        measured.set(Phase::Restore, seconds_since(started));
+        let [task_dir, _] = resume::task_dirs(&self.info.docker_root_dir, &report.id);
+        measured.criu_restore_ms =
+            criu_stats::read_restore(&task_dir.join("stats-restore")).map_or(0.0, |s| s.restore_time_us as f64 / 1000.0);
 
-        self.phase("first_life");
+        self.phase(Phase::FirstLife);
         let started = Instant::now();
         wait_for_count(self.engine, TARGET, Duration::from_secs(60))?;
-        measured.seconds[4] = seconds_since(started);
+        measured.set(Phase::FirstLife, seconds_since(started));
         if let Some(image) = committed_image {
             let _ = self.engine.remove_container(TARGET, true);
             let _ = self.engine.remove_image(&image);
@@ -405,44 +303,40 @@ impl Run<'_> {
         let mut measured = Measured { checkpoint_path: "baseline", ..Measured::default() };
         let root = &self.info.docker_root_dir;
         let source_id = self.engine.inspect_container(SOURCE)?.id;
-        self.phase("checkpoint");
+        self.phase(Phase::Checkpoint);
         let started = Instant::now();
-        self.engine.checkpoint_create(&source_id, "cp", None, true).map_err(|e| crate::commands::checkpoint::criu_error(SOURCE, "checkpoint", e))?;
-        measured.seconds[0] = seconds_since(started);
+        self.engine.checkpoint_create(&source_id, "cp", None, true).map_err(|e| criu_error(SOURCE, "checkpoint", e))?;
+        measured.set(Phase::Checkpoint, seconds_since(started));
 
-        self.phase("pack");
+        self.phase(Phase::Pack);
         let started = Instant::now();
-        let archive = self.options.work_dir.join("baseline.tar");
+        let archive = self.options.tuning.work_dir.join("baseline.tar");
         let checkpoint = root.join("containers").join(&source_id).join("checkpoints").join("cp");
         let tar_error = |e: std::io::Error| io_error(format!("tar of {}", checkpoint.display()), e);
         let mut builder = tar::Builder::new(BufWriter::new(File::create(&archive).map_err(tar_error)?));
         builder.append_dir_all("cp", &checkpoint).map_err(tar_error)?;
         builder.into_inner().map_err(tar_error)?;
-        measured.seconds[1] = seconds_since(started);
+        measured.set(Phase::Pack, seconds_since(started));
         measured.raw_bytes = fs::metadata(&archive).map_or(0, |m| m.len());
         measured.compressed_bytes = measured.raw_bytes;
 
-        self.phase("restore");
+        self.phase(Phase::Restore);
         let started = Instant::now();
         let target_id = self.engine.create_container(TARGET, &self.workload_body())?;
         let checkpoints = root.join("containers").join(&target_id).join("checkpoints");
         fs::create_dir_all(&checkpoints).map_err(|e| io_error(checkpoints.display(), e))?;
         tar::Archive::new(BufReader::new(File::open(&archive).map_err(tar_error)?)).unpack(&checkpoints).map_err(tar_error)?;
-        let before = restore::containerd_extractions();
+        let before = resume::containerd_extractions();
         let started_container = self.engine.start_container(&target_id, Some("cp"));
-        restore::remove_extractions(&before, &checkpoints.join("cp"));
-        started_container.map_err(|e| crate::commands::checkpoint::criu_error(TARGET, "restore", e))?;
-        measured.seconds[3] = seconds_since(started);
+        resume::remove_extractions(&before, &checkpoints.join("cp"));
+        started_container.map_err(|e| criu_error(TARGET, "restore", e))?;
+        measured.set(Phase::Restore, seconds_since(started));
 
-        self.phase("first_life");
+        self.phase(Phase::FirstLife);
         let started = Instant::now();
         wait_for_count(self.engine, TARGET, Duration::from_secs(60))?;
-        measured.seconds[4] = seconds_since(started);
+        measured.set(Phase::FirstLife, seconds_since(started));
         Ok(measured)
-    }
-
-    fn io_buffer(&self) -> usize {
-        self.options.board.as_ref().map_or(crate::commands::DEFAULT_IO_BUFFER, Board::io_buffer)
     }
 }
 

@@ -1,12 +1,13 @@
 //! `ferry bench`: reproduce the paper's experiments on this host.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use argh::FromArgs;
 
-use super::checkpoint::parse_mode;
-use super::Context;
-use crate::bench;
+use super::{peer, Context};
+use crate::bench::{self, Phase};
+use crate::board::Tuning;
 use crate::error::{Error, Kind, Result};
 use crate::payload::Mode;
 
@@ -51,7 +52,7 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
         .map(|s| s.trim().parse::<u32>().ok().filter(|&n| (1..=65536).contains(&n)))
         .collect::<Option<Vec<u32>>>()
         .ok_or_else(|| Error::new(Kind::Usage, format!("--sizes '{}' is not a list of MiB such as 16,64,256", args.sizes)))?;
-    let modes = args.mode.split(',').map(|m| parse_mode(m.trim())).collect::<std::result::Result<Vec<Mode>, String>>().map_err(|m| Error::new(Kind::Usage, m))?;
+    let modes = args.mode.split(',').map(|m| m.trim().parse::<Mode>()).collect::<std::result::Result<Vec<Mode>, String>>().map_err(|m| Error::new(Kind::Usage, m))?;
     if args.repeat == 0 {
         return Err(Error::new(Kind::Usage, "--repeat must be 1 or more"));
     }
@@ -64,20 +65,13 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
         baseline: args.baseline,
         out: args.out.clone(),
         image: args.image,
-        board: tuning.board,
-        work_dir: tuning.work_dir.join("bench"),
+        tuning: Tuning { work_dir: tuning.work_dir.join("bench"), ..tuning },
         fast: context.fast,
-        peer: match &args.to {
-            Some(addr) => {
-                let token = args.token_file.as_deref().map(crate::transfer::load_token).transpose()?;
-                Some(crate::transfer::client::Peer::new(addr, token, std::time::Duration::from_secs(300)))
-            }
-            None => None,
-        },
+        peer: args.to.as_deref().map(|addr| peer(addr, args.token_file.as_deref(), Duration::from_secs(300))).transpose()?,
     };
     let results = bench::run(&engine, &options)?;
-    say!("bench: {} runs, results in {}", results.rows.len() / bench::PHASES.len(), args.out.display());
-    for fit in results.fits.iter().filter(|f| f.phase != "total") {
+    say!("bench: {} runs, results in {}", results.rows.len() / Phase::ALL.len(), args.out.display());
+    for fit in results.fits.iter().filter(|f| f.phase != Phase::Total) {
         say!("  {} {}: {:.3} s/GiB + {:.3} s (R² {:.2})", fit.method, fit.phase, fit.slope_s_per_gib, fit.intercept_s, fit.r_squared);
     }
     Ok(())

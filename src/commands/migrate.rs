@@ -1,27 +1,15 @@
-//! `ferry migrate`: move a running container to a peer in one command.
-//!
-//! The steps, as the paper's Table 1 names them: Save (checkpoint), Transfer
-//! (pack and stream to the peer's agent, no intermediate file), Resume (the
-//! peer restores). The source container is removed only once the peer answers
-//! that the app runs there; if anything fails after the checkpoint, the source
-//! is started again from its own checkpoint.
+//! `ferry migrate`: move a running container to a peer in one command (see
+//! transfer/migrate.rs for the steps and the rollback).
 
-use std::io::{self, BufWriter, Read};
 use std::path::PathBuf;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use argh::FromArgs;
-use serde::Serialize;
-use serde_json::json;
 
-use super::checkpoint::{refuse_uncarryable, take, Taken};
-use super::{human_bytes, inspect_named, print_report, seconds_since, Context};
-use crate::engine::Engine;
-use crate::error::{Error, Kind, Result};
-use crate::payload::{normalize_arch, Mode, PackStats};
-use crate::transfer::client::Peer;
-use crate::transfer::{self, Outcome, PeerInfo};
+use super::{peer, print_report, Context};
+use crate::error::Result;
+use crate::transfer::migrate::{migrate, Options, ShipImage};
+use crate::units::human_bytes;
 
 #[derive(FromArgs, Debug)]
 /// Move a running container to the ferry agent on another host.
@@ -37,7 +25,7 @@ pub(crate) struct Args {
     #[argh(option)]
     pub token_file: Option<PathBuf>,
     /// send the image when the peer lacks it (auto, default), always, or never
-    #[argh(option, default = "ShipImage::Auto", from_str_fn(parse_ship_image))]
+    #[argh(option, default = "ShipImage::Auto")]
     pub ship_image: ShipImage,
     /// leave the source container stopped instead of removing it
     #[argh(switch)]
@@ -53,111 +41,12 @@ pub(crate) struct Args {
     pub json: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ShipImage {
-    Auto,
-    Always,
-    Never,
-}
-
-fn parse_ship_image(text: &str) -> std::result::Result<ShipImage, String> {
-    match text {
-        "auto" => Ok(ShipImage::Auto),
-        "always" => Ok(ShipImage::Always),
-        "never" => Ok(ShipImage::Never),
-        other => Err(format!("unknown --ship-image '{other}': use auto, always or never")),
-    }
-}
-
-/// The paper's Table 1 for one migration.
-#[derive(Debug, Clone, Default, Serialize)]
-pub(crate) struct Report {
-    pub container: String,
-    pub peer: String,
-    pub peer_container_id: String,
-    pub image_shipped: bool,
-    pub image_secs: f64,
-    /// Checkpoint: from the freeze to CRIU's images on disk.
-    pub save_secs: f64,
-    /// Packing and streaming the payload to the peer.
-    pub transfer_secs: f64,
-    /// The peer's restore: creating the container until it runs.
-    pub resume_secs: f64,
-    /// From the freeze to the peer's answer: how long the app was away.
-    pub total_secs: f64,
-    pub bytes_sent: u64,
-    pub raw_bytes: u64,
-    /// Which checkpoint path ran: `docker-api` or `runc` (see README).
-    pub checkpoint_path: &'static str,
-    /// ferry's own peak RSS here, and the agent's on the peer.
-    pub peak_rss_kib: u64,
-    pub peer_peak_rss_kib: u64,
-}
-
 pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     let tuning = context.tuning(args.board.as_deref())?;
     let engine = context.engine()?;
-    let info = engine.info()?;
-    let token = args.token_file.as_deref().map(transfer::load_token).transpose()?;
-    let peer = Peer::new(&args.to, token, Duration::from_secs(args.timeout));
-
-    // Everything that can be checked is checked before the app is frozen.
-    let inspect = inspect_named(&engine, &args.container)?;
-    if !inspect.state.running {
-        return Err(Error::new(
-            Kind::Refused,
-            format!("container '{}' is not running (state: {}) — start it or pass a running container", inspect.short_name(), inspect.state.status),
-        ));
-    }
-    refuse_uncarryable(&inspect)?;
-    let peer_info = peer.info()?;
-    if normalize_arch(&peer_info.arch) != normalize_arch(&info.architecture) {
-        return Err(Error::new(
-            Kind::Refused,
-            format!(
-                "the peer {} is {} and this host is {}: CRIU images cannot cross CPU architectures",
-                args.to, peer_info.arch, info.architecture
-            ),
-        ));
-    }
-    if peer_info.busy {
-        return Err(Error::new(Kind::Peer, format!("the agent at {} is busy with another restore — try again shortly", args.to)));
-    }
-    let mut report = Report { container: inspect.short_name().to_string(), peer: args.to.clone(), ..Report::default() };
-    let image_started = Instant::now();
-    report.image_shipped = ship_image(&engine, &peer, &peer_info, &inspect.image, args.ship_image)?;
-    report.image_secs = seconds_since(image_started);
-
-    let freeze = Instant::now();
-    let mut taken = take(&engine, &info, &tuning.work_dir, &args.container, Mode::Criu, false, context.fast)?;
-    if let Some(board) = &tuning.board {
-        taken.lz4_block = board.lz4_block();
-    }
-    report.save_secs = taken.checkpoint_secs;
-    report.checkpoint_path = taken.checkpoint_path;
-    let name = taken.name.clone();
-    let (sent, transfer_secs) = send_payload(&peer, &mut taken, &name, tuning.io_buffer);
-    let restored = match sent {
-        Ok((restored, stats)) => {
-            report.bytes_sent = stats.compressed_bytes;
-            report.raw_bytes = stats.raw_bytes;
-            restored
-        }
-        Err(error) => {
-            return Err(taken.give_back(&engine, &info, error.context(format!("moving {name} to {}", args.to))));
-        }
-    };
-    report.total_secs = seconds_since(freeze);
-    report.transfer_secs = transfer_secs;
-    report.resume_secs = restored.restore_secs;
-    report.peer_container_id = restored.id.clone();
-    report.peer_peak_rss_kib = restored.peak_rss_kib;
-
-    if args.keep_source {
-        log::info!("{name} runs on {}; the stopped source is kept (--keep-source)", args.to);
-    } else if let Err(e) = engine.remove_container(&taken.container_id, true) {
-        log::warn!("{name} runs on {}, but the stopped source could not be removed: {e}", args.to);
-    }
+    let peer = peer(&args.to, args.token_file.as_deref(), Duration::from_secs(args.timeout))?;
+    let options = Options { tuning: &tuning, fast: context.fast, ship_image: args.ship_image, keep_source: args.keep_source };
+    let report = migrate(&engine, &peer, &args.container, &options)?;
     let line = format!(
         "migrated {} to {}: save {:.2}s, transfer {:.2}s, resume {:.2}s, total {:.2}s, {} sent ({} raw){}",
         report.container,
@@ -170,104 +59,6 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
         human_bytes(report.raw_bytes),
         if report.image_shipped { format!(", image shipped in {:.2}s", report.image_secs) } else { String::new() }
     );
-    report.peak_rss_kib = crate::host::peak_rss_kib();
-    let json = args.json.then(|| json!(report));
-    print_report(&line, json.as_ref(), false);
+    print_report(&line, &report, args.json, false);
     Ok(())
-}
-
-/// Streams a taken checkpoint to the peer's agent, packing in a thread into a
-/// pipe that the HTTP body reads: no intermediate file. Returns the peer's
-/// restore report with the pack statistics, and the seconds until the last
-/// byte was packed. Shared by `migrate` and `bench --to`.
-pub(crate) fn send_payload(
-    peer: &Peer,
-    taken: &mut Taken,
-    name: &str,
-    io_buffer: usize,
-) -> (Result<(crate::commands::restore::Report, PackStats)>, f64) {
-    let migration = migration_id();
-    let (mut payload_reader, payload_writer) = match io::pipe() {
-        Ok(pipe) => pipe,
-        Err(e) => return (Err(crate::error::io_error("cannot make a pipe", e)), 0.0),
-    };
-    let started = Instant::now();
-    let (answer, (packed, secs)) = thread::scope(|scope| {
-        let packer = scope.spawn(|| {
-            let sink = transfer::Progress::new(BufWriter::with_capacity(io_buffer, payload_writer), "sent");
-            let stats = taken.pack_into(sink);
-            (stats, seconds_since(started))
-        });
-        let answer = peer.restore(&mut payload_reader, name, &migration);
-        // Unblocks the packer if the peer stopped reading early.
-        drop(payload_reader);
-        let packed = packer.join().unwrap_or_else(|_| (Err(Error::new(Kind::Failure, "the packer thread panicked")), 0.0));
-        (answer, packed)
-    });
-    let answer = match answer {
-        Err(error) if packed.is_ok() => ask_again(peer, &migration, error),
-        other => other,
-    };
-    let result = match (answer, packed) {
-        (Ok(restored), Ok(stats)) => Ok((restored, stats)),
-        (Err(error), _) | (Ok(_), Err(error)) => Err(error),
-    };
-    (result, secs)
-}
-
-/// Makes sure the peer has the container's image, sending it when needed.
-/// Returns whether it was sent.
-fn ship_image(engine: &Engine, peer: &Peer, peer_info: &PeerInfo, image_id: &str, policy: ShipImage) -> Result<bool> {
-    let present = peer_info.images.iter().any(|image| image.id == image_id);
-    match (policy, present) {
-        (ShipImage::Never, false) => {
-            let tags = engine.inspect_image(image_id).ok().and_then(|i| i.repo_tags).unwrap_or_default();
-            return Err(Error::new(
-                Kind::Peer,
-                format!(
-                    "the peer {} lacks the image {image_id} ({}) — load it there, or migrate with --ship-image auto",
-                    peer.addr(),
-                    if tags.is_empty() { "untagged".into() } else { tags.join(", ") }
-                ),
-            ));
-        }
-        (ShipImage::Never, true) | (ShipImage::Auto, true) => return Ok(false),
-        (ShipImage::Auto, false) | (ShipImage::Always, _) => {}
-    }
-    // Saved by tag when it has one, so that the peer gets the tag too.
-    let tags = engine.inspect_image(image_id)?.repo_tags.unwrap_or_default();
-    let names: Vec<&str> = if tags.is_empty() { vec![image_id] } else { tags.iter().map(String::as_str).collect() };
-    log::info!("sending the image {} to {}", names.join(", "), peer.addr());
-    let mut saved = engine.image_save(&names)?;
-    peer.load_image(&mut saved)?;
-    if !peer.info()?.images.iter().any(|image| image.id == image_id) {
-        return Err(Error::new(Kind::Peer, format!("the peer {} loaded the image but does not list {image_id}", peer.addr())));
-    }
-    Ok(true)
-}
-
-/// The whole payload went out but the answer did not come back: ask the agent
-/// what happened before deciding, so the app never runs on both hosts.
-fn ask_again(peer: &Peer, migration: &str, error: Error) -> Result<crate::commands::restore::Report> {
-    log::warn!("{error}; asking the agent what became of the restore");
-    for _ in 0..10 {
-        match peer.outcome(migration) {
-            Ok(Outcome::Restored { report }) => return Ok(report),
-            Ok(Outcome::Failed { error: reason }) => {
-                return Err(Error::new(Kind::Peer, format!("the agent at {} could not restore: {reason}", peer.addr())));
-            }
-            Ok(Outcome::Running) => thread::sleep(Duration::from_millis(500)),
-            Err(_) => break,
-        }
-    }
-    Err(error)
-}
-
-/// A random id for one migration, so the agent can be asked about it later.
-fn migration_id() -> String {
-    let mut bytes = [0u8; 8];
-    if let Ok(mut random) = std::fs::File::open("/dev/urandom") {
-        let _ = random.read_exact(&mut bytes);
-    }
-    crate::payload::hex(&bytes)
 }

@@ -1,12 +1,15 @@
 //! `ferry serve`: the agent that receives containers from peers.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use argh::FromArgs;
 
 use super::Context;
 use crate::error::{Error, Kind, Result};
+use crate::transfer::agent::{Agent, Settings};
 use crate::transfer::{self, server};
+use crate::units::{parse_duration, parse_size};
 
 #[derive(FromArgs, Debug)]
 /// Run the agent that receives payloads and images from peers and restores them here.
@@ -25,15 +28,15 @@ pub(crate) struct Args {
     #[argh(option)]
     pub spool: Option<PathBuf>,
     /// refuse payloads larger than this (e.g. 512M, 2G)
-    #[argh(option, from_str_fn(super::parse_size))]
+    #[argh(option, from_str_fn(parse_size))]
     pub max_payload: Option<u64>,
     /// cap the containers this agent creates as this board profile says
     #[argh(option)]
     pub board: Option<String>,
     /// restore a replicated container by itself when its snapshots stop for
     /// this long (e.g. 10s) and its source's agent does not answer
-    #[argh(option, from_str_fn(super::parse_duration))]
-    pub failover_after: Option<std::time::Duration>,
+    #[argh(option, from_str_fn(parse_duration))]
+    pub failover_after: Option<Duration>,
 }
 
 pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
@@ -52,10 +55,16 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     };
     let tuning = context.tuning(args.board.as_deref())?;
     let engine = context.engine()?;
-    let spool = args.spool.unwrap_or(tuning.work_dir);
     if let Some(board) = &tuning.board {
         log::info!("board {}: containers capped at {} MiB and {} CPUs", board.name, board.memory_mib, board.cpus);
     }
-    let agent = server::Agent::new(engine, token, spool, args.max_payload, context.fast, tuning.board, args.failover_after);
-    server::serve(&agent, &args.listen)
+    let settings = Settings {
+        token,
+        spool: args.spool.unwrap_or_else(|| tuning.work_dir.clone()),
+        max_payload: args.max_payload,
+        fast: context.fast,
+        tuning,
+        failover_after: args.failover_after,
+    };
+    server::serve(&Agent::new(engine, settings), &args.listen)
 }

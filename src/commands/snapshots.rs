@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
-use super::{human_bytes, Context};
+use super::{peer, Context};
 use crate::error::Result;
 use crate::host;
 use crate::snapshots::{SnapshotInfo, Store};
-use crate::transfer::{self, client::Peer};
+use crate::units::human_bytes;
 
 #[derive(FromArgs, Debug)]
 /// List the verified snapshots stored here (or on a peer's agent).
@@ -31,10 +31,7 @@ pub(crate) struct Args {
 
 pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     let snapshots: Vec<SnapshotInfo> = match &args.peer {
-        Some(addr) => {
-            let token = args.token_file.as_deref().map(transfer::load_token).transpose()?;
-            Peer::new(addr, token, Duration::from_secs(30)).snapshots()?
-        }
+        Some(addr) => peer(addr, args.token_file.as_deref(), Duration::from_secs(30))?.snapshots()?,
         None => Store::new(args.spool.as_deref().unwrap_or(&context.work_dir)).list(),
     };
     if args.json {

@@ -27,6 +27,28 @@ pub(crate) enum Mode {
     Commit,
 }
 
+impl Mode {
+    /// The name used on the command line, in reports and in the manifest.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Mode::Criu => "criu",
+            Mode::Commit => "commit",
+        }
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Mode, String> {
+        match text {
+            "criu" => Ok(Mode::Criu),
+            "commit" => Ok(Mode::Commit),
+            other => Err(format!("unknown mode '{other}': use criu or commit")),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Manifest {
     pub format: u32,

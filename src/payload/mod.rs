@@ -53,6 +53,8 @@ pub(crate) enum Error {
     Arch { payload: String, host: String },
     /// The manifest is well-formed JSON but says something impossible.
     Manifest(String),
+    /// The payload unpacks to more than the receiver allows.
+    TooLarge { bytes: u64, limit: u64 },
 }
 
 impl fmt::Display for Error {
@@ -75,6 +77,9 @@ impl fmt::Display for Error {
                  architectures — restore it on a {payload} host"
             ),
             Error::Manifest(detail) => write!(f, "payload manifest is invalid: {detail}"),
+            Error::TooLarge { bytes, limit } => {
+                write!(f, "payload unpacks to {bytes} bytes, more than the {limit} bytes allowed here")
+            }
         }
     }
 }

@@ -73,10 +73,7 @@ fn unpack_into(input: impl Read, dest: &Path, host_arch: &str, max_raw_bytes: Op
         }
         if let Some(limit) = max_raw_bytes {
             if manifest.raw_size() > limit {
-                return Err(Error::Manifest(format!(
-                    "payload unpacks to {} bytes, more than the {limit} bytes allowed here",
-                    manifest.raw_size()
-                )));
+                return Err(Error::TooLarge { bytes: manifest.raw_size(), limit });
             }
         }
         manifest

@@ -1,4 +1,4 @@
-//! The client side of the peer protocol, used by `migrate`.
+//! The client side of the peer protocol: one typed call per route.
 
 use std::io::Read;
 use std::time::Duration;
@@ -7,9 +7,10 @@ use serde::de::DeserializeOwned;
 use ureq::http::Response;
 use ureq::{Agent, Body, SendBody};
 
-use super::{ErrorBody, Outcome, PeerInfo, CONTAINERS, FAILOVERS, IMAGES, INFO, MIGRATIONS, MIGRATION_HEADER, RESTORE, SNAPSHOTS};
-use crate::snapshots::{Failover, SnapshotInfo};
-use crate::commands::restore::Report;
+use super::{
+    ErrorBody, Failover, Outcome, PeerInfo, RestoreReport, SnapshotInfo, CONTAINERS, FAILOVERS, IMAGES, INFO, MIGRATIONS,
+    MIGRATION_HEADER, RESTORE, SNAPSHOTS,
+};
 use crate::error::{Error, Kind, Result};
 
 /// A ferry agent on another host.
@@ -87,7 +88,7 @@ impl Peer {
     }
 
     /// Streams a payload to the agent and waits for its restore report.
-    pub(crate) fn restore(&self, payload: &mut dyn Read, name: &str, migration: &str) -> Result<Report> {
+    pub(crate) fn restore(&self, payload: &mut dyn Read, name: &str, migration: &str) -> Result<RestoreReport> {
         let request = self
             .request("POST", &format!("{RESTORE}?name={name}"))
             .header(MIGRATION_HEADER, migration)

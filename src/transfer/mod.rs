@@ -21,8 +21,12 @@
 //! answered as `{"error": "...", "exit_code": N}` with an HTTP status that
 //! matches their kind.
 
+pub(crate) mod agent;
 pub(crate) mod client;
+pub(crate) mod migrate;
+pub(crate) mod replicate;
 pub(crate) mod server;
+mod watchdog;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -32,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use crate::error::{Error, Kind, Result};
+use crate::migration::restore::Restored;
 
 pub(crate) const HEALTH: &str = "/health";
 pub(crate) const INFO: &str = "/v1/info";
@@ -75,14 +80,52 @@ pub(crate) struct ErrorBody {
     pub exit_code: u8,
 }
 
-/// The outcome of one migration's restore, kept by the agent for late askers.
+/// What `POST /v1/restore` answers: what the agent's restore did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct RestoreReport {
+    pub container: String,
+    pub id: String,
+    pub mode: String,
+    /// Receiving, checking and unpacking the payload.
+    pub unpack_secs: f64,
+    /// Creating the container until it runs.
+    pub restore_secs: f64,
+    pub raw_bytes: u64,
+    pub compressed_bytes: u64,
+    /// The agent's peak RSS since it started.
+    #[serde(default)]
+    pub peak_rss_kib: u64,
+}
+
+impl From<Restored> for RestoreReport {
+    fn from(restored: Restored) -> RestoreReport {
+        RestoreReport {
+            container: restored.container,
+            id: restored.id,
+            mode: restored.mode.to_string(),
+            unpack_secs: restored.unpack_secs,
+            restore_secs: restored.restore_secs,
+            raw_bytes: restored.raw_bytes,
+            compressed_bytes: restored.compressed_bytes,
+            peak_rss_kib: restored.peak_rss_kib,
+        }
+    }
+}
+
+/// The outcome of one migration's restore, kept by the agent for late askers
+/// (`GET /v1/migrations/ID`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "lowercase")]
 pub(crate) enum Outcome {
     Running,
-    Restored { report: crate::commands::restore::Report },
+    Restored { report: RestoreReport },
     Failed { error: String },
 }
+
+/// `GET /v1/snapshots` answers a list of these and `POST /v1/snapshots` one;
+/// `GET /v1/failovers` a list of [`Failover`]. They are the snapshot store's
+/// own records, sent as stored: a field added there is a field added here.
+pub(crate) use crate::snapshots::{Failover, SnapshotInfo};
 
 /// Reads the shared token: the file's content without surrounding white space.
 pub(crate) fn load_token(path: &Path) -> Result<String> {
@@ -138,54 +181,5 @@ mod tests {
         assert!(!authorized(token, Some("Bearer s3cret")));
         assert!(!authorized(token, Some("s3cret-s3cret-s3cret")));
         assert!(!authorized(token, None));
-    }
-}
-
-/// Shows bytes written and the rate on stderr while a payload streams, only
-/// when stderr is a terminal: scripts and init systems get no noise.
-pub(crate) struct Progress<W> {
-    inner: W,
-    label: &'static str,
-    bytes: u64,
-    started: std::time::Instant,
-    last: std::time::Instant,
-    enabled: bool,
-}
-
-impl<W> Progress<W> {
-    pub(crate) fn new(inner: W, label: &'static str) -> Progress<W> {
-        let now = std::time::Instant::now();
-        Progress { inner, label, bytes: 0, started: now, last: now, enabled: crate::host::stderr_is_terminal() }
-    }
-
-    fn show(&self) {
-        let secs = self.started.elapsed().as_secs_f64().max(0.001);
-        let rate = (self.bytes as f64 / secs) as u64;
-        eprint!("\r{} {} ({}/s)   ", self.label, crate::commands::human_bytes(self.bytes), crate::commands::human_bytes(rate));
-    }
-}
-
-impl<W: std::io::Write> std::io::Write for Progress<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.bytes += n as u64;
-        if self.enabled && self.last.elapsed() >= std::time::Duration::from_millis(250) {
-            self.last = std::time::Instant::now();
-            self.show();
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-impl<W> Drop for Progress<W> {
-    fn drop(&mut self) {
-        if self.enabled && self.bytes > 0 {
-            self.show();
-            eprintln!();
-        }
     }
 }

@@ -4,7 +4,7 @@
 use std::io::{self, Write};
 
 use super::Exporter;
-use crate::bench::{Results, PHASES};
+use crate::bench::{Phase, Results, Row};
 
 pub(crate) struct Markdown;
 
@@ -38,17 +38,17 @@ impl Exporter for Markdown {
         writeln!(out, "| MiB | frozen (dump) | restore (CRIU) |")?;
         writeln!(out, "|---:|---:|---:|")?;
         for size in results.sizes() {
-            let frozen = results.median_of(|r| (r.method == "ferry-criu" && r.size_mib == size && r.phase == "checkpoint").then_some(r.criu_frozen_ms));
-            let restore = results.median_of(|r| (r.method == "ferry-criu" && r.size_mib == size && r.phase == "restore").then_some(r.criu_restore_ms));
+            let frozen = results.median_of(|r| (r.method == "ferry-criu" && r.size_mib == size && r.phase == Phase::Checkpoint).then_some(r.criu_frozen_ms));
+            let restore = results.median_of(|r| (r.method == "ferry-criu" && r.size_mib == size && r.phase == Phase::Restore).then_some(r.criu_restore_ms));
             writeln!(out, "| {size} | {} | {} |", cell(frozen, 1), cell(restore, 1))?;
         }
         writeln!(out, "\n## Checkpoint + restore total, and ferry's speed-up over the paper's method\n")?;
         writeln!(out, "| MiB | ferry criu (s) | ferry commit (s) | baseline (s) | speed-up |")?;
         writeln!(out, "|---:|---:|---:|---:|---:|")?;
         for size in results.sizes() {
-            let criu = results.median("ferry-criu", size, "total");
-            let commit = results.median("ferry-commit", size, "total");
-            let baseline = results.median("baseline", size, "total");
+            let criu = results.median("ferry-criu", size, Phase::Total);
+            let commit = results.median("ferry-commit", size, Phase::Total);
+            let baseline = results.median("baseline", size, Phase::Total);
             let speedup = match (criu, baseline) {
                 (Some(c), Some(b)) if c > 0.0 => format!("{:.1}×", b / c),
                 _ => "–".into(),
@@ -59,12 +59,12 @@ impl Exporter for Markdown {
         writeln!(out, "| method | phase | dockerd | containerd | shims | criu+runc | ferry | host mean | host peak |")?;
         writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|")?;
         for method in results.methods() {
-            for phase in PHASES.iter().filter(|p| **p != "total") {
-                let rows: Vec<_> = results.rows.iter().filter(|r| r.method == method && r.phase == *phase).collect();
+            for phase in Phase::MEASURED {
+                let rows: Vec<_> = results.rows.iter().filter(|r| r.method == method && r.phase == phase).collect();
                 if rows.is_empty() {
                     continue;
                 }
-                let mean = |f: &dyn Fn(&crate::bench::Row) -> f64| rows.iter().map(|r| f(r)).sum::<f64>() / rows.len() as f64;
+                let mean = |f: &dyn Fn(&Row) -> f64| rows.iter().map(|r| f(r)).sum::<f64>() / rows.len() as f64;
                 let cpu = |g: usize| mean(&|r| r.usage.user_pct[g] + r.usage.system_pct[g]);
                 let peak = rows.iter().map(|r| r.usage.host_cpu_pct_peak).fold(0.0, f64::max);
                 writeln!(

@@ -8,7 +8,7 @@ mod svg;
 
 use std::io::{self, Write};
 
-use super::Results;
+use super::{Phase, Results};
 
 pub(crate) trait Exporter {
     fn file_name(&self) -> &'static str;
@@ -22,7 +22,7 @@ pub(crate) fn all() -> Vec<Box<dyn Exporter>> {
         Box::new(markdown::Markdown),
         Box::new(svg::TimeVsMemory),
         Box::new(svg::CriuVsCommit),
-        Box::new(svg::CpuDuring { phase: "checkpoint", file: "fig4-cpu-checkpoint.svg" }),
-        Box::new(svg::CpuDuring { phase: "restore", file: "fig5-cpu-restore.svg" }),
+        Box::new(svg::CpuDuring { phase: Phase::Checkpoint, file: "fig4-cpu-checkpoint.svg" }),
+        Box::new(svg::CpuDuring { phase: Phase::Restore, file: "fig5-cpu-restore.svg" }),
     ]
 }

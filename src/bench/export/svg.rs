@@ -9,7 +9,7 @@ use std::io::{self, Write};
 use super::Exporter;
 use crate::bench::stats::{least_squares, Fit};
 use crate::bench::telemetry::GROUPS;
-use crate::bench::Results;
+use crate::bench::{Phase, Results, Row};
 
 const WIDTH: f64 = 760.0;
 /// The plot's height; the legend adds rows below it.
@@ -124,7 +124,7 @@ fn label(method: &str) -> &str {
 }
 
 /// Median seconds of `phase` per size for `method`, one point per size.
-fn medians(results: &Results, method: &str, phase: &str) -> Vec<(f64, f64)> {
+fn medians(results: &Results, method: &str, phase: Phase) -> Vec<(f64, f64)> {
     results.sizes().into_iter().filter_map(|size| Some((f64::from(size), results.median(method, size, phase)?))).collect()
 }
 
@@ -141,8 +141,8 @@ impl Exporter for TimeVsMemory {
     }
 
     fn write(&self, results: &Results, out: &mut dyn Write) -> io::Result<()> {
-        let series = ["checkpoint", "restore"]
-            .iter()
+        let series = [Phase::Checkpoint, Phase::Restore]
+            .into_iter()
             .map(|phase| {
                 let points = medians(results, "ferry-criu", phase);
                 Series { name: format!("ferry criu {phase}"), fit: least_squares(&points), points }
@@ -164,7 +164,7 @@ impl Exporter for CriuVsCommit {
         let series = results
             .methods()
             .into_iter()
-            .map(|method| Series { name: label(method).into(), points: medians(results, method, "total"), fit: None })
+            .map(|method| Series { name: label(method).into(), points: medians(results, method, Phase::Total), fit: None })
             .filter(|s| !s.points.is_empty())
             .collect();
         write_chart(Chart { title: "CRIU against docker commit + save/load".into(), x_label: "container memory (MiB)".into(), y_label: "checkpoint + restore (s)".into(), series }, out)
@@ -173,7 +173,7 @@ impl Exporter for CriuVsCommit {
 
 /// Figs. 4 and 5: CPU of each process group during one phase of ferry's CRIU path.
 pub(crate) struct CpuDuring {
-    pub phase: &'static str,
+    pub phase: Phase,
     pub file: &'static str,
 }
 
@@ -183,7 +183,7 @@ impl Exporter for CpuDuring {
     }
 
     fn write(&self, results: &Results, out: &mut dyn Write) -> io::Result<()> {
-        let mean_cpu = |size: u32, pick: &dyn Fn(&crate::bench::Row) -> f64| {
+        let mean_cpu = |size: u32, pick: &dyn Fn(&Row) -> f64| {
             let rows: Vec<_> = results.rows.iter().filter(|r| r.method == "ferry-criu" && r.phase == self.phase && r.size_mib == size).collect();
             (!rows.is_empty()).then(|| rows.iter().map(|r| pick(r)).sum::<f64>() / rows.len() as f64)
         };

@@ -1,0 +1,299 @@
+//! A running container → a checkpoint on disk, ready to pack: CRIU images and
+//! the app's changed files (criu mode) or a committed image (commit mode).
+//! Should the checkpoint not be delivered, [`Taken::give_back`] starts the
+//! container again here.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::preflight::Carryable;
+use super::{criu_error, resume, rootfs, CHECKPOINT_NAME};
+use crate::board::Tuning;
+use crate::engine::{ContainerInspect, Engine, Info};
+use crate::error::{io_error, Error, Kind, Result};
+use crate::host::{self, JobDir};
+use crate::payload::{self, ContainerSpec, Manifest, Mode, RootfsChanges, SourceHost};
+use crate::runc;
+use crate::units::seconds_since;
+
+/// How to take a checkpoint, beside the container and its mode.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Options<'a> {
+    /// Buffers, lz4 block size and the work dir the checkpoint goes into.
+    pub tuning: &'a Tuning,
+    /// Keep the container running after the checkpoint (a snapshot).
+    pub leave_running: bool,
+    /// Whether the fast paths (runc, symlinked restore) may be tried.
+    pub fast: bool,
+}
+
+/// A checkpoint taken and not yet delivered: the files to pack, and the way
+/// back should delivery fail. Dropping it deletes its files.
+pub(crate) struct Taken {
+    pub manifest: Manifest,
+    pub name: String,
+    pub container_id: String,
+    pub checkpoint_secs: f64,
+    /// How CRIU was asked to dump: `docker-api` or `runc`.
+    pub checkpoint_path: &'static str,
+    /// How long the app was frozen (runc: pause to dump end or thaw; API: the
+    /// whole call, an upper bound).
+    pub frozen_secs: f64,
+    files: Vec<(String, PathBuf)>,
+    /// Whether taking it stopped the source container.
+    stopped: bool,
+    /// Whether the fast paths may be used to start it again.
+    fast: bool,
+    /// The lz4 block size of the payload (a board profile may choose it).
+    lz4_block: lz4_flex::frame::BlockSize,
+    job: JobDir,
+}
+
+impl Taken {
+    /// CRIU's dump statistics, when runc dumped it (Docker keeps its own).
+    pub(crate) fn stats_dump(&self) -> PathBuf {
+        self.job.path().join("criu-work").join("stats-dump")
+    }
+
+    /// Streams the payload into `sink`.
+    pub(crate) fn pack_into(&mut self, sink: impl Write) -> Result<payload::PackStats> {
+        log::info!("packing {} files", self.files.len());
+        Ok(payload::pack(&mut self.manifest, &self.files, sink, self.lz4_block)?)
+    }
+
+    /// After a failed delivery: starts the source again if the checkpoint
+    /// stopped it (from its own checkpoint in criu mode, so the app carries
+    /// on), and returns `error` saying where the app now is.
+    pub(crate) fn give_back(self, engine: &Engine, info: &Info, error: Error) -> Error {
+        if !self.stopped {
+            let running = engine.inspect_container(&self.container_id).is_ok_and(|i| i.state.running);
+            let state = if running { "still runs here" } else { "is not running here: `docker start` it" };
+            return error.context(format!("{} was not moved and {state}", self.name));
+        }
+        log::warn!("{error}; starting {} again here", self.name);
+        let resumed = match self.manifest.mode {
+            Mode::Criu => resume::start_from_checkpoint(
+                engine,
+                info,
+                &self.container_id,
+                &self.job.path().join(CHECKPOINT_NAME),
+                CHECKPOINT_NAME,
+                self.fast,
+            ),
+            Mode::Commit => engine.start_container(&self.container_id, None).map_err(Error::from),
+        };
+        match resumed {
+            Ok(()) => error.context(format!("{} was not moved and runs again here", self.name)),
+            Err(resume) => error.context(format!(
+                "{} is stopped here and could not be started again ({resume}) — its checkpoint is kept in {}",
+                self.name,
+                self.job.keep().display()
+            )),
+        }
+    }
+}
+
+/// Checkpoints a container that [`super::preflight::check`] cleared, into a
+/// job folder under the work dir. Without `leave_running` it is stopped.
+pub(crate) fn take(engine: &Engine, info: &Info, container: &Carryable, options: &Options<'_>) -> Result<Taken> {
+    let inspect = &container.inspect;
+    let manifest = base_manifest(engine, info, inspect, container.mode)?;
+    let work_dir = &options.tuning.work_dir;
+    let job = JobDir::create(work_dir, "checkpoint")
+        .map_err(|e| io_error(format!("cannot create a folder in the work dir {}", work_dir.display()), e))?;
+    let mut taken = Taken {
+        manifest,
+        name: inspect.short_name().to_string(),
+        container_id: inspect.id.clone(),
+        checkpoint_secs: 0.0,
+        checkpoint_path: "docker-api",
+        frozen_secs: 0.0,
+        files: Vec::new(),
+        stopped: false,
+        fast: options.fast,
+        lz4_block: options.tuning.lz4_block,
+        job,
+    };
+    let started = Instant::now();
+    let result = match container.mode {
+        Mode::Criu => take_criu(engine, &mut taken, options.leave_running, options.fast),
+        Mode::Commit => take_commit(engine, &mut taken, options.leave_running),
+    };
+    taken.checkpoint_secs = seconds_since(started);
+    match result {
+        Ok(()) => Ok(taken),
+        Err(error) => Err(taken.give_back(engine, info, error)),
+    }
+}
+
+fn take_criu(engine: &Engine, taken: &mut Taken, leave_running: bool, fast: bool) -> Result<()> {
+    let images = taken.job.path().join(CHECKPOINT_NAME);
+    let rootfs_dir = taken.job.path().join(payload::ROOTFS_DIR);
+    let captured = match fast.then(|| runc_root(taken)).flatten() {
+        Some(root) => dump_with_runc(engine, taken, &root, &images, &rootfs_dir, leave_running)?,
+        None => None,
+    };
+    let (rootfs, mut files) = match captured {
+        Some(captured) => captured,
+        None => {
+            log::info!("checkpointing {} with CRIU through Docker", taken.name);
+            let frozen = Instant::now();
+            engine
+                .checkpoint_create(&taken.container_id, CHECKPOINT_NAME, Some(taken.job.path()), !leave_running)
+                .map_err(|e| criu_error(&taken.name, "checkpoint", e))?;
+            taken.checkpoint_path = "docker-api";
+            taken.frozen_secs = seconds_since(frozen);
+            taken.stopped = !leave_running;
+            // The app's files, captured while it is gone (or, left running,
+            // just after its memory), match its memory.
+            rootfs::capture(engine, &taken.container_id, &rootfs_dir)?
+        }
+    };
+    log::debug!("{} dumped by {}, {} rootfs changes", taken.name, taken.checkpoint_path, rootfs.archives.len() + rootfs.deleted.len());
+    taken.manifest.checkpoint_name = Some(CHECKPOINT_NAME.into());
+    taken.manifest.rootfs = rootfs;
+    let listed = host::list_files(&images)
+        .map_err(|e| io_error(format!("cannot read the checkpoint in {}", images.display()), e))?;
+    files.extend(listed.into_iter().map(|(relative, path)| (format!("{}/{relative}", payload::CHECKPOINT_DIR), path)));
+    taken.files = files;
+    Ok(())
+}
+
+/// The runc root of the container when the fast path applies to it.
+fn runc_root(taken: &Taken) -> Option<PathBuf> {
+    let Some(root) = runc::state_root(&taken.container_id) else {
+        log::debug!("no runc state for {} here: using Docker's checkpoint API", taken.name);
+        return None;
+    };
+    // After runc kills the container Docker sees an unexpected exit, and a
+    // restart policy would start it again behind ferry's back.
+    let policy = taken.manifest.container.host_config.restart_policy.as_ref().map(|p| p.name.as_str());
+    if !matches!(policy, None | Some("") | Some("no")) {
+        log::debug!("{} has a restart policy: using Docker's checkpoint API", taken.name);
+        return None;
+    }
+    Some(root)
+}
+
+type Captured = (RootfsChanges, Vec<(String, PathBuf)>);
+
+/// The fast path (see `runc.rs`): freeze the container, capture its files
+/// while Docker still has them mounted (a stopped container's files cost a
+/// mount per API call, 0.1 s here), then let runc dump the frozen processes.
+/// `None` when runc failed but the container runs again, so that Docker's API
+/// can take over.
+fn dump_with_runc(
+    engine: &Engine,
+    taken: &mut Taken,
+    root: &Path,
+    images: &Path,
+    rootfs_dir: &Path,
+    leave_running: bool,
+) -> Result<Option<Captured>> {
+    log::info!("checkpointing {} with CRIU through runc", taken.name);
+    let thaw = |why: &str| {
+        if let Err(e) = runc::resume(root, &taken.container_id) {
+            log::warn!("{why}, and {} could not be thawed: {e}", taken.name);
+        }
+    };
+    let frozen = Instant::now();
+    if let Err(reason) = runc::pause(root, &taken.container_id) {
+        log::warn!("{reason}; using Docker's checkpoint API");
+        return Ok(None);
+    }
+    let captured = match rootfs::capture(engine, &taken.container_id, rootfs_dir) {
+        Ok(captured) => captured,
+        Err(error) => {
+            thaw("capturing the container's files failed");
+            return Err(error);
+        }
+    };
+    let work = taken.job.path().join("criu-work");
+    match runc::checkpoint(root, &taken.container_id, images, &work, leave_running) {
+        Ok(()) => {
+            taken.checkpoint_path = "runc";
+            taken.stopped = !leave_running;
+            if leave_running {
+                // CRIU leaves a frozen container frozen.
+                thaw("the checkpoint was taken");
+            }
+            taken.frozen_secs = seconds_since(frozen);
+            Ok(Some(captured))
+        }
+        Err(reason) => {
+            thaw("the checkpoint failed");
+            let running = engine.inspect_container(&taken.container_id).is_ok_and(|i| i.state.running);
+            if !running {
+                return Err(Error::new(Kind::Criu, format!("CRIU could not checkpoint '{}': {reason}", taken.name)));
+            }
+            log::warn!("{reason}; trying Docker's checkpoint API");
+            let _ = fs::remove_dir_all(images);
+            let _ = fs::remove_dir_all(rootfs_dir);
+            Ok(None)
+        }
+    }
+}
+
+fn take_commit(engine: &Engine, taken: &mut Taken, leave_running: bool) -> Result<()> {
+    if !leave_running {
+        log::info!("stopping {}", taken.name);
+        engine.stop_container(&taken.container_id, 10)?;
+        taken.stopped = true;
+    }
+    let repo = format!("ferry-commit/{}", taken.name);
+    let tag = host::unix_now().to_string();
+    let reference = format!("{repo}:{tag}");
+    log::info!("committing {} as {reference}", taken.name);
+    let image_id = engine.commit(&taken.container_id, &repo, &tag, leave_running)?;
+    let image_path = taken.job.path().join(payload::IMAGE_ENTRY);
+    let saved = (|| {
+        let mut image_file =
+            File::create(&image_path).map_err(|e| io_error(format!("cannot write {}", image_path.display()), e))?;
+        io::copy(&mut engine.image_save(&[&reference])?, &mut image_file)
+            .map_err(|e| io_error("saving the committed image", e))?;
+        Ok::<_, Error>(())
+    })();
+    // The committed image lives on in the payload; the source host need not keep it.
+    if let Err(e) = engine.remove_image(&image_id) {
+        log::warn!("could not remove the committed image {reference}: {e}");
+    }
+    saved?;
+    taken.manifest.container.image_id = image_id;
+    taken.manifest.container.image_tags = vec![reference];
+    taken.files = vec![(payload::IMAGE_ENTRY.to_string(), image_path)];
+    Ok(())
+}
+
+/// The manifest without entries: who the container is and where it comes from.
+fn base_manifest(engine: &Engine, info: &Info, inspect: &ContainerInspect, mode: Mode) -> Result<Manifest> {
+    let image = engine.inspect_image(&inspect.image)?;
+    let decode = |what: &str, e: serde_json::Error| {
+        Error::new(Kind::Failure, format!("container '{}': cannot read its {what}: {e}", inspect.short_name()))
+    };
+    Ok(Manifest {
+        format: payload::FORMAT_VERSION,
+        ferry_version: env!("CARGO_PKG_VERSION").into(),
+        mode,
+        created_unix: host::unix_now(),
+        source: SourceHost {
+            hostname: host::hostname(),
+            arch: info.architecture.clone(),
+            kernel: info.kernel_version.clone(),
+            criu_version: host::criu_version().unwrap_or_default(),
+            docker_version: info.server_version.clone(),
+        },
+        container: ContainerSpec {
+            name: inspect.short_name().to_string(),
+            image_id: image.id,
+            image_tags: image.repo_tags.unwrap_or_default(),
+            config: serde_json::from_value(inspect.config.clone()).map_err(|e| decode("config", e))?,
+            host_config: serde_json::from_value(inspect.host_config.clone()).map_err(|e| decode("host config", e))?,
+        },
+        checkpoint_name: None,
+        rootfs: RootfsChanges::default(),
+        entries: Vec::new(),
+        snapshot: None,
+    })
+}

@@ -1,0 +1,195 @@
+//! An unpacked, verified payload → a new container, running where the
+//! checkpointed one stopped. Whatever fails, no container is left behind.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{preflight, resume, rootfs, CHECKPOINT_NAME};
+use crate::board::Board;
+use crate::engine::{self, Engine, Info};
+use crate::error::{io_error, Error, Kind, Result};
+use crate::host::JobDir;
+use crate::payload::{self, Manifest, Mode};
+use crate::units::{seconds_since, short_id};
+
+/// How to restore, beside what the payload says.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Options<'a> {
+    /// The new container's name, instead of the checkpointed one's.
+    pub name: Option<&'a str>,
+    /// Whether the fast, symlinked placement may be tried.
+    pub fast: bool,
+    /// Caps to apply to the new container instead of the payload's.
+    pub board: Option<&'a Board>,
+    /// Refuse a payload that unpacks to more than this, and say why the
+    /// limit is what it is (an agent's spool and --max-payload).
+    pub size_limit: Option<SizeLimit>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct SizeLimit {
+    pub bytes: u64,
+    /// Where the limit comes from, for the person who meets it.
+    pub why: String,
+}
+
+/// What a restore did and how long each part took.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct Restored {
+    pub container: String,
+    pub id: String,
+    pub mode: &'static str,
+    /// Receiving, checking and unpacking the payload.
+    pub unpack_secs: f64,
+    /// Creating the container until it runs.
+    pub restore_secs: f64,
+    pub raw_bytes: u64,
+    pub compressed_bytes: u64,
+    /// ferry's own peak RSS (on an agent: since the agent started).
+    pub peak_rss_kib: u64,
+}
+
+/// Unpacks a payload stream into a `label-*` folder of the work dir, verifies
+/// it whole, then restores it. Shared by `restore`, `bench` and the agent.
+pub(crate) fn restore_from(
+    engine: &Engine,
+    work_dir: &Path,
+    label: &str,
+    input: impl Read,
+    options: &Options<'_>,
+) -> Result<Restored> {
+    let info = engine.info()?;
+    let job = JobDir::reserve(work_dir, label)
+        .map_err(|e| io_error(format!("cannot use the work dir {}", work_dir.display()), e))?;
+    let started = Instant::now();
+    let limit = options.size_limit.as_ref().map(|l| l.bytes);
+    let unpacked = payload::unpack(input, job.path(), &info.architecture, limit).map_err(|e| match (&e, &options.size_limit) {
+        (payload::Error::TooLarge { .. }, Some(limit)) => Error::from(e).context(&limit.why),
+        _ => Error::from(e),
+    })?;
+    let unpack_secs = seconds_since(started);
+    let mut restored = restore_unpacked(engine, &info, job.path(), &unpacked.manifest, options)?;
+    restored.unpack_secs = unpack_secs;
+    restored.raw_bytes = unpacked.raw_bytes;
+    restored.compressed_bytes = unpacked.compressed_bytes;
+    restored.peak_rss_kib = crate::host::peak_rss_kib();
+    Ok(restored)
+}
+
+/// Creates and starts a container from a verified, unpacked payload in `dir`.
+/// Whatever fails after the container is created, the container is removed.
+pub(crate) fn restore_unpacked(
+    engine: &Engine,
+    info: &Info,
+    dir: &Path,
+    manifest: &Manifest,
+    options: &Options<'_>,
+) -> Result<Restored> {
+    let spec = &manifest.container;
+    let name = options.name.unwrap_or(&spec.name);
+    let started = Instant::now();
+    match manifest.mode {
+        Mode::Criu => {
+            preflight::require_experimental(info)?;
+            require_image(engine, manifest)?;
+        }
+        Mode::Commit => {
+            let image_path = dir.join(payload::IMAGE_ENTRY);
+            let mut image = File::open(&image_path).map_err(|e| io_error(image_path.display(), e))?;
+            log::info!("loading the committed image {}", spec.image_tags.join(", "));
+            engine.image_load(&mut image)?;
+            require_image(engine, manifest)?;
+        }
+    }
+
+    let mut body = serde_json::to_value(&spec.config).map_err(|e| Error::new(Kind::Failure, e.to_string()))?;
+    body["Image"] = Value::String(spec.image_id.clone());
+    let mut limits = spec.host_config.clone();
+    if let Some(board) = options.board {
+        log::info!("capping {name} as board {} says: {} MiB, {} CPUs", board.name, board.memory_mib, board.cpus);
+        board.apply(&mut limits);
+    }
+    body["HostConfig"] = serde_json::to_value(&limits).map_err(|e| Error::new(Kind::Failure, e.to_string()))?;
+    let id = engine.create_container(name, &body).map_err(|e| {
+        if e.status() == Some(409) {
+            Error::new(
+                Kind::Refused,
+                format!("a container named '{name}' already exists on this host — pass --name NEW or remove it"),
+            )
+        } else {
+            Error::from(e).context(format!("creating container '{name}'"))
+        }
+    })?;
+    let created = CreatedContainer { engine, id: id.clone(), armed: true };
+    log::info!("created {name} ({})", short_id(&id));
+
+    rootfs::apply(engine, info, &id, dir, manifest)?;
+    match manifest.mode {
+        Mode::Criu => {
+            let checkpoint_name = manifest.checkpoint_name.as_deref().unwrap_or(CHECKPOINT_NAME);
+            resume::start_from_checkpoint(engine, info, &id, &dir.join(payload::CHECKPOINT_DIR), checkpoint_name, options.fast)?;
+        }
+        Mode::Commit => engine.start_container(&id, None)?,
+    }
+    let state = engine.inspect_container(&id)?.state;
+    if !state.running {
+        return Err(Error::new(
+            Kind::Criu,
+            format!("'{name}' stopped right after it was restored (state: {}) — see `docker logs {name}`", state.status),
+        ));
+    }
+    created.disarm();
+    Ok(Restored {
+        container: name.to_string(),
+        id,
+        mode: manifest.mode.as_str(),
+        restore_secs: seconds_since(started),
+        ..Restored::default()
+    })
+}
+
+fn require_image(engine: &Engine, manifest: &Manifest) -> Result<()> {
+    let spec = &manifest.container;
+    match engine.inspect_image(&spec.image_id) {
+        Ok(_) => Ok(()),
+        Err(e) if engine::is_not_found(&e) => Err(Error::new(
+            Kind::NotFound,
+            format!(
+                "image {} ({}) is not on this host — load it first (`docker save` there, `docker load` here) \
+                 or migrate with --ship-image",
+                spec.image_id,
+                if spec.image_tags.is_empty() { "untagged".to_string() } else { spec.image_tags.join(", ") }
+            ),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A container ferry created; removed on drop unless the restore succeeded.
+struct CreatedContainer<'a> {
+    engine: &'a Engine,
+    id: String,
+    armed: bool,
+}
+
+impl CreatedContainer<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for CreatedContainer<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            log::info!("removing the half-restored container {}", short_id(&self.id));
+            if let Err(e) = self.engine.remove_container(&self.id, true) {
+                log::warn!("could not remove container {}: {e}", self.id);
+            }
+        }
+    }
+}

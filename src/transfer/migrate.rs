@@ -1,0 +1,233 @@
+//! The source side of a migration: check the peer, ship the image if needed,
+//! checkpoint, stream the payload to the peer's agent, and remove the source
+//! only once the peer answers that the app runs there.
+//!
+//! The steps, as the paper's Table 1 names them: Save (checkpoint), Transfer
+//! (pack and stream to the peer's agent, no intermediate file), Resume (the
+//! peer restores). If anything fails after the checkpoint, the source is
+//! started again from its own checkpoint.
+
+use std::io::{self, BufWriter, Read};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::client::Peer;
+use super::{Outcome, PeerInfo, RestoreReport};
+use crate::board::Tuning;
+use crate::engine::Engine;
+use crate::error::{io_error, Error, Kind, Result};
+use crate::migration::checkpoint::{self, Taken};
+use crate::migration::preflight;
+use crate::payload::{normalize_arch, Mode, PackStats};
+use crate::units::{seconds_since, Progress};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ShipImage {
+    Auto,
+    Always,
+    Never,
+}
+
+impl std::str::FromStr for ShipImage {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<ShipImage, String> {
+        match text {
+            "auto" => Ok(ShipImage::Auto),
+            "always" => Ok(ShipImage::Always),
+            "never" => Ok(ShipImage::Never),
+            other => Err(format!("unknown --ship-image '{other}': use auto, always or never")),
+        }
+    }
+}
+
+/// How to migrate, beside the container and the peer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Options<'a> {
+    pub tuning: &'a Tuning,
+    pub fast: bool,
+    pub ship_image: ShipImage,
+    /// Leave the stopped source container instead of removing it.
+    pub keep_source: bool,
+}
+
+/// The paper's Table 1 for one migration.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct Report {
+    pub container: String,
+    pub peer: String,
+    pub peer_container_id: String,
+    pub image_shipped: bool,
+    pub image_secs: f64,
+    /// Checkpoint: from the freeze to CRIU's images on disk.
+    pub save_secs: f64,
+    /// Packing and streaming the payload to the peer.
+    pub transfer_secs: f64,
+    /// The peer's restore: creating the container until it runs.
+    pub resume_secs: f64,
+    /// From the freeze to the peer's answer: how long the app was away.
+    pub total_secs: f64,
+    pub bytes_sent: u64,
+    pub raw_bytes: u64,
+    /// Which checkpoint path ran: `docker-api` or `runc` (see README).
+    pub checkpoint_path: &'static str,
+    /// ferry's own peak RSS here, and the agent's on the peer.
+    pub peak_rss_kib: u64,
+    pub peer_peak_rss_kib: u64,
+}
+
+/// Moves `container` to the agent `peer`. Everything that can be checked is
+/// checked before the app is frozen.
+pub(crate) fn migrate(engine: &Engine, peer: &Peer, container: &str, options: &Options<'_>) -> Result<Report> {
+    let info = engine.info()?;
+    let carryable = preflight::check(engine, &info, container, Mode::Criu)?;
+    let peer_info = peer.info()?;
+    if normalize_arch(&peer_info.arch) != normalize_arch(&info.architecture) {
+        return Err(Error::new(
+            Kind::Refused,
+            format!(
+                "the peer {} is {} and this host is {}: CRIU images cannot cross CPU architectures",
+                peer.addr(),
+                peer_info.arch,
+                info.architecture
+            ),
+        ));
+    }
+    if peer_info.busy {
+        return Err(Error::new(Kind::Peer, format!("the agent at {} is busy with another restore — try again shortly", peer.addr())));
+    }
+    let mut report =
+        Report { container: carryable.inspect.short_name().to_string(), peer: peer.addr().to_string(), ..Report::default() };
+    let image_started = Instant::now();
+    report.image_shipped = ship_image(engine, peer, &peer_info, &carryable.inspect.image, options.ship_image)?;
+    report.image_secs = seconds_since(image_started);
+
+    let freeze = Instant::now();
+    let checkpoint_options = checkpoint::Options { tuning: options.tuning, leave_running: false, fast: options.fast };
+    let mut taken = checkpoint::take(engine, &info, &carryable, &checkpoint_options)?;
+    report.save_secs = taken.checkpoint_secs;
+    report.checkpoint_path = taken.checkpoint_path;
+    let name = taken.name.clone();
+    let (sent, transfer_secs) = send_payload(peer, &mut taken, &name, options.tuning.io_buffer);
+    let restored = match sent {
+        Ok((restored, stats)) => {
+            report.bytes_sent = stats.compressed_bytes;
+            report.raw_bytes = stats.raw_bytes;
+            restored
+        }
+        Err(error) => {
+            return Err(taken.give_back(engine, &info, error.context(format!("moving {name} to {}", peer.addr()))));
+        }
+    };
+    report.total_secs = seconds_since(freeze);
+    report.transfer_secs = transfer_secs;
+    report.resume_secs = restored.restore_secs;
+    report.peer_container_id = restored.id.clone();
+    report.peer_peak_rss_kib = restored.peak_rss_kib;
+
+    if options.keep_source {
+        log::info!("{name} runs on {}; the stopped source is kept (--keep-source)", peer.addr());
+    } else if let Err(e) = engine.remove_container(&taken.container_id, true) {
+        log::warn!("{name} runs on {}, but the stopped source could not be removed: {e}", peer.addr());
+    }
+    report.peak_rss_kib = crate::host::peak_rss_kib();
+    Ok(report)
+}
+
+/// Streams a taken checkpoint to the peer's agent, packing in a thread into a
+/// pipe that the HTTP body reads: no intermediate file. Returns the peer's
+/// restore report with the pack statistics, and the seconds until the last
+/// byte was packed. Shared by `migrate` and `bench --to`.
+pub(crate) fn send_payload(
+    peer: &Peer,
+    taken: &mut Taken,
+    name: &str,
+    io_buffer: usize,
+) -> (Result<(RestoreReport, PackStats)>, f64) {
+    let migration = migration_id();
+    let (mut payload_reader, payload_writer) = match io::pipe() {
+        Ok(pipe) => pipe,
+        Err(e) => return (Err(io_error("cannot make a pipe", e)), 0.0),
+    };
+    let started = Instant::now();
+    let (answer, (packed, secs)) = thread::scope(|scope| {
+        let packer = scope.spawn(|| {
+            let sink = Progress::new(BufWriter::with_capacity(io_buffer, payload_writer), "sent");
+            let stats = taken.pack_into(sink);
+            (stats, seconds_since(started))
+        });
+        let answer = peer.restore(&mut payload_reader, name, &migration);
+        // Unblocks the packer if the peer stopped reading early.
+        drop(payload_reader);
+        let packed = packer.join().unwrap_or_else(|_| (Err(Error::new(Kind::Failure, "the packer thread panicked")), 0.0));
+        (answer, packed)
+    });
+    let answer = match answer {
+        Err(error) if packed.is_ok() => ask_again(peer, &migration, error),
+        other => other,
+    };
+    let result = match (answer, packed) {
+        (Ok(restored), Ok(stats)) => Ok((restored, stats)),
+        (Err(error), _) | (Ok(_), Err(error)) => Err(error),
+    };
+    (result, secs)
+}
+
+/// Makes sure the peer has the container's image, sending it when needed.
+/// Returns whether it was sent.
+fn ship_image(engine: &Engine, peer: &Peer, peer_info: &PeerInfo, image_id: &str, policy: ShipImage) -> Result<bool> {
+    let present = peer_info.images.iter().any(|image| image.id == image_id);
+    match (policy, present) {
+        (ShipImage::Never, false) => {
+            let tags = engine.inspect_image(image_id).ok().and_then(|i| i.repo_tags).unwrap_or_default();
+            return Err(Error::new(
+                Kind::Peer,
+                format!(
+                    "the peer {} lacks the image {image_id} ({}) — load it there, or migrate with --ship-image auto",
+                    peer.addr(),
+                    if tags.is_empty() { "untagged".into() } else { tags.join(", ") }
+                ),
+            ));
+        }
+        (ShipImage::Never, true) | (ShipImage::Auto, true) => return Ok(false),
+        (ShipImage::Auto, false) | (ShipImage::Always, _) => {}
+    }
+    // Saved by tag when it has one, so that the peer gets the tag too.
+    let tags = engine.inspect_image(image_id)?.repo_tags.unwrap_or_default();
+    let names: Vec<&str> = if tags.is_empty() { vec![image_id] } else { tags.iter().map(String::as_str).collect() };
+    log::info!("sending the image {} to {}", names.join(", "), peer.addr());
+    let mut saved = engine.image_save(&names)?;
+    peer.load_image(&mut saved)?;
+    if !peer.info()?.images.iter().any(|image| image.id == image_id) {
+        return Err(Error::new(Kind::Peer, format!("the peer {} loaded the image but does not list {image_id}", peer.addr())));
+    }
+    Ok(true)
+}
+
+/// The whole payload went out but the answer did not come back: ask the agent
+/// what happened before deciding, so the app never runs on both hosts.
+fn ask_again(peer: &Peer, migration: &str, error: Error) -> Result<RestoreReport> {
+    log::warn!("{error}; asking the agent what became of the restore");
+    for _ in 0..10 {
+        match peer.outcome(migration) {
+            Ok(Outcome::Restored { report }) => return Ok(report),
+            Ok(Outcome::Failed { error: reason }) => {
+                return Err(Error::new(Kind::Peer, format!("the agent at {} could not restore: {reason}", peer.addr())));
+            }
+            Ok(Outcome::Running) => thread::sleep(Duration::from_millis(500)),
+            Err(_) => break,
+        }
+    }
+    Err(error)
+}
+
+/// A random id for one migration, so the agent can be asked about it later.
+fn migration_id() -> String {
+    let mut bytes = [0u8; 8];
+    if let Ok(mut random) = std::fs::File::open("/dev/urandom") {
+        let _ = random.read_exact(&mut bytes);
+    }
+    crate::payload::hex(&bytes)
+}
