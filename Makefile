@@ -1,5 +1,5 @@
 # ferry — see README.md. Every target that needs Docker sets the host up first
-# (tests/setup-host.sh is idempotent: a second run only checks).
+# (tests/scripts/setup-host.sh is idempotent: a second run only checks).
 
 CARGO    ?= cargo
 FERRY    := target/release/ferry
@@ -13,12 +13,12 @@ build:
 	$(CARGO) build --release --locked
 
 setup:
-	bash tests/setup-host.sh
+	bash tests/scripts/setup-host.sh
 
 # Unit tests (no Docker needed) then the end-to-end tests against real engines.
 test: setup build
 	$(CARGO) test --release --locked
-	bash tests/with-engines.sh all -- $(CARGO) test --release --locked -- --ignored --test-threads=1
+	bash tests/scripts/with-engines.sh all -- $(CARGO) test --release --locked -- --ignored --test-threads=1
 	$(MAKE) arm-test
 
 unit:
@@ -27,29 +27,29 @@ unit:
 # Sets the host up, starts a counter, checkpoints it, restores it into a new
 # container and shows the counter carrying on.
 demo: setup build
-	bash tests/with-engines.sh a -- bash tests/demo.sh
+	bash tests/scripts/with-engines.sh a -- bash tests/scripts/demo.sh
 
 bench-core: setup build
-	bash tests/with-engines.sh a -- bash tests/bench-core.sh
+	bash tests/scripts/with-engines.sh a -- bash tests/scripts/bench-core.sh
 
 # The paper's Table 1: ferry migrate A→B next to the paper's docker+tar
 # method and Podman's export/import, per size (SIZES="16 64 128 256").
 SIZES ?= 16 64 128 256
 bench-migrate: build
-	bash tests/setup-host.sh --bench
-	bash tests/with-engines.sh all -- python3 tests/bench-migrate.py $(SIZES) --repeat 5
+	bash tests/scripts/setup-host.sh --bench
+	bash tests/scripts/with-engines.sh all -- python3 tests/scripts/bench-migrate.py $(SIZES) --repeat 5
 
 # The paper's study on this host: 16–512 MiB, 5 repetitions, CRIU and commit,
 # with the paper's own scripts as baseline; tables and SVG figures in OUT.
 OUT ?= target/ferry-bench
 bench: setup build
-	bash tests/with-engines.sh a -- $(FERRY) bench --sizes 16,32,64,128,256,512 --repeat 5 --mode criu,commit --baseline --out $(OUT)
+	bash tests/scripts/with-engines.sh a -- $(FERRY) bench --sizes 16,32,64,128,256,512 --repeat 5 --mode criu,commit --baseline --out $(OUT)
 
 # Migrates a counter back and forth HOPS times (default 200); fails on any
 # failed hop, a lost checksum or a leftover. Not part of `make test`.
 HOPS ?= 200
 soak: setup build
-	bash tests/with-engines.sh all -- python3 tests/bench-migrate.py --soak $(HOPS)
+	bash tests/scripts/with-engines.sh all -- python3 tests/scripts/bench-migrate.py --soak $(HOPS)
 
 # Static musl binaries for the boards (see cross/setup.sh for why this
 # toolchain): target/<triple>/release/ferry.
@@ -73,7 +73,7 @@ arm-test: arm
 	bash cross/build.sh $(ARMV7) test
 
 stop-engines:
-	bash tests/engines.sh stop all
+	bash tests/scripts/engines.sh stop all
 
 clean:
 	$(CARGO) clean

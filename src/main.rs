@@ -23,6 +23,8 @@ mod migration;
 mod payload;
 mod runc;
 mod snapshots;
+#[cfg(test)]
+mod testing;
 mod transfer;
 mod units;
 

@@ -7,15 +7,7 @@ use common::*;
 
 /// Waits for the counter to be well under way and returns the count seen.
 fn settle(socket: &str, name: &str) -> u64 {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let count = latest_count(socket, name);
-        if count >= 5 {
-            return count;
-        }
-        assert!(std::time::Instant::now() < deadline, "{name} is not counting");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_for_count(socket, name, 5, std::time::Duration::from_secs(30))
 }
 
 #[test]

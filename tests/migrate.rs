@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const PEER: i32 = 9;
-
 /// What the migration tests do with the two hosts.
 trait Migration {
     fn counter_on_a(&mut self, name: &str, mib: u32, extra: &[&str]) -> (String, String);
@@ -52,15 +50,7 @@ impl Migration for TwoHosts {
 }
 
 fn wait_until_counting(socket: &str, name: &str) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let count = latest_count(socket, name);
-        if count >= 3 {
-            return count;
-        }
-        assert!(Instant::now() < deadline);
-        thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_count(socket, name, 3, Duration::from_secs(20))
 }
 
 fn expect_peer_failure(out: &std::process::Output, message: &str) {

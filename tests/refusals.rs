@@ -8,13 +8,6 @@ use std::path::Path;
 
 use common::*;
 
-/// Exit codes, as the README documents them.
-const USAGE: i32 = 2;
-const DOCKER: i32 = 3;
-const NOT_FOUND: i32 = 4;
-const BAD_PAYLOAD: i32 = 6;
-const REFUSED: i32 = 8;
-
 #[test]
 #[ignore = "needs a real dockerd + CRIU: run `make test`"]
 fn containers_ferry_cannot_take_are_refused_before_anything_stops() {

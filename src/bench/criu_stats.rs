@@ -126,8 +126,8 @@ mod tests {
 
     #[test]
     fn decodes_real_dump_and_restore_stats() {
-        let dir = std::env::temp_dir().join(format!("ferry-stats-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = crate::testing::TempDir::new("stats");
+        let dir = scratch.path();
         std::fs::write(dir.join("stats-dump"), DUMP).unwrap();
         std::fs::write(dir.join("stats-restore"), RESTORE).unwrap();
         let dump = read_dump(&dir.join("stats-dump")).unwrap();
@@ -140,6 +140,5 @@ mod tests {
         assert!(read_restore(&dir.join("stats-dump")).is_none(), "a dump image has no restore entry");
         std::fs::write(dir.join("garbage"), b"not an image at all").unwrap();
         assert!(read_dump(&dir.join("garbage")).is_none());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -51,7 +51,7 @@ pub(crate) struct Options {
 pub(crate) fn run(engine: &Engine, options: &Options) -> Result<Results> {
     let info = engine.info()?;
     engine.inspect_image(&options.image).map_err(|_| {
-        Error::new(Kind::NotFound, format!("the workload image {} is not here — `bash tests/engines.sh start a` builds it from tests/workload (make demo and make test do)", options.image))
+        Error::new(Kind::NotFound, format!("the workload image {} is not here — `bash tests/scripts/engines.sh start a` builds it from tests/scripts/workload (make demo and make test do)", options.image))
     })?;
     fs::create_dir_all(&options.out).map_err(|e| io_error(options.out.display(), e))?;
     fs::create_dir_all(&options.tuning.work_dir).map_err(|e| io_error(options.tuning.work_dir.display(), e))?;

@@ -1,107 +1,11 @@
 //! The engine client against a small fake Docker on a Unix socket: the error
 //! paths a real dockerd rarely shows on demand.
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::thread;
 
 use super::*;
-
-/// Serves canned answers: `respond(method, path) -> (status, body)`. Records
-/// each request line and body it saw.
-struct FakeDocker {
-    socket: PathBuf,
-    seen: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
-    _dir: TempDir,
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn temp_dir(label: &str) -> TempDir {
-    let dir = std::env::temp_dir().join(format!("ferry-test-{label}-{}-{:?}", std::process::id(), thread::current().id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    TempDir(dir)
-}
-
-impl FakeDocker {
-    fn start(label: &str, respond: impl Fn(&str, &str) -> (u16, String) + Send + 'static) -> FakeDocker {
-        let dir = temp_dir(label);
-        let socket = dir.0.join("docker.sock");
-        let listener = UnixListener::bind(&socket).unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let seen_by_server = seen.clone();
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { return };
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut request_line = String::new();
-                reader.read_line(&mut request_line).unwrap();
-                let mut chunked = false;
-                let mut length = 0usize;
-                loop {
-                    let mut line = String::new();
-                    reader.read_line(&mut line).unwrap();
-                    let lower = line.to_ascii_lowercase();
-                    if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
-                        chunked = true;
-                    }
-                    if let Some(value) = lower.strip_prefix("content-length:") {
-                        length = value.trim().parse().unwrap();
-                    }
-                    if line == "\r\n" {
-                        break;
-                    }
-                }
-                let body = if chunked { read_chunked(&mut reader) } else {
-                    let mut body = vec![0; length];
-                    reader.read_exact(&mut body).unwrap();
-                    body
-                };
-                let mut parts = request_line.split_whitespace();
-                let method = parts.next().unwrap_or_default().to_string();
-                let path = parts.next().unwrap_or_default().to_string();
-                let (status, answer) = respond(&method, &path);
-                seen_by_server.lock().unwrap().push((format!("{method} {path}"), body));
-                let mut stream = stream;
-                write!(
-                    stream,
-                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
-                    answer.len()
-                )
-                .unwrap();
-            }
-        });
-        FakeDocker { socket, seen, _dir: dir }
-    }
-}
-
-fn read_chunked(reader: &mut impl BufRead) -> Vec<u8> {
-    let mut body = Vec::new();
-    loop {
-        let mut size_line = String::new();
-        reader.read_line(&mut size_line).unwrap();
-        let size = usize::from_str_radix(size_line.trim(), 16).unwrap();
-        let mut chunk = vec![0; size + 2];
-        reader.read_exact(&mut chunk).unwrap();
-        if size == 0 {
-            return body;
-        }
-        body.extend_from_slice(&chunk[..size]);
-    }
-}
-
-fn version_answer(api: &str) -> String {
-    format!(r#"{{"Version":"20.10.24","ApiVersion":"{api}","MinAPIVersion":"1.12"}}"#)
-}
+use crate::testing::{version_answer, FakeDocker, TempDir};
 
 #[test]
 fn negotiates_the_lower_api_version() {
@@ -154,16 +58,16 @@ fn surfaces_dockers_own_message_on_404_409_500() {
 
 #[test]
 fn a_missing_socket_is_unreachable_not_a_crash() {
-    let dir = temp_dir("nosocket");
-    let error = Engine::connect(&dir.0.join("nothing.sock")).unwrap_err();
+    let dir = TempDir::new("nosocket");
+    let error = Engine::connect(&dir.path().join("nothing.sock")).unwrap_err();
     assert!(matches!(error, Error::Unreachable { .. }), "{error:?}");
     assert!(error.to_string().contains("is dockerd running"), "{error}");
 }
 
 #[test]
 fn a_socket_nobody_listens_on_is_unreachable() {
-    let dir = temp_dir("refused");
-    let path = dir.0.join("stale.sock");
+    let dir = TempDir::new("refused");
+    let path = dir.path().join("stale.sock");
     drop(UnixListener::bind(&path).unwrap());
     let error = Engine::connect(&path).unwrap_err();
     assert!(matches!(error, Error::Unreachable { .. }), "{error:?}");

@@ -297,3 +297,61 @@ fn base_manifest(engine: &Engine, info: &Info, inspect: &ContainerInspect, mode:
         snapshot: None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::migration::preflight;
+    use crate::testing::{api_path, info_answer, version_answer, FakeDocker, TempDir};
+
+    const ID: &str = "0123456789abcdef";
+    const COMMITTED: &str = "sha256:c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0";
+
+    /// A running `web` on image `sha256:app`; commit answers `sha256:committed`.
+    fn engine(root: std::path::PathBuf) -> FakeDocker {
+        FakeDocker::start("commit", move |method, path| match (method, api_path(path)) {
+            ("GET", "/version") => (200, version_answer("1.41")),
+            ("GET", "/info") => (200, info_answer(&root)),
+            ("GET", "/containers/web/json") => (
+                200,
+                serde_json::json!({"Id": ID, "Name": "/web", "Image": "sha256:app", "State": {"Status": "running", "Running": true},
+                                   "Config": {"Cmd": ["/counter"]}, "HostConfig": {"Memory": 134217728}, "Mounts": []})
+                .to_string(),
+            ),
+            ("GET", p) if p.starts_with("/images/sha256") => (200, r#"{"Id":"sha256:app","RepoTags":["app:1"]}"#.into()),
+            ("POST", p) if p.starts_with(&format!("/containers/{ID}/stop")) => (204, String::new()),
+            ("POST", p) if p.starts_with("/commit?") => (201, format!(r#"{{"Id":"{COMMITTED}"}}"#)),
+            ("GET", p) if p.starts_with("/images/get?") => (200, "the saved image".into()),
+            ("DELETE", p) if p.starts_with("/images/") => (200, "[]".into()),
+            _ => (404, format!(r#"{{"message":"the fake has no {method} {path}"}}"#)),
+        })
+    }
+
+    #[test]
+    fn commit_mode_stops_commits_saves_and_packs_the_image() {
+        let work = TempDir::new("commit-work");
+        let fake = engine(work.path().to_path_buf());
+        let engine = fake.engine();
+        let info = engine.info().unwrap();
+        let tuning = Tuning::new(None, Some(work.path()), work.path());
+        let carryable = preflight::check(&engine, &info, "web", Mode::Commit).unwrap();
+        let options = Options { tuning: &tuning, leave_running: false, fast: true };
+        let mut taken = take(&engine, &info, &carryable, &options).unwrap();
+
+        let lines = fake.lines();
+        let stop = lines.iter().position(|l| l.contains("/stop")).expect("the app was stopped");
+        let commit = lines.iter().position(|l| l.contains("/commit?") && l.contains("repo=ferry-commit%2Fweb")).expect("committed");
+        assert!(stop < commit, "stopped before the commit: {lines:?}");
+        assert!(lines.iter().any(|l| l.starts_with("DELETE /v1.41/images/sha256%3Ac0c0")), "the committed image is not kept: {lines:?}");
+        assert_eq!(taken.manifest.mode, Mode::Commit);
+        assert_eq!(taken.manifest.container.image_id, COMMITTED);
+        assert!(taken.manifest.container.image_tags[0].starts_with("ferry-commit/web:"));
+
+        let mut packed = Vec::new();
+        taken.pack_into(&mut packed).unwrap();
+        let dest = work.path().join("unpacked");
+        let unpacked = payload::unpack(packed.as_slice(), &dest, "x86_64", None).unwrap();
+        assert_eq!(unpacked.manifest.container.config.cmd, Some(vec!["/counter".to_string()]));
+        assert_eq!(std::fs::read(dest.join(payload::IMAGE_ENTRY)).unwrap(), b"the saved image");
+    }
+}

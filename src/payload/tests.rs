@@ -8,22 +8,7 @@ use lz4_flex::frame::{FrameEncoder, FrameInfo};
 
 use super::*;
 
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(label: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("ferry-payload-{label}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
+use crate::testing::TempDir as Scratch;
 
 fn manifest() -> Manifest {
     Manifest {
@@ -85,8 +70,8 @@ fn packed(scratch: &Path) -> (Vec<u8>, Vec<(String, PathBuf)>) {
 #[test]
 fn round_trip_restores_every_byte() {
     let scratch = Scratch::new("roundtrip");
-    let (payload, files) = packed(&scratch.0);
-    let dest = scratch.0.join("dest");
+    let (payload, files) = packed(scratch.path());
+    let dest = scratch.path().join("dest");
     let unpacked = unpack(payload.as_slice(), &dest, "x86_64", None).unwrap();
     assert_eq!(unpacked.manifest.entries.len(), files.len());
     assert_eq!(unpacked.compressed_bytes, payload.len() as u64);
@@ -99,13 +84,13 @@ fn round_trip_restores_every_byte() {
 #[test]
 fn unpack_accepts_engine_spellings_of_the_same_arch() {
     let scratch = Scratch::new("arch-alias");
-    let (payload, _) = packed(&scratch.0);
-    unpack(payload.as_slice(), &scratch.0.join("dest"), "amd64", None).unwrap();
+    let (payload, _) = packed(scratch.path());
+    unpack(payload.as_slice(), &scratch.path().join("dest"), "amd64", None).unwrap();
 }
 
 fn assert_refused(payload: &[u8], host_arch: &str, expect: &str) {
     let scratch = Scratch::new(&format!("refuse-{}", expect.len()));
-    let dest = scratch.0.join("dest");
+    let dest = scratch.path().join("dest");
     let error = unpack(payload, &dest, host_arch, None).expect_err("payload accepted");
     assert!(error.to_string().contains(expect), "{error}");
     assert!(!dest.exists(), "a refused payload left {} behind", dest.display());
@@ -114,14 +99,14 @@ fn assert_refused(payload: &[u8], host_arch: &str, expect: &str) {
 #[test]
 fn restore_refuses_payload_from_other_arch() {
     let scratch = Scratch::new("arch");
-    let (payload, _) = packed(&scratch.0);
+    let (payload, _) = packed(scratch.path());
     assert_refused(&payload, "aarch64", "made on x86_64 but this host is aarch64");
 }
 
 #[test]
 fn truncated_payload_is_refused_and_leaves_nothing() {
     let scratch = Scratch::new("truncated");
-    let (payload, _) = packed(&scratch.0);
+    let (payload, _) = packed(scratch.path());
     for cut in [10, payload.len() / 3, payload.len() - 30] {
         assert_refused(&payload[..cut], "x86_64", "payload");
     }
@@ -130,7 +115,7 @@ fn truncated_payload_is_refused_and_leaves_nothing() {
 #[test]
 fn one_flipped_byte_is_refused() {
     let scratch = Scratch::new("flipped");
-    let (payload, _) = packed(&scratch.0);
+    let (payload, _) = packed(scratch.path());
     // Flip bytes well inside the big random entry, where lz4 stores literals:
     // decoding succeeds and only the digest can notice.
     for at in [payload.len() / 2, payload.len() / 2 + 4099] {
@@ -226,8 +211,8 @@ fn not_a_payload_at_all() {
 #[test]
 fn oversized_payload_is_refused_before_writing() {
     let scratch = Scratch::new("limit");
-    let (payload, _) = packed(&scratch.0);
-    let dest = scratch.0.join("dest");
+    let (payload, _) = packed(scratch.path());
+    let dest = scratch.path().join("dest");
     let error = unpack(payload.as_slice(), &dest, "x86_64", Some(1000)).unwrap_err();
     assert!(error.to_string().contains("more than the 1000 bytes allowed"), "{error}");
     assert!(!dest.exists());

@@ -295,3 +295,87 @@ impl Agent {
             .ok_or_else(|| Error::new(Kind::NotFound, format!("no migration {id} is known here")).with_status(404))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{api_path, info_answer, version_answer, FakeDocker, TempDir};
+
+    fn agent(spool: &std::path::Path, max_payload: Option<u64>) -> (Agent, FakeDocker) {
+        let root = spool.to_path_buf();
+        let fake = FakeDocker::start("agent", move |method, path| match (method, api_path(path)) {
+            ("GET", "/version") => (200, version_answer("1.41")),
+            ("GET", "/info") => (200, info_answer(&root)),
+            ("GET", "/images/json") => (200, r#"[{"Id":"sha256:app","RepoTags":["app:1"]}]"#.into()),
+            _ => (404, format!(r#"{{"message":"the fake has no {method} {path}"}}"#)),
+        });
+        let settings = Settings {
+            token: Some("a-long-enough-token".into()),
+            spool: spool.to_path_buf(),
+            max_payload,
+            fast: true,
+            tuning: Tuning::new(None, None, spool),
+            failover_after: None,
+        };
+        (Agent::new(fake.engine(), settings), fake)
+    }
+
+    /// A body that fails the test if anything reads it.
+    struct Untouched;
+
+    impl Read for Untouched {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            panic!("the body was read");
+        }
+    }
+
+    #[test]
+    fn info_says_what_this_host_is_and_has() {
+        let spool = TempDir::new("agent-info");
+        let (agent, _fake) = agent(spool.path(), Some(1 << 30));
+        let info = agent.info().unwrap();
+        assert_eq!(info.arch, "x86_64");
+        assert_eq!(info.images.len(), 1);
+        assert_eq!(info.images[0].tags, ["app:1"]);
+        assert_eq!(info.max_payload_bytes, Some(1 << 30));
+        assert!(!info.busy);
+        assert!(info.spool_free_bytes > 0);
+    }
+
+    #[test]
+    fn a_bad_name_or_an_oversized_payload_is_refused_before_the_body_is_read() {
+        let spool = TempDir::new("agent-refuse");
+        let (agent, fake) = agent(spool.path(), Some(1 << 20));
+        let bad_name = agent.restore(&mut Untouched, Some(10), Some("../etc"), None).unwrap_err();
+        assert_eq!(bad_name.status, 400);
+        let too_large = agent.restore(&mut Untouched, Some(2 << 20), Some("web"), Some("m1")).unwrap_err();
+        assert_eq!(too_large.status, 413);
+        assert!(too_large.error.message.contains("--max-payload"), "{}", too_large.error);
+        assert!(!fake.lines().iter().any(|l| l.contains("/containers/")), "nothing created: {:?}", fake.lines());
+    }
+
+    #[test]
+    fn a_restore_that_fails_is_remembered_for_a_late_asker() {
+        let spool = TempDir::new("agent-outcome");
+        let (agent, _fake) = agent(spool.path(), None);
+        let garbage = b"not a payload at all".to_vec();
+        let error = agent.restore(&mut garbage.as_slice(), Some(garbage.len() as u64), None, Some("m2")).unwrap_err();
+        assert_eq!(error.status, 422);
+        match agent.outcome("m2").unwrap() {
+            Outcome::Failed { error } => assert!(error.contains("corrupt"), "{error}"),
+            other => panic!("expected a failure, got {other:?}"),
+        }
+        assert_eq!(agent.outcome("never-sent").unwrap_err().status, 404);
+        let leftovers: Vec<_> = std::fs::read_dir(spool.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert!(leftovers.is_empty(), "the spool keeps nothing of a refused payload: {leftovers:?}");
+    }
+
+    #[test]
+    fn only_containers_this_agent_restored_can_be_removed() {
+        let spool = TempDir::new("agent-remove");
+        let (agent, fake) = agent(spool.path(), None);
+        let refused = agent.remove_restored("someone-elses").unwrap_err();
+        assert_eq!(refused.status, 403);
+        assert!(!fake.lines().iter().any(|l| l.starts_with("DELETE")), "{:?}", fake.lines());
+    }
+}

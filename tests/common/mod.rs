@@ -1,5 +1,5 @@
 //! Helpers for the end-to-end tests: a real dockerd, real CRIU, the real
-//! `ferry` binary, and the counter workload from tests/workload.
+//! `ferry` binary, and the counter workload from tests/scripts/workload.
 //!
 //! These tests are `#[ignore]`d so that `cargo test` runs anywhere; `make test`
 //! sets the host up, starts the engines and runs them with `--ignored`.
@@ -14,6 +14,28 @@ pub const ENGINE_A: &str = "/var/run/docker.sock";
 pub const ENGINE_B: &str = "/run/dockerb.sock";
 pub const WORKLOAD: &str = "ferry-workload:latest";
 pub const REDIS: &str = "ferry-redis:latest";
+
+/// ferry's exit codes, as the README documents them.
+pub const USAGE: i32 = 2;
+pub const DOCKER: i32 = 3;
+pub const NOT_FOUND: i32 = 4;
+pub const BAD_PAYLOAD: i32 = 6;
+pub const REFUSED: i32 = 8;
+pub const PEER: i32 = 9;
+
+/// Waits (up to `limit`) until the counter in `name` has counted to at least
+/// `at_least`: its memory is filled and it runs. Returns the count seen.
+pub fn wait_for_count(socket: &str, name: &str, at_least: u64, limit: Duration) -> u64 {
+    let deadline = Instant::now() + limit;
+    loop {
+        let count = latest_count(socket, name);
+        if count >= at_least {
+            return count;
+        }
+        assert!(Instant::now() < deadline, "{name} is not counting (count {count} after {limit:?})");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
 
 pub fn ferry_bin() -> &'static str {
     env!("CARGO_BIN_EXE_ferry")
@@ -220,7 +242,7 @@ pub fn ferry_on_b(work_dir: &Path, args: &[&str]) -> Output {
 }
 
 pub fn engine_b_pid() -> String {
-    std::fs::read_to_string("/run/dockerb.pid").expect("engine B runs (tests/engines.sh start b)").trim().to_string()
+    std::fs::read_to_string("/run/dockerb.pid").expect("engine B runs (tests/scripts/engines.sh start b)").trim().to_string()
 }
 
 /// A free TCP port on loopback.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs a command with Docker engines up: `with-engines.sh a|b|all -- CMD…`.
 # Engines that were already running are left running; the ones this script
-# started are stopped again (by PID, in tests/engines.sh) however CMD ends.
+# started are stopped again (by PID, in tests/scripts/engines.sh) however CMD ends.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 which="${1:?usage: with-engines.sh a|b|all -- CMD...}"

@@ -91,7 +91,7 @@ PIN
   mkdir -p "$(dirname "$CRIU_WRAPPER")"
   cat >"$CRIU_WRAPPER" <<WRAPPER
 #!/bin/sh
-# CRIU $CRIU_WANT from Debian forky, run with its own libraries (see ferry's tests/setup-host.sh).
+# CRIU $CRIU_WANT from Debian forky, run with its own libraries (see ferry's tests/scripts/setup-host.sh).
 exec $CRIU_PREFIX/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 --library-path $libs $CRIU_PREFIX/usr/sbin/criu "\$@"
 WRAPPER
   chmod 755 "$CRIU_WRAPPER"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the test images into one engine from local files only (no registry):
-#   ferry-workload:latest  the static counter (tests/workload/counter.c)
+#   ferry-workload:latest  the static counter (tests/scripts/workload/counter.c)
 #   ferry-redis:latest     Debian's redis-server with its libraries
 # Usage: build-images.sh [DOCKER_SOCKET]   (default /var/run/docker.sock)
 # Each image is rebuilt only when what goes into it changes.
