@@ -27,6 +27,9 @@ pub(crate) enum Kind {
     Refused,
     /// The peer agent could not be reached, refused the request, or failed.
     Peer,
+    /// A migration was committed but the peer's answer was lost: the app is
+    /// stopped here, its checkpoint kept, until `ferry recover` settles it.
+    OutcomeUnknown,
 }
 
 impl Kind {
@@ -41,6 +44,7 @@ impl Kind {
             Kind::Io => 7,
             Kind::Refused => 8,
             Kind::Peer => 9,
+            Kind::OutcomeUnknown => 10,
         }
     }
 }

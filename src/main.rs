@@ -80,6 +80,7 @@ enum Command {
     Failover(commands::failover::Args),
     Bench(commands::bench::Args),
     Migrate(commands::migrate::Args),
+    Recover(commands::recover::Args),
 }
 
 fn main() -> ExitCode {
@@ -145,6 +146,7 @@ fn try_main(cli: Cli) -> Result<(), Error> {
         Command::Failover(args) => commands::failover::run(&context, args),
         Command::Bench(args) => commands::bench::run(&context, args),
         Command::Migrate(args) => commands::migrate::run(&context, args),
+        Command::Recover(args) => commands::recover::run(&context, args),
     }
 }
 

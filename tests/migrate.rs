@@ -163,13 +163,16 @@ fn migrate_rolls_back_when_the_agent_dies_mid_transfer() {
     hosts.still_on_a_only(&name, counted, &sum);
 }
 
-/// Bytes in the agent's receive folders so far.
+/// Bytes in the agent's receive folders so far: a migration's payload
+/// arrives in `handovers/<id>.payload`, a plain restore's in `receive-*`.
 fn receiving_bytes(spool: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(spool) else { return 0 };
-    entries
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("receive-"))
-        .filter_map(|e| std::fs::metadata(e.path().join("checkpoint/pages-1.img")).ok())
+    let folders = |dir: &Path| std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path()).collect::<Vec<_>>();
+    let mut arriving = folders(spool);
+    arriving.extend(folders(&spool.join("handovers")));
+    arriving
+        .iter()
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("receive-") || n.to_string_lossy().ends_with(".payload")))
+        .filter_map(|p| std::fs::metadata(p.join("checkpoint/pages-1.img")).ok())
         .map(|m| m.len())
         .sum()
 }

@@ -25,7 +25,7 @@ use crate::migration::restore::{self, restore_from};
 use crate::migration::{checkpoint, criu_error, preflight, resume};
 use crate::payload::Mode;
 use crate::transfer::client::Peer;
-use crate::transfer::migrate::send_payload;
+use crate::transfer::migrate::{hand_over, migration_id, Handover};
 use crate::units::seconds_since;
 pub(crate) use results::{HostFacts, Phase, Results, Row};
 use telemetry::{PhaseUsage, Telemetry};
@@ -253,8 +253,13 @@ impl Run<'_> {
         let committed_image = taken.manifest.container.image_tags.first().cloned().filter(|_| mode == Mode::Commit);
         if let Some(peer) = &self.options.peer {
             self.phase(Phase::Transfer);
-            let (sent, secs) = send_payload(peer, &mut taken, TARGET, self.options.tuning.io_buffer);
-            let (report, stats) = sent?;
+            // The same two-phase handover as `ferry migrate`; the bench's
+            // source is thrown away, so it keeps no journal.
+            let id = migration_id();
+            let (report, stats, secs) = match hand_over(peer, &mut taken, TARGET, &id, self.options.tuning.io_buffer, || Ok(())) {
+                Handover::Done { restored, stats, transfer_secs } => (restored, stats, transfer_secs),
+                Handover::NotStarted(error) | Handover::Unknown(error) => return Err(error),
+            };
             measured.set(Phase::Transfer, secs);
             // The peer's own restore time; its first sign of life is not seen from here.
             measured.set(Phase::Restore, report.restore_secs);

@@ -6,6 +6,7 @@ pub(crate) mod checkpoint;
 pub(crate) mod doctor;
 pub(crate) mod failover;
 pub(crate) mod migrate;
+pub(crate) mod recover;
 pub(crate) mod replicate;
 pub(crate) mod restore;
 pub(crate) mod serve;

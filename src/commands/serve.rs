@@ -37,6 +37,10 @@ pub(crate) struct Args {
     /// this long (e.g. 10s) and its source's agent does not answer
     #[argh(option, from_str_fn(parse_duration))]
     pub failover_after: Option<Duration>,
+    /// discard a migrated container prepared here but not committed by its
+    /// source within this long (default 5m)
+    #[argh(option, default = "Duration::from_secs(300)", from_str_fn(parse_duration))]
+    pub handover_timeout: Duration,
 }
 
 pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
@@ -65,6 +69,7 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
         fast: context.fast,
         tuning,
         failover_after: args.failover_after,
+        handover_timeout: args.handover_timeout,
     };
     server::serve(&Agent::new(engine, settings), &args.listen)
 }

@@ -57,6 +57,16 @@ impl Taken {
         self.job.path().join("criu-work").join("stats-dump")
     }
 
+    /// The job folder holding the checkpoint (what [`start_again`] takes).
+    pub(crate) fn job_path(&self) -> &Path {
+        self.job.path()
+    }
+
+    /// Leaves the checkpoint on disk for `ferry recover` and returns its folder.
+    pub(crate) fn keep_for_recovery(self) -> PathBuf {
+        self.job.keep()
+    }
+
     /// Streams the payload into `sink`.
     pub(crate) fn pack_into(&mut self, sink: impl Write) -> Result<payload::PackStats> {
         log::info!("packing {} files", self.files.len());
@@ -74,14 +84,7 @@ impl Taken {
         }
         log::warn!("{error}; starting {} again here", self.name);
         let resumed = match self.manifest.mode {
-            Mode::Criu => resume::start_from_checkpoint(
-                engine,
-                info,
-                &self.container_id,
-                &self.job.path().join(CHECKPOINT_NAME),
-                CHECKPOINT_NAME,
-                self.fast,
-            ),
+            Mode::Criu => start_again(engine, info, &self.container_id, self.job.path(), self.fast),
             Mode::Commit => engine.start_container(&self.container_id, None).map_err(Error::from),
         };
         match resumed {
@@ -93,6 +96,12 @@ impl Taken {
             )),
         }
     }
+}
+
+/// Starts a stopped container again from the criu-mode checkpoint in the job
+/// folder `job_dir`: the app carries on where it was frozen.
+pub(crate) fn start_again(engine: &Engine, info: &Info, container_id: &str, job_dir: &Path, fast: bool) -> Result<()> {
+    resume::start_from_checkpoint(engine, info, container_id, &job_dir.join(CHECKPOINT_NAME), CHECKPOINT_NAME, fast)
 }
 
 /// Checkpoints a container that [`super::preflight::check`] cleared, into a

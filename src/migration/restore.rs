@@ -90,9 +90,30 @@ pub(crate) fn restore_unpacked(
     manifest: &Manifest,
     options: &Options<'_>,
 ) -> Result<Restored> {
+    let started = Instant::now();
+    let prepared = prepare(engine, info, dir, manifest, options)?;
+    let mut restored = commit(engine, info, &prepared, options.fast)?;
+    restored.restore_secs = seconds_since(started);
+    Ok(restored)
+}
+
+/// A container created from a payload, its files put back, not started: the
+/// first phase of a handover. `commit` starts it; `discard` removes it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub(crate) struct Prepared {
+    pub container: String,
+    pub id: String,
+    pub mode: Mode,
+    /// The unpacked payload, whose CRIU images the start reads.
+    pub dir: std::path::PathBuf,
+    pub checkpoint_name: String,
+}
+
+/// Creates the container a payload describes and puts the app's files back,
+/// without starting it. Whatever fails, no container is left.
+pub(crate) fn prepare(engine: &Engine, info: &Info, dir: &Path, manifest: &Manifest, options: &Options<'_>) -> Result<Prepared> {
     let spec = &manifest.container;
     let name = options.name.unwrap_or(&spec.name);
-    let started = Instant::now();
     match manifest.mode {
         Mode::Criu => {
             preflight::require_experimental(info)?;
@@ -127,16 +148,31 @@ pub(crate) fn restore_unpacked(
     })?;
     let created = CreatedContainer { engine, id: id.clone(), armed: true };
     log::info!("created {name} ({})", short_id(&id));
-
     rootfs::apply(engine, info, &id, dir, manifest)?;
-    match manifest.mode {
+    created.disarm();
+    Ok(Prepared {
+        container: name.to_string(),
+        id,
+        mode: manifest.mode,
+        dir: dir.to_path_buf(),
+        checkpoint_name: manifest.checkpoint_name.clone().unwrap_or_else(|| CHECKPOINT_NAME.into()),
+    })
+}
+
+/// Starts a prepared container (from its CRIU images in criu mode) and checks
+/// that it runs. If it does not, the container is removed.
+pub(crate) fn commit(engine: &Engine, info: &Info, prepared: &Prepared, fast: bool) -> Result<Restored> {
+    let started = Instant::now();
+    let created = CreatedContainer { engine, id: prepared.id.clone(), armed: true };
+    let name = &prepared.container;
+    match prepared.mode {
         Mode::Criu => {
-            let checkpoint_name = manifest.checkpoint_name.as_deref().unwrap_or(CHECKPOINT_NAME);
-            resume::start_from_checkpoint(engine, info, &id, &dir.join(payload::CHECKPOINT_DIR), checkpoint_name, options.fast)?;
+            let images = prepared.dir.join(payload::CHECKPOINT_DIR);
+            resume::start_from_checkpoint(engine, info, &prepared.id, &images, &prepared.checkpoint_name, fast)?;
         }
-        Mode::Commit => engine.start_container(&id, None)?,
+        Mode::Commit => engine.start_container(&prepared.id, None)?,
     }
-    let state = engine.inspect_container(&id)?.state;
+    let state = engine.inspect_container(&prepared.id)?.state;
     if !state.running {
         return Err(Error::new(
             Kind::Criu,
@@ -145,12 +181,20 @@ pub(crate) fn restore_unpacked(
     }
     created.disarm();
     Ok(Restored {
-        container: name.to_string(),
-        id,
-        mode: manifest.mode.as_str(),
+        container: name.clone(),
+        id: prepared.id.clone(),
+        mode: prepared.mode.as_str(),
         restore_secs: seconds_since(started),
         ..Restored::default()
     })
+}
+
+/// Removes a prepared container that will not be started.
+pub(crate) fn discard(engine: &Engine, prepared: &Prepared) -> Result<()> {
+    match engine.remove_container(&prepared.id, true) {
+        Err(e) if engine::is_not_found(&e) => Ok(()),
+        other => Ok(other?),
+    }
 }
 
 fn require_image(engine: &Engine, manifest: &Manifest) -> Result<()> {

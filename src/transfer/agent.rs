@@ -3,23 +3,29 @@
 //! [`AgentError`], so it can be tested without a socket. `server.rs` routes
 //! requests here; `watchdog.rs` fails containers over from the same state.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::io::{BufReader, Read};
 use std::path::PathBuf;
 use std::sync::{Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
+use super::ledger::{valid_id, Ledger};
 use super::{status_for, Failover, Outcome, PeerImage, PeerInfo, RestoreReport, SnapshotInfo};
 use crate::board::Tuning;
 use crate::engine::Engine;
 use crate::error::{io_error, Error, Kind};
 use crate::host;
-use crate::migration::restore::{self, SizeLimit};
+use crate::migration::restore::{self, Prepared, SizeLimit};
+use crate::payload;
 use crate::snapshots::Store;
-use crate::units::human_bytes;
+use crate::units::{human_bytes, seconds_since};
 
-/// How many migration outcomes the agent remembers for late askers.
-const OUTCOMES_KEPT: usize = 32;
+/// Finished handovers are remembered this long (30 days): a source that
+/// comes back asks what became of its commit, and must get the truth.
+const RECORDS_KEPT_SECS: u64 = 30 * 24 * 3600;
+/// A commit whose agent died mid-start is judged by the container's state
+/// once dockerd has had this long to finish the start it was asked for.
+const START_SETTLES_SECS: u64 = 60;
 
 /// How `ferry serve` was asked to run.
 pub(crate) struct Settings {
@@ -33,6 +39,8 @@ pub(crate) struct Settings {
     /// Fail a container over by itself when its snapshots stop for this long
     /// and its source's agent does not answer.
     pub failover_after: Option<Duration>,
+    /// A prepared container not committed within this long is discarded.
+    pub handover_timeout: Duration,
 }
 
 pub(crate) struct Agent {
@@ -44,7 +52,11 @@ pub(crate) struct Agent {
     pub(super) restore_lock: Mutex<()>,
     /// Names of the containers this agent restored, the only ones it removes.
     restored: Mutex<BTreeSet<String>>,
-    outcomes: Mutex<VecDeque<(String, Outcome)>>,
+    /// Every handover's state, on disk.
+    ledger: Ledger,
+    /// Held across each read-modify-write of a ledger record, so that a
+    /// commit and an abort of one migration can never both win.
+    ledger_lock: Mutex<()>,
 }
 
 /// An error with the HTTP status to answer it with, when its kind's is not right.
@@ -81,13 +93,15 @@ pub(crate) type Handled<T> = std::result::Result<T, AgentError>;
 impl Agent {
     pub(crate) fn new(engine: Engine, settings: Settings) -> Agent {
         let store = Store::new(&settings.spool);
+        let ledger = Ledger::new(&settings.spool);
         Agent {
             engine,
             store,
             settings,
             restore_lock: Mutex::new(()),
             restored: Mutex::default(),
-            outcomes: Mutex::new(VecDeque::new()),
+            ledger,
+            ledger_lock: Mutex::new(()),
         }
     }
 
@@ -146,22 +160,31 @@ impl Agent {
         Ok(serde_json::json!({ "load_secs": started.elapsed().as_secs_f64() }))
     }
 
-    /// Receives, verifies and restores a payload of `declared` bytes (when
-    /// the client said), one at a time; remembers the outcome under
-    /// `migration` for a client whose connection breaks.
+    /// Receives and verifies a payload of `declared` bytes (when the client
+    /// said), one at a time, and creates its container. With a `migration` id
+    /// every step is recorded on disk; with `prepare_only` the container is
+    /// not started until [`Agent::commit`].
     pub(crate) fn restore(
         &self,
         body: &mut dyn Read,
         declared: Option<u64>,
         name: Option<&str>,
         migration: Option<&str>,
+        prepare_only: bool,
     ) -> Handled<RestoreReport> {
         if let Some(name) = name
             && !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
         {
             return Err(Error::new(Kind::Usage, format!("'{name}' is not a container name")).into());
         }
-        let migration = migration.filter(|id| id.len() <= 64);
+        if let Some(id) = migration
+            && !valid_id(id)
+        {
+            return Err(Error::new(Kind::Usage, "the migration id must be 1 to 64 letters, digits or dashes").into());
+        }
+        if prepare_only && migration.is_none() {
+            return Err(Error::new(Kind::Usage, "prepare=1 needs an X-Ferry-Migration id to commit it by").into());
+        }
         let _one_at_a_time = match self.restore_lock.try_lock() {
             Ok(guard) => guard,
             Err(TryLockError::WouldBlock) => {
@@ -171,18 +194,172 @@ impl Agent {
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
         };
         let free = self.spool_room(declared)?;
-        if let Some(id) = migration {
-            self.remember(id, Outcome::Running);
+        let Some(id) = migration else {
+            return self.receive_and_restore(body, name, free);
+        };
+        {
+            let _ledger = self.ledger_lock.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(known) = self.ledger.get(id) {
+                return Err(Error::new(Kind::Refused, format!("migration {id} is known here already ({:?})", known.outcome))
+                    .with_status(409));
+            }
+            self.ledger.set(id, Outcome::Running, None, 0)?;
         }
-        let result = self.receive_and_restore(body, name, free);
-        if let Some(id) = migration {
-            let outcome = match &result {
-                Ok(report) => Outcome::Restored { report: report.clone() },
-                Err(error) => Outcome::Failed { error: error.error.message.clone() },
-            };
-            self.remember(id, outcome);
+        let result = self.receive_and_prepare(body, name, free, id);
+        let _ledger = self.ledger_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (report, prepared) = match result {
+            Ok(done) => done,
+            Err(error) => {
+                self.ledger.set(id, Outcome::Failed { error: error.error.message.clone() }, None, 0)?;
+                return Err(error);
+            }
+        };
+        // The source gave up while the payload was arriving: discard.
+        if self.ledger.get(id).is_some_and(|r| r.outcome == Outcome::Aborted) {
+            drop(_ledger);
+            self.discard(id, &prepared);
+            return Err(Error::new(Kind::Refused, format!("migration {id} was aborted while it was received")).with_status(409));
         }
-        result
+        let expires = host::unix_now() + self.settings.handover_timeout.as_secs();
+        self.ledger.set(id, Outcome::Prepared, Some(prepared), expires)?;
+        drop(_ledger);
+        if prepare_only {
+            return Ok(report);
+        }
+        self.commit(id)
+    }
+
+    /// Starts migration `id`'s prepared container. Answers its report; a
+    /// commit repeated after the app runs answers the same report.
+    pub(crate) fn commit(&self, id: &str) -> Handled<RestoreReport> {
+        let (prepared, expires) = {
+            let _ledger = self.ledger_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let record = self.known(id)?;
+            match (&record.outcome, record.prepared) {
+                (Outcome::Prepared, Some(prepared)) => {
+                    self.ledger.set(id, Outcome::Committing, Some(prepared.clone()), record.expires_unix)?;
+                    (prepared, record.expires_unix)
+                }
+                (Outcome::Restored { report }, _) => return Ok(report.clone()),
+                (outcome, _) => {
+                    return Err(Error::new(Kind::Refused, format!("migration {id} cannot be committed: it is {outcome:?}"))
+                        .with_status(409));
+                }
+            }
+        };
+        let _one_at_a_time = self.restore_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let info = self.engine.info()?;
+        let result = restore::commit(&self.engine, &info, &prepared, self.settings.fast);
+        let _ledger = self.ledger_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = std::fs::remove_dir_all(self.ledger.payload_dir(id));
+        match result {
+            Ok(restored) => {
+                self.restored.lock().unwrap_or_else(|p| p.into_inner()).insert(restored.container.clone());
+                let mut report = RestoreReport::from(restored);
+                report.peak_rss_kib = host::peak_rss_kib();
+                self.ledger.set(id, Outcome::Restored { report: report.clone() }, Some(prepared), expires)?;
+                Ok(report)
+            }
+            Err(error) => {
+                self.ledger.set(id, Outcome::Failed { error: error.message.clone() }, None, expires)?;
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Gives migration `id` up, if it has not been committed: its prepared
+    /// container is removed, and a prepare still arriving will be refused.
+    /// Answers the outcome after the attempt (`restored` if it was too late).
+    pub(crate) fn abort(&self, id: &str) -> Handled<Outcome> {
+        if !valid_id(id) {
+            return Err(Error::new(Kind::Usage, "the migration id must be 1 to 64 letters, digits or dashes").into());
+        }
+        let _ledger = self.ledger_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let record = self.ledger.get(id);
+        match record.as_ref().map(|r| &r.outcome) {
+            None | Some(Outcome::Running) => {
+                let expires = host::unix_now() + RECORDS_KEPT_SECS;
+                self.ledger.set(id, Outcome::Aborted, None, expires)?;
+                Ok(Outcome::Aborted)
+            }
+            Some(Outcome::Prepared) => {
+                let prepared = record.and_then(|r| r.prepared);
+                self.ledger.set(id, Outcome::Aborted, None, 0)?;
+                drop(_ledger);
+                if let Some(prepared) = prepared {
+                    self.discard(id, &prepared);
+                }
+                Ok(Outcome::Aborted)
+            }
+            Some(outcome) => Ok(outcome.clone()),
+        }
+    }
+
+    /// Removes a prepared, unstarted container and its payload.
+    fn discard(&self, id: &str, prepared: &Prepared) {
+        log::info!("discarding migration {id}: removing the unstarted {}", prepared.container);
+        if let Err(e) = restore::discard(&self.engine, prepared) {
+            log::warn!("could not remove the prepared container {}: {e}", prepared.id);
+        }
+        let _ = std::fs::remove_dir_all(self.ledger.payload_dir(id));
+    }
+
+    fn known(&self, id: &str) -> Handled<super::ledger::Record> {
+        if !valid_id(id) {
+            return Err(Error::new(Kind::Usage, "the migration id must be 1 to 64 letters, digits or dashes").into());
+        }
+        self.ledger.get(id).ok_or_else(|| Error::new(Kind::NotFound, format!("no migration {id} is known here")).with_status(404))
+    }
+
+    /// Settles what needs no client: prepared containers past their expiry
+    /// are discarded, receipts an agent died in are failed, commits an agent
+    /// died in are judged by the container's state, and finished records are
+    /// forgotten after 30 days. Run at start and then every few seconds.
+    pub(crate) fn tidy_handovers(&self) {
+        let now = host::unix_now();
+        for (id, record) in self.ledger.list() {
+            match record.outcome {
+                Outcome::Prepared if record.expires_unix <= now => {
+                    log::warn!("migration {id} was prepared but not committed in time");
+                    let _ = self.abort(&id);
+                }
+                Outcome::Running if self.restore_lock.try_lock().is_ok() => {
+                    // Nothing receives now: an agent stopped while receiving it.
+                    let _ = std::fs::remove_dir_all(self.ledger.payload_dir(&id));
+                    let error = "the agent stopped while it received the payload".to_string();
+                    let _ = self.ledger.set(&id, Outcome::Failed { error }, None, 0);
+                }
+                Outcome::Committing if self.restore_lock.try_lock().is_ok() => self.judge_interrupted_commit(&id, record),
+                Outcome::Restored { .. } | Outcome::Failed { .. } | Outcome::Aborted
+                    if now.saturating_sub(record.updated_unix) > RECORDS_KEPT_SECS =>
+                {
+                    self.ledger.remove(&id)
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// An agent stopped while it started a committed container: dockerd may
+    /// still finish that start, so the container's own state decides.
+    fn judge_interrupted_commit(&self, id: &str, record: super::ledger::Record) {
+        let Some(prepared) = record.prepared else { return };
+        let state = self.engine.inspect_container(&prepared.id).map(|c| c.state);
+        let _ledger = self.ledger_lock.lock().unwrap_or_else(|p| p.into_inner());
+        match state {
+            Ok(state) if state.running => {
+                let report = RestoreReport { container: prepared.container.clone(), id: prepared.id.clone(), mode: prepared.mode.as_str().into(), ..RestoreReport::default() };
+                self.restored.lock().unwrap_or_else(|p| p.into_inner()).insert(prepared.container.clone());
+                let _ = self.ledger.set(id, Outcome::Restored { report }, Some(prepared), record.expires_unix);
+            }
+            _ if host::unix_now().saturating_sub(record.updated_unix) < START_SETTLES_SECS => {}
+            _ => {
+                drop(_ledger);
+                self.discard(id, &prepared);
+                let error = "the agent stopped while it started the container, which did not run".to_string();
+                let _ = self.ledger.set(id, Outcome::Failed { error }, None, 0);
+            }
+        }
     }
 
     /// The spool's free bytes, once a body of `declared` bytes is known to
@@ -228,6 +405,37 @@ impl Agent {
                 max.map_or("none".into(), human_bytes)
             ),
         }
+    }
+
+    /// Unpacks into the ledger's folder for `id`, verifies, and prepares.
+    fn receive_and_prepare(&self, body: &mut dyn Read, name: Option<&str>, free: u64, id: &str) -> Handled<(RestoreReport, Prepared)> {
+        let options = restore::Options { name, ..self.restore_options(Some(self.size_limit(free))) };
+        let dir = self.ledger.payload_dir(id);
+        let info = self.engine.info()?;
+        let started = Instant::now();
+        let body = BufReader::with_capacity(self.settings.tuning.io_buffer, body);
+        let limit = options.size_limit.as_ref().map(|l| l.bytes);
+        let unpacked = payload::unpack(body, &dir, &info.architecture, limit).map_err(|e| match (&e, &options.size_limit) {
+            (payload::Error::TooLarge { .. }, Some(limit)) => Error::from(e).context(&limit.why),
+            _ => Error::from(e),
+        })?;
+        let unpack_secs = seconds_since(started);
+        let started = Instant::now();
+        let prepared = restore::prepare(&self.engine, &info, &dir, &unpacked.manifest, &options).inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&dir);
+        })?;
+        let report = RestoreReport {
+            container: prepared.container.clone(),
+            id: prepared.id.clone(),
+            mode: prepared.mode.as_str().into(),
+            unpack_secs,
+            prepare_secs: seconds_since(started),
+            raw_bytes: unpacked.raw_bytes,
+            compressed_bytes: unpacked.compressed_bytes,
+            peak_rss_kib: host::peak_rss_kib(),
+            restore_secs: 0.0,
+        };
+        Ok((report, prepared))
     }
 
     fn receive_and_restore(&self, body: &mut dyn Read, name: Option<&str>, free: u64) -> Handled<RestoreReport> {
@@ -277,22 +485,8 @@ impl Agent {
         failovers
     }
 
-    fn remember(&self, id: &str, outcome: Outcome) {
-        let mut outcomes = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
-        outcomes.retain(|(known, _)| known != id);
-        outcomes.push_back((id.to_string(), outcome));
-        while outcomes.len() > OUTCOMES_KEPT {
-            outcomes.pop_front();
-        }
-    }
-
     pub(crate) fn outcome(&self, id: &str) -> Handled<Outcome> {
-        let outcomes = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
-        outcomes
-            .iter()
-            .find(|(known, _)| known == id)
-            .map(|(_, outcome)| outcome.clone())
-            .ok_or_else(|| Error::new(Kind::NotFound, format!("no migration {id} is known here")).with_status(404))
+        Ok(self.known(id)?.outcome)
     }
 }
 
@@ -316,6 +510,7 @@ mod tests {
             fast: true,
             tuning: Tuning::new(None, None, spool),
             failover_after: None,
+            handover_timeout: Duration::from_secs(300),
         };
         (Agent::new(fake.engine(), settings), fake)
     }
@@ -346,9 +541,9 @@ mod tests {
     fn a_bad_name_or_an_oversized_payload_is_refused_before_the_body_is_read() {
         let spool = TempDir::new("agent-refuse");
         let (agent, fake) = agent(spool.path(), Some(1 << 20));
-        let bad_name = agent.restore(&mut Untouched, Some(10), Some("../etc"), None).unwrap_err();
+        let bad_name = agent.restore(&mut Untouched, Some(10), Some("../etc"), None, false).unwrap_err();
         assert_eq!(bad_name.status, 400);
-        let too_large = agent.restore(&mut Untouched, Some(2 << 20), Some("web"), Some("m1")).unwrap_err();
+        let too_large = agent.restore(&mut Untouched, Some(2 << 20), Some("web"), Some("m1"), true).unwrap_err();
         assert_eq!(too_large.status, 413);
         assert!(too_large.error.message.contains("--max-payload"), "{}", too_large.error);
         assert!(!fake.lines().iter().any(|l| l.contains("/containers/")), "nothing created: {:?}", fake.lines());
@@ -359,15 +554,30 @@ mod tests {
         let spool = TempDir::new("agent-outcome");
         let (agent, _fake) = agent(spool.path(), None);
         let garbage = b"not a payload at all".to_vec();
-        let error = agent.restore(&mut garbage.as_slice(), Some(garbage.len() as u64), None, Some("m2")).unwrap_err();
+        let error = agent.restore(&mut garbage.as_slice(), Some(garbage.len() as u64), None, Some("m2"), true).unwrap_err();
         assert_eq!(error.status, 422);
         match agent.outcome("m2").unwrap() {
             Outcome::Failed { error } => assert!(error.contains("corrupt"), "{error}"),
             other => panic!("expected a failure, got {other:?}"),
         }
         assert_eq!(agent.outcome("never-sent").unwrap_err().status, 404);
-        let leftovers: Vec<_> = std::fs::read_dir(spool.path()).unwrap().flatten().map(|e| e.file_name()).collect();
-        assert!(leftovers.is_empty(), "the spool keeps nothing of a refused payload: {leftovers:?}");
+        let kept: Vec<_> = std::fs::read_dir(spool.path().join("handovers")).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(kept, ["m2.json"], "the spool keeps the record, nothing of the refused payload");
+        let abort = agent.abort("m2").unwrap();
+        assert!(matches!(abort, Outcome::Failed { .. }), "a failed migration stays failed: {abort:?}");
+    }
+
+    #[test]
+    fn an_abort_before_the_payload_arrives_refuses_it_and_a_commit_needs_a_prepare() {
+        let spool = TempDir::new("agent-abort");
+        let (agent, fake) = agent(spool.path(), None);
+        assert_eq!(agent.abort("m3").unwrap(), Outcome::Aborted);
+        let late = agent.restore(&mut Untouched, Some(10), Some("web"), Some("m3"), true).unwrap_err();
+        assert_eq!(late.status, 409, "{}", late.error);
+        assert_eq!(agent.commit("m3").unwrap_err().status, 409);
+        assert_eq!(agent.commit("never-prepared").unwrap_err().status, 404);
+        assert_eq!(agent.abort("../escape").unwrap_err().status, 400);
+        assert!(!fake.lines().iter().any(|l| l.contains("/containers/")), "{:?}", fake.lines());
     }
 
     #[test]

@@ -8,8 +8,8 @@ use ureq::http::Response;
 use ureq::{Agent, Body, SendBody};
 
 use super::{
-    ErrorBody, Failover, Outcome, PeerInfo, RestoreReport, SnapshotInfo, CONTAINERS, FAILOVERS, IMAGES, INFO, MIGRATIONS,
-    MIGRATION_HEADER, RESTORE, SNAPSHOTS,
+    ErrorBody, Failover, Outcome, PeerInfo, RestoreReport, SnapshotInfo, ABORT, COMMIT, CONTAINERS, FAILOVERS, IMAGES, INFO,
+    MIGRATIONS, MIGRATION_HEADER, RESTORE, SNAPSHOTS,
 };
 use crate::error::{Error, Kind, Result};
 
@@ -17,6 +17,7 @@ use crate::error::{Error, Kind, Result};
 pub(crate) struct Peer {
     addr: String,
     token: Option<String>,
+    timeout: Duration,
     agent: Agent,
 }
 
@@ -29,7 +30,18 @@ impl Peer {
             .timeout_recv_response(Some(timeout))
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
             .build();
-        Peer { addr: addr.to_string(), token, agent: Agent::new_with_config(config) }
+        Peer { addr: addr.to_string(), token, timeout, agent: Agent::new_with_config(config) }
+    }
+
+    /// The same peer, for short questions that must not wait long (status,
+    /// abort): five seconds per answer.
+    pub(crate) fn quick(&self) -> Peer {
+        Peer::new(&self.addr, self.token.clone(), Duration::from_secs(5).min(self.timeout))
+    }
+
+    /// How long one answer may take to start coming back.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     pub(crate) fn addr(&self) -> &str {
@@ -46,6 +58,11 @@ impl Peer {
 
     fn run(&self, what: &str, request: ureq::http::Request<impl ureq::AsSendBody>) -> Result<Response<Body>> {
         let response = self.agent.run(request).map_err(|e| self.transport_error(what, e))?;
+        self.checked(what, response)
+    }
+
+    /// The response if it is a success, else the agent's error.
+    fn checked(&self, what: &str, response: Response<Body>) -> Result<Response<Body>> {
         if response.status().is_success() {
             return Ok(response);
         }
@@ -87,16 +104,32 @@ impl Peer {
         Ok(())
     }
 
-    /// Streams a payload to the agent and waits for its restore report.
-    pub(crate) fn restore(&self, payload: &mut dyn Read, name: &str, migration: &str) -> Result<RestoreReport> {
+    /// Streams a payload to the agent, which prepares it (the app does not
+    /// run there until [`Peer::commit`]), and waits for its report.
+    pub(crate) fn prepare(&self, payload: &mut dyn Read, name: &str, migration: &str) -> Result<RestoreReport> {
         let request = self
-            .request("POST", &format!("{RESTORE}?name={name}"))
+            .request("POST", &format!("{RESTORE}?name={name}&prepare=1"))
             .header(MIGRATION_HEADER, migration)
             .header("Content-Type", "application/x-ferry-payload")
             .body(SendBody::from_reader(payload))
             .map_err(http_error)?;
-        let response = self.run("the restore", request)?;
-        self.json("the restore", response)
+        let response = self.run("the transfer", request)?;
+        self.json("the transfer", response)
+    }
+
+    /// Asks the agent to start the container it prepared for `migration`.
+    pub(crate) fn commit(&self, migration: &str) -> Result<RestoreReport> {
+        let request = self.request("POST", &format!("{MIGRATIONS}{migration}{COMMIT}")).body(()).map_err(http_error)?;
+        let response = self.run("the commit", request)?;
+        self.json("the commit", response)
+    }
+
+    /// Asks the agent to give `migration` up; answers what it then is
+    /// (`restored` when the commit came first).
+    pub(crate) fn abort(&self, migration: &str) -> Result<Outcome> {
+        let request = self.request("POST", &format!("{MIGRATIONS}{migration}{ABORT}")).body(()).map_err(http_error)?;
+        let response = self.run("the abort", request)?;
+        self.json("the abort", response)
     }
 
     /// Streams one snapshot to the agent, which stores it and keeps the newest `keep`.
@@ -139,11 +172,16 @@ impl Peer {
         self.agent.run(config).is_ok_and(|r| r.status().is_success())
     }
 
-    /// Asks what became of a migration whose answer was lost.
-    pub(crate) fn outcome(&self, migration: &str) -> Result<Outcome> {
+    /// Asks what became of a migration whose answer was lost: `None` when
+    /// the agent knows no such migration.
+    pub(crate) fn outcome(&self, migration: &str) -> Result<Option<Outcome>> {
         let request = self.request("GET", &format!("{MIGRATIONS}{migration}")).body(()).map_err(http_error)?;
-        let response = self.run("the status request", request)?;
-        self.json("the status request", response)
+        let response = self.agent.run(request).map_err(|e| self.transport_error("the status request", e))?;
+        if response.status().as_u16() == 404 {
+            return Ok(None);
+        }
+        let response = self.checked("the status request", response)?;
+        self.json("the status request", response).map(Some)
     }
 }
 

@@ -3,9 +3,17 @@
 //! only once the peer answers that the app runs there.
 //!
 //! The steps, as the paper's Table 1 names them: Save (checkpoint), Transfer
-//! (pack and stream to the peer's agent, no intermediate file), Resume (the
-//! peer restores). If anything fails after the checkpoint, the source is
-//! started again from its own checkpoint.
+//! (pack and stream to the peer's agent, no intermediate file; the agent
+//! unpacks, verifies and creates the container as the bytes arrive), Resume
+//! (the commit: the peer starts it).
+//!
+//! The handover has two phases so that the app never runs on both hosts.
+//! Until the commit is sent, any failure starts the app again here: the peer
+//! never runs a prepared container without a commit, and discards it. Once
+//! the commit may have been sent, only the peer knows: if its answer is lost
+//! and it stays out of reach, the app stays stopped here, its checkpoint and
+//! journal entry kept, and ferry exits with "outcome unknown" (10) for
+//! `ferry recover` to settle when the peer answers again.
 
 use std::io::{self, BufWriter, Read};
 use std::thread;
@@ -14,10 +22,12 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::client::Peer;
+use super::journal::{Entry, Journal, Phase};
 use super::{Outcome, PeerInfo, RestoreReport};
 use crate::board::Tuning;
 use crate::engine::Engine;
 use crate::error::{io_error, Error, Kind, Result};
+use crate::host;
 use crate::migration::checkpoint::{self, Taken};
 use crate::migration::preflight;
 use crate::payload::{normalize_arch, Mode, PackStats};
@@ -104,25 +114,64 @@ pub(crate) fn migrate(engine: &Engine, peer: &Peer, container: &str, options: &O
     report.image_shipped = ship_image(engine, peer, &peer_info, &carryable.inspect.image, options.ship_image)?;
     report.image_secs = seconds_since(image_started);
 
+    let journal = Journal::new(&options.tuning.work_dir);
+    let mut entry = Entry {
+        id: migration_id(),
+        container: report.container.clone(),
+        container_id: carryable.inspect.id.clone(),
+        peer: peer.addr().to_string(),
+        phase: Phase::Checkpointing,
+        checkpoint: None,
+        fast: options.fast,
+        started_unix: host::unix_now(),
+    };
+    journal.record(&entry)?;
     let freeze = Instant::now();
     let checkpoint_options = checkpoint::Options { tuning: options.tuning, leave_running: false, fast: options.fast };
-    let mut taken = checkpoint::take(engine, &info, &carryable, &checkpoint_options)?;
+    let mut taken = checkpoint::take(engine, &info, &carryable, &checkpoint_options).inspect_err(|_| journal.remove(&entry.id))?;
     report.save_secs = taken.checkpoint_secs;
     report.checkpoint_path = taken.checkpoint_path;
+    entry.phase = Phase::Transferring;
+    entry.checkpoint = Some(taken.job_path().to_path_buf());
+    if let Err(error) = journal.record(&entry) {
+        let error = taken.give_back(engine, &info, error);
+        journal.remove(&entry.id);
+        return Err(error);
+    }
     let name = taken.name.clone();
-    let (sent, transfer_secs) = send_payload(peer, &mut taken, &name, options.tuning.io_buffer);
-    let restored = match sent {
-        Ok((restored, stats)) => {
-            report.bytes_sent = stats.compressed_bytes;
-            report.raw_bytes = stats.raw_bytes;
-            restored
+    let id = entry.id.clone();
+    let handed = hand_over(peer, &mut taken, &name, &id, options.tuning.io_buffer, || {
+        entry.phase = Phase::Committing;
+        journal.record(&entry)
+    });
+    let (restored, stats) = match handed {
+        Handover::Done { restored, stats, transfer_secs } => {
+            report.transfer_secs = transfer_secs;
+            (restored, stats)
         }
-        Err(error) => {
-            return Err(taken.give_back(engine, &info, error.context(format!("moving {name} to {}", peer.addr()))));
+        Handover::NotStarted(error) => {
+            let error = taken.give_back(engine, &info, error.context(format!("moving {name} to {}", peer.addr())));
+            journal.remove(&id);
+            return Err(error);
+        }
+        Handover::Unknown(error) => {
+            let kept = taken.keep_for_recovery();
+            return Err(Error::new(
+                Kind::OutcomeUnknown,
+                format!(
+                    "{error} — the commit of {name} was sent to {} but its outcome is unknown: {name} stays stopped here \
+                     so that it never runs twice, its checkpoint is kept in {}; run `ferry recover` once the peer \
+                     answers (migration {})",
+                    peer.addr(),
+                    kept.display(),
+                    id
+                ),
+            ));
         }
     };
     report.total_secs = seconds_since(freeze);
-    report.transfer_secs = transfer_secs;
+    report.bytes_sent = stats.compressed_bytes;
+    report.raw_bytes = stats.raw_bytes;
     report.resume_secs = restored.restore_secs;
     report.peer_container_id = restored.id.clone();
     report.peer_peak_rss_kib = restored.peak_rss_kib;
@@ -132,21 +181,111 @@ pub(crate) fn migrate(engine: &Engine, peer: &Peer, container: &str, options: &O
     } else if let Err(e) = engine.remove_container(&taken.container_id, true) {
         log::warn!("{name} runs on {}, but the stopped source could not be removed: {e}", peer.addr());
     }
+    journal.remove(&id);
     report.peak_rss_kib = crate::host::peak_rss_kib();
     Ok(report)
 }
 
-/// Streams a taken checkpoint to the peer's agent, packing in a thread into a
-/// pipe that the HTTP body reads: no intermediate file. Returns the peer's
-/// restore report with the pack statistics, and the seconds until the last
-/// byte was packed. Shared by `migrate` and `bench --to`.
-pub(crate) fn send_payload(
+/// How a handover ended, as far as the source can know.
+pub(crate) enum Handover {
+    /// The app runs on the peer.
+    Done { restored: RestoreReport, stats: PackStats, transfer_secs: f64 },
+    /// The peer did not start it and never will: the source may run it again.
+    NotStarted(Error),
+    /// The commit may have reached the peer, which cannot be asked now.
+    Unknown(Error),
+}
+
+/// Streams a taken checkpoint to the peer's agent, which prepares it; then,
+/// once `before_commit` has recorded that the commit may go out, commits it.
+/// Shared by `migrate` and `bench --to`.
+pub(crate) fn hand_over(
     peer: &Peer,
     taken: &mut Taken,
     name: &str,
+    migration: &str,
+    io_buffer: usize,
+    before_commit: impl FnOnce() -> Result<()>,
+) -> Handover {
+    let (prepared, transfer_secs) = send_payload(peer, taken, name, migration, io_buffer);
+    let prepared = prepared.and_then(|prepared| before_commit().map(|()| prepared));
+    let (prepared, stats) = match prepared {
+        Ok(prepared) => prepared,
+        Err(error) => {
+            // No commit was sent: the peer never runs it. Tell it to discard
+            // its copy now rather than at its expiry (if it can be reached).
+            if let Err(e) = peer.quick().abort(migration) {
+                log::warn!("could not tell {} to discard migration {migration} (it expires there by itself): {e}", peer.addr());
+            }
+            return Handover::NotStarted(error);
+        }
+    };
+    log::info!("{name} is prepared on {} (unpack {:.2}s, create {:.2}s): committing", peer.addr(), prepared.unpack_secs, prepared.prepare_secs);
+    match peer.commit(migration) {
+        Ok(restored) => Handover::Done { restored, stats, transfer_secs },
+        Err(error) => {
+            log::warn!("{error}; asking the agent what became of the commit");
+            match settle(peer, migration, peer.timeout()) {
+                Settled::Restored(restored) => Handover::Done { restored, stats, transfer_secs },
+                Settled::NotStarted(reason) => Handover::NotStarted(error.context(format!("the peer did not start it ({reason})"))),
+                Settled::Unknown => Handover::Unknown(error),
+            }
+        }
+    }
+}
+
+/// What the peer says became of a migration whose commit may have been sent.
+pub(crate) enum Settled {
+    Restored(RestoreReport),
+    /// It did not run there and never will (the reason, for the log).
+    NotStarted(String),
+    /// The peer could not be asked within the time given.
+    Unknown,
+}
+
+/// Asks the peer, with back-off for at most `within`, what became of
+/// `migration`; a copy still only prepared there is aborted first, so that
+/// the answer is final. Never guesses: no answer is `Unknown`.
+pub(crate) fn settle(peer: &Peer, migration: &str, within: Duration) -> Settled {
+    let quick = peer.quick();
+    let deadline = Instant::now() + within;
+    let mut pause = Duration::from_millis(250);
+    loop {
+        let outcome = match quick.outcome(migration) {
+            // Unknown there, or prepared and not committed: abort it, which
+            // either wins (it never runs) or answers that the commit won.
+            Ok(None) | Ok(Some(Outcome::Prepared)) => quick.abort(migration).ok(),
+            Ok(outcome) => outcome,
+            Err(e) => {
+                log::debug!("{e}");
+                None
+            }
+        };
+        match outcome {
+            Some(Outcome::Restored { report }) => return Settled::Restored(report),
+            Some(Outcome::Failed { error }) => return Settled::NotStarted(error),
+            Some(Outcome::Aborted) => return Settled::NotStarted("aborted".into()),
+            Some(Outcome::Running | Outcome::Prepared | Outcome::Committing) | None => {}
+        }
+        if Instant::now() + pause > deadline {
+            return Settled::Unknown;
+        }
+        thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_secs(4));
+    }
+}
+
+/// Streams a taken checkpoint to the peer's agent, packing in a thread into a
+/// pipe that the HTTP body reads: no intermediate file. Returns the peer's
+/// prepare report with the pack statistics, and the seconds until the last
+/// byte was packed.
+fn send_payload(
+    peer: &Peer,
+    taken: &mut Taken,
+    name: &str,
+    migration: &str,
     io_buffer: usize,
 ) -> (Result<(RestoreReport, PackStats)>, f64) {
-    let migration = migration_id();
     let (mut payload_reader, payload_writer) = match io::pipe() {
         Ok(pipe) => pipe,
         Err(e) => return (Err(io_error("cannot make a pipe", e)), 0.0),
@@ -158,18 +297,14 @@ pub(crate) fn send_payload(
             let stats = taken.pack_into(sink);
             (stats, seconds_since(started))
         });
-        let answer = peer.restore(&mut payload_reader, name, &migration);
+        let answer = peer.prepare(&mut payload_reader, name, migration);
         // Unblocks the packer if the peer stopped reading early.
         drop(payload_reader);
         let packed = packer.join().unwrap_or_else(|_| (Err(Error::new(Kind::Failure, "the packer thread panicked")), 0.0));
         (answer, packed)
     });
-    let answer = match answer {
-        Err(error) if packed.is_ok() => ask_again(peer, &migration, error),
-        other => other,
-    };
     let result = match (answer, packed) {
-        (Ok(restored), Ok(stats)) => Ok((restored, stats)),
+        (Ok(prepared), Ok(stats)) => Ok((prepared, stats)),
         (Err(error), _) | (Ok(_), Err(error)) => Err(error),
     };
     (result, secs)
@@ -206,25 +341,8 @@ fn ship_image(engine: &Engine, peer: &Peer, peer_info: &PeerInfo, image_id: &str
     Ok(true)
 }
 
-/// The whole payload went out but the answer did not come back: ask the agent
-/// what happened before deciding, so the app never runs on both hosts.
-fn ask_again(peer: &Peer, migration: &str, error: Error) -> Result<RestoreReport> {
-    log::warn!("{error}; asking the agent what became of the restore");
-    for _ in 0..10 {
-        match peer.outcome(migration) {
-            Ok(Outcome::Restored { report }) => return Ok(report),
-            Ok(Outcome::Failed { error: reason }) => {
-                return Err(Error::new(Kind::Peer, format!("the agent at {} could not restore: {reason}", peer.addr())));
-            }
-            Ok(Outcome::Running) => thread::sleep(Duration::from_millis(500)),
-            Err(_) => break,
-        }
-    }
-    Err(error)
-}
-
 /// A random id for one migration, so the agent can be asked about it later.
-fn migration_id() -> String {
+pub(crate) fn migration_id() -> String {
     let mut bytes = [0u8; 8];
     if let Ok(mut random) = std::fs::File::open("/dev/urandom") {
         let _ = random.read_exact(&mut bytes);

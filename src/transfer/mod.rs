@@ -5,10 +5,14 @@
 //! GET  /v1/info                what the peer is and has (PeerInfo)
 //! POST /v1/images              body: a `docker save` stream; loads it
 //! POST /v1/restore?name=N      body: a ferry payload; unpacks, verifies, restores;
-//!                              answers the restore report (JSON)
-//! GET  /v1/migrations/ID       the outcome of the restore sent with
-//!                              `X-Ferry-Migration: ID`, for a client whose
-//!                              connection broke before the answer came
+//!                              answers the restore report (JSON). With
+//!      &prepare=1              and `X-Ferry-Migration: ID`: only prepares it
+//!                              (unpacked, verified, container created, files
+//!                              back) — the app does not run until:
+//! POST /v1/migrations/ID/commit   starts the prepared container; answers the report
+//! POST /v1/migrations/ID/abort    discards it (or refuses a late prepare of ID);
+//!                              answers the Outcome after the attempt
+//! GET  /v1/migrations/ID       the Outcome of migration ID, from disk
 //! POST /v1/snapshots?keep=N    body: a snapshot payload; stored verified, not
 //!                              restored; the newest N per container are kept
 //! GET  /v1/snapshots           the stored snapshots (SnapshotInfo list)
@@ -23,7 +27,10 @@
 
 pub(crate) mod agent;
 pub(crate) mod client;
+pub(crate) mod journal;
+mod ledger;
 pub(crate) mod migrate;
+pub(crate) mod recover;
 pub(crate) mod replicate;
 pub(crate) mod server;
 mod watchdog;
@@ -43,6 +50,10 @@ pub(crate) const INFO: &str = "/v1/info";
 pub(crate) const IMAGES: &str = "/v1/images";
 pub(crate) const RESTORE: &str = "/v1/restore";
 pub(crate) const MIGRATIONS: &str = "/v1/migrations/";
+/// `POST /v1/migrations/ID` + this: start the prepared container.
+pub(crate) const COMMIT: &str = "/commit";
+/// `POST /v1/migrations/ID` + this: discard the prepared container.
+pub(crate) const ABORT: &str = "/abort";
 pub(crate) const MIGRATION_HEADER: &str = "X-Ferry-Migration";
 pub(crate) const SNAPSHOTS: &str = "/v1/snapshots";
 pub(crate) const FAILOVERS: &str = "/v1/failovers";
@@ -81,7 +92,7 @@ pub(crate) struct ErrorBody {
 }
 
 /// What `POST /v1/restore` answers: what the agent's restore did.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub(crate) struct RestoreReport {
     pub container: String,
     pub id: String,
@@ -95,6 +106,10 @@ pub(crate) struct RestoreReport {
     /// The agent's peak RSS since it started.
     #[serde(default)]
     pub peak_rss_kib: u64,
+    /// Creating the container and putting its files back (two-phase handover:
+    /// before the commit; `restore_secs` is then the start alone).
+    #[serde(default)]
+    pub prepare_secs: f64,
 }
 
 impl From<Restored> for RestoreReport {
@@ -108,18 +123,31 @@ impl From<Restored> for RestoreReport {
             raw_bytes: restored.raw_bytes,
             compressed_bytes: restored.compressed_bytes,
             peak_rss_kib: restored.peak_rss_kib,
+            prepare_secs: 0.0,
         }
     }
 }
 
-/// The outcome of one migration's restore, kept by the agent for late askers
-/// (`GET /v1/migrations/ID`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// What became of one migration on the agent (`GET /v1/migrations/ID`, and
+/// the answer to an abort). Kept on disk: an agent restarted in the middle
+/// still answers truthfully.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "state", rename_all = "lowercase")]
 pub(crate) enum Outcome {
+    /// The payload is being received and checked.
     Running,
+    /// The container is created, its files in place; it has not run and
+    /// runs only if the source commits.
+    Prepared,
+    /// The commit arrived: the container is being started.
+    Committing,
+    /// The app runs here.
     Restored { report: RestoreReport },
+    /// It failed before it ran: the app never ran here.
     Failed { error: String },
+    /// The source (or the agent, once the prepared copy expired) gave it up:
+    /// the app never ran here and never will.
+    Aborted,
 }
 
 /// `GET /v1/snapshots` answers a list of these and `POST /v1/snapshots` one;
@@ -164,7 +192,7 @@ pub(crate) fn status_for(kind: Kind) -> u16 {
         Kind::BadPayload => 422,
         Kind::Docker => 503,
         Kind::Io => 507,
-        Kind::Peer => 502,
+        Kind::Peer | Kind::OutcomeUnknown => 502,
         Kind::Criu | Kind::Failure => 500,
     }
 }

@@ -10,11 +10,16 @@ use serde::Serialize;
 use tiny_http::{Header, Method, Request, Response};
 
 use super::agent::{Agent, Handled, WithStatus};
-use super::{authorized, ErrorBody, CONTAINERS, FAILOVERS, HEALTH, IMAGES, INFO, MIGRATIONS, MIGRATION_HEADER, RESTORE, SNAPSHOTS};
+use super::{
+    authorized, ErrorBody, ABORT, COMMIT, CONTAINERS, FAILOVERS, HEALTH, IMAGES, INFO, MIGRATIONS, MIGRATION_HEADER, RESTORE,
+    SNAPSHOTS,
+};
 use crate::error::{Error, Kind, Result};
 
 /// Requests served at once: a restore, plus health and info checks beside it.
 const WORKERS: usize = 4;
+/// How often prepared handovers are checked for expiry.
+const HANDOVER_TIDY: std::time::Duration = std::time::Duration::from_secs(2);
 /// What a refused upload may still send before the agent stops reading it.
 const DRAIN_LIMIT: u64 = 64 << 30;
 
@@ -28,6 +33,10 @@ pub(crate) fn serve(agent: &Agent, listen: &str) -> Result<()> {
         if let Some(after) = agent.settings.failover_after {
             scope.spawn(move || super::watchdog::watch_for_failover(agent, after));
         }
+        scope.spawn(|| loop {
+            agent.tidy_handovers();
+            thread::sleep(HANDOVER_TIDY);
+        });
         for _ in 0..WORKERS {
             scope.spawn(|| loop {
                 match server.recv() {
@@ -89,7 +98,14 @@ fn route(agent: &Agent, request: &mut Request, method: &Method, path: &str, quer
         (Method::Post, RESTORE) => {
             let migration = header(request, MIGRATION_HEADER);
             let name = query_value(query, "name");
-            agent.restore(request.as_reader(), declared, name.as_deref(), migration.as_deref()).map(Reply::json)
+            let prepare_only = query_value(query, "prepare").as_deref() == Some("1");
+            agent.restore(request.as_reader(), declared, name.as_deref(), migration.as_deref(), prepare_only).map(Reply::json)
+        }
+        (Method::Post, p) if p.starts_with(MIGRATIONS) && p.ends_with(COMMIT) => {
+            agent.commit(&p[MIGRATIONS.len()..p.len() - COMMIT.len()]).map(Reply::json)
+        }
+        (Method::Post, p) if p.starts_with(MIGRATIONS) && p.ends_with(ABORT) => {
+            agent.abort(&p[MIGRATIONS.len()..p.len() - ABORT.len()]).map(Reply::json)
         }
         (Method::Get, p) if p.starts_with(MIGRATIONS) => agent.outcome(&p[MIGRATIONS.len()..]).map(Reply::json),
         (Method::Post, SNAPSHOTS) => {

@@ -259,7 +259,12 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Starts an agent for engine A (`on_b` false) or B, and waits for /health.
     pub fn start(on_b: bool, spool: &Path, token_file: &Path, extra: &[&str]) -> AgentProcess {
-        let addr = format!("127.0.0.1:{}", free_port());
+        AgentProcess::start_at(on_b, &format!("127.0.0.1:{}", free_port()), spool, token_file, extra)
+    }
+
+    /// The same, listening on `addr`.
+    pub fn start_at(on_b: bool, addr: &str, spool: &Path, token_file: &Path, extra: &[&str]) -> AgentProcess {
+        let addr = addr.to_string();
         let mut command = if on_b {
             let mut c = Command::new("nsenter");
             c.arg(format!("--mount=/proc/{}/ns/mnt", engine_b_pid())).arg("--").arg(ferry_bin());

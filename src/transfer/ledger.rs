@@ -1,0 +1,103 @@
+//! The agent's record of every handover, on disk, so that an agent restarted
+//! between prepare and commit still answers truthfully:
+//!
+//! ```text
+//! <spool>/handovers/<id>.json      what became of migration <id> (a Record)
+//! <spool>/handovers/<id>.payload/  its unpacked payload, until started or discarded
+//! ```
+//!
+//! Each record is written to a temporary file, synced, and renamed over the
+//! old one: a crash leaves the old record or the new one, never half of one.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::Outcome;
+use crate::error::{io_error, Error, Kind, Result};
+use crate::host;
+use crate::migration::restore::Prepared;
+
+/// What the agent knows of one migration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Record {
+    pub outcome: Outcome,
+    /// The created, unstarted container while the outcome is `prepared` or `committing`.
+    #[serde(default)]
+    pub prepared: Option<Prepared>,
+    /// A prepared container not committed by then is discarded.
+    pub expires_unix: u64,
+    pub updated_unix: u64,
+}
+
+pub(crate) struct Ledger {
+    dir: PathBuf,
+}
+
+/// Migration ids are the client's; they name files here, so only a short
+/// run of letters, digits and dashes is accepted.
+pub(crate) fn valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+impl Ledger {
+    pub(crate) fn new(spool: &Path) -> Ledger {
+        Ledger { dir: spool.join("handovers") }
+    }
+
+    fn record_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
+    pub(crate) fn payload_dir(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.payload"))
+    }
+
+    pub(crate) fn get(&self, id: &str) -> Option<Record> {
+        let text = fs::read(self.record_path(id)).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    pub(crate) fn put(&self, id: &str, record: &Record) -> Result<()> {
+        fs::create_dir_all(&self.dir).map_err(|e| io_error(self.dir.display(), e))?;
+        let path = self.record_path(id);
+        let partial = self.dir.join(format!(".{id}.json.partial"));
+        let text = serde_json::to_vec(record).map_err(|e| Error::new(Kind::Failure, e.to_string()))?;
+        let write = || -> std::io::Result<()> {
+            let mut file = fs::File::create(&partial)?;
+            file.write_all(&text)?;
+            file.sync_all()?;
+            fs::rename(&partial, &path)?;
+            fs::File::open(&self.dir)?.sync_all()
+        };
+        write().map_err(|e| io_error(format!("recording migration {id} in {}", self.dir.display()), e))
+    }
+
+    /// A record with `outcome`, keeping what the old one prepared.
+    pub(crate) fn set(&self, id: &str, outcome: Outcome, prepared: Option<Prepared>, expires_unix: u64) -> Result<()> {
+        self.put(id, &Record { outcome, prepared, expires_unix, updated_unix: host::unix_now() })
+    }
+
+    /// Every record, oldest first.
+    pub(crate) fn list(&self) -> Vec<(String, Record)> {
+        let Ok(entries) = fs::read_dir(&self.dir) else { return Vec::new() };
+        let mut records: Vec<(String, Record)> = entries
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let id = name.strip_suffix(".json").filter(|id| valid_id(id))?.to_string();
+                Some((id.clone(), self.get(&id)?))
+            })
+            .collect();
+        records.sort_by_key(|(_, record)| record.updated_unix);
+        records
+    }
+
+    /// Forgets a finished migration and whatever of its payload is left.
+    pub(crate) fn remove(&self, id: &str) {
+        let _ = fs::remove_dir_all(self.payload_dir(id));
+        let _ = fs::remove_file(self.record_path(id));
+    }
+}
