@@ -13,6 +13,7 @@
 //! writes anything, and can check every entry's digest as the entry arrives.
 //! This module knows nothing of Docker: it packs files and unpacks streams.
 
+pub(crate) mod images;
 mod manifest;
 mod pack;
 mod unpack;
@@ -53,6 +54,8 @@ pub(crate) enum Error {
     Arch { payload: String, host: String },
     /// The manifest is well-formed JSON but says something impossible.
     Manifest(String),
+    /// A CRIU image is malformed or asks for more than this host grants.
+    Image { image: String, detail: String },
 }
 
 impl fmt::Display for Error {
@@ -75,6 +78,7 @@ impl fmt::Display for Error {
                  architectures — restore it on a {payload} host"
             ),
             Error::Manifest(detail) => write!(f, "payload manifest is invalid: {detail}"),
+            Error::Image { image, detail } => write!(f, "{image}: {detail}"),
         }
     }
 }
