@@ -1,4 +1,5 @@
-//! Images built here with prost: what passes, and every way one is refused.
+//! Images built here with prost, and real ones from `docker checkpoint
+//! create` (testdata/): what passes, and every way one is refused.
 
 use std::path::PathBuf;
 
@@ -32,6 +33,10 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
     }
+}
+
+fn testdata(set: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src/payload/images/testdata").join(set)
 }
 
 /// An image file as CRIU writes it: magic(s), then length-prefixed messages.
@@ -224,7 +229,14 @@ fn seccomp_digest_tells_filters_apart() {
     let other = SeccompFilter { filter: vec![0x06, 0, 0, 0, 0, 0, 0, 0], prev: None, flags: Some(1) };
     checkpoint.write("seccomp.img", &image(frame::SECCOMP_MAGIC, &[SeccompEntry { seccomp_filters: vec![other] }]));
     assert_ne!(seccomp_digest(&checkpoint.0).unwrap(), digest);
-    let error = refusal(&checkpoint.0, &Allowed::docker_default().with_seccomp_digest(digest));
+    let error = refusal(&checkpoint.0, &Allowed::docker_default().with_seccomp_digest(digest.clone()));
+    assert!(error.starts_with("seccomp.img: filters (sha256 "), "{error}");
+
+    let real = seccomp_digest(&testdata("docker-default")).unwrap();
+    assert_ne!(real, digest);
+    // The same profile on the same host gives the same filters.
+    assert_eq!(real, seccomp_digest(&testdata("tmpfs")).unwrap());
+    let error = refusal(&testdata("docker-default"), &Allowed::docker_default().with_seccomp_digest(digest));
     assert!(error.starts_with("seccomp.img: filters (sha256 "), "{error}");
 }
 
@@ -370,6 +382,58 @@ fn image_file_larger_than_the_limit_is_refused_before_it_is_read() {
 }
 
 #[test]
+fn real_docker_checkpoint_passes_docker_defaults() {
+    // `docker checkpoint create` of a default container (Docker 20.10, CRIU
+    // 4.2, cgroup v1): the small images only, the memory left out.
+    check(&testdata("docker-default"), &Allowed::docker_default()).unwrap();
+    check(&testdata("tmpfs"), &Allowed::docker_default().with_tmpfs(["/scratch"])).unwrap();
+}
+
+#[test]
+fn real_checkpoint_with_one_capability_bit_flipped_is_refused() {
+    let checkpoint = Scratch::new("real-flip");
+    for dirent in fs::read_dir(testdata("docker-default")).unwrap() {
+        let path = dirent.unwrap().path();
+        fs::copy(&path, checkpoint.0.join(path.file_name().unwrap())).unwrap();
+    }
+    // The attack of issue 11, byte for byte: cap_eff (field 11, varint: key
+    // 0x58) of the real image gains CAP_SYS_ADMIN; same varint length, so
+    // no length prefix changes.
+    let varint = |mut value: u64| {
+        let mut bytes = Vec::new();
+        while value >= 0x80 {
+            bytes.push(value as u8 | 0x80);
+            value >>= 7;
+        }
+        bytes.push(value as u8);
+        bytes
+    };
+    let mut bytes = fs::read(checkpoint.0.join("core-1.img")).unwrap();
+    let field = [&[0x58][..], &varint(u64::from(DEFAULT_CAPS))].concat();
+    let raised = [&[0x58][..], &varint(u64::from(DEFAULT_CAPS | CAP_SYS_ADMIN))].concat();
+    assert_eq!(field.len(), raised.len());
+    let at = bytes.windows(field.len()).position(|w| w == field).expect("cap_eff in the real image");
+    bytes[at..at + field.len()].copy_from_slice(&raised);
+    checkpoint.write("core-1.img", &bytes);
+    assert_eq!(
+        refusal(&checkpoint.0, &Allowed::docker_default()),
+        "core-1.img: task 1 cap_eff 0x00000000a82425fb exceeds what this host grants (0x00000000a80425fb)"
+    );
+    // A host that grants SYS_ADMIN accepts the same images.
+    check(&checkpoint.0, &Allowed::from_cap_changes(&["SYS_ADMIN".into()], &[]).unwrap()).unwrap();
+}
+
+#[test]
+fn real_unconfined_and_tmpfs_checkpoints_are_refused_under_defaults() {
+    // `--security-opt seccomp=unconfined`: the process comes back unconfined.
+    let error = refusal(&testdata("unconfined"), &Allowed::docker_default());
+    assert_eq!(error, "core-1.img: task 1 seccomp_mode 0 is weaker than the container's profile implies (2)");
+    // `--tmpfs /scratch` while the created container has no HostConfig.Tmpfs.
+    let error = refusal(&testdata("tmpfs"), &Allowed::docker_default());
+    assert!(error.contains("mountpoint \"/scratch\" is not a mount"), "{error}");
+}
+
+#[test]
 fn capabilities_follow_docker_cap_add_and_cap_drop() {
     let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     assert_eq!(Allowed::docker_default().caps, u64::from(DEFAULT_CAPS));
@@ -397,13 +461,18 @@ fn any_bytes_are_refused_or_accepted_without_panic() {
     let mut pstree = image(frame::PSTREE_MAGIC, &[PstreeEntry { pid: Some(1), threads: vec![1, 2] }]);
     pstree.extend(image(frame::PSTREE_MAGIC, &[PstreeEntry { pid: Some(3), threads: vec![] }])[8..].iter());
     let filter = SeccompFilter { filter: vec![0x06, 0, 0, 0, 0, 0, 0xff, 0x7f], prev: Some(0), flags: Some(1) };
-    let seeds: Vec<(&str, Vec<u8>)> = vec![
+    let mut seeds: Vec<(&str, Vec<u8>)> = vec![
         ("inventory.img", image(frame::INVENTORY_MAGIC, &[InventoryEntry { img_version: Some(2) }])),
         ("pstree.img", pstree),
         ("core-1.img", image(frame::CORE_MAGIC, &[core(root_creds(), SECCOMP_FILTER)])),
         ("seccomp.img", image(frame::SECCOMP_MAGIC, &[SeccompEntry { seccomp_filters: vec![filter] }])),
         ("mountpoints-13.img", image(frame::MNTS_MAGIC, &docker_mounts())),
     ];
+    // And the real images of a docker checkpoint.
+    let names = ["inventory.img", "pstree.img", "core-1.img", "seccomp.img", "mountpoints-13.img", "cgroup.img"];
+    for name in names {
+        seeds.push((name, fs::read(testdata("docker-default").join(name)).unwrap()));
+    }
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut accepted = 0;
     for round in 0..20_000 {
