@@ -13,6 +13,7 @@
 //! writes anything, and can check every entry's digest as the entry arrives.
 //! This module knows nothing of Docker: it packs files and unpacks streams.
 
+pub(crate) mod images;
 mod manifest;
 mod pack;
 mod unpack;
@@ -55,6 +56,8 @@ pub(crate) enum Error {
     Manifest(String),
     /// The payload unpacks to more than the receiver allows.
     TooLarge { bytes: u64, limit: u64 },
+    /// A CRIU image is malformed or asks for more than this host grants.
+    Image { image: String, detail: String },
 }
 
 impl fmt::Display for Error {
@@ -80,6 +83,7 @@ impl fmt::Display for Error {
             Error::TooLarge { bytes, limit } => {
                 write!(f, "payload unpacks to {bytes} bytes, more than the {limit} bytes allowed here")
             }
+            Error::Image { image, detail } => write!(f, "{image}: {detail}"),
         }
     }
 }

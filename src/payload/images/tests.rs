@@ -1,0 +1,527 @@
+//! Images built here with prost, and real ones from `docker checkpoint
+//! create` (testdata/): what passes, and every way one is refused.
+
+use std::path::PathBuf;
+
+use super::allowed::{flags, fstype};
+use super::schema::{
+    CgMemberEntry, CgSetEntry, CgroupEntry, CoreEntry, CredsEntry, MntEntry, PstreeEntry, SeccompEntry, SeccompFilter,
+    TaskCoreEntry, ThreadCoreEntry,
+};
+use super::*;
+
+/// Docker's default capabilities, as `/proc/PID/status` shows them.
+const DEFAULT_CAPS: u32 = 0xa804_25fb;
+const CAP_SYS_ADMIN: u32 = 1 << 21;
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(label: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("ferry-images-{label}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) {
+        fs::write(self.0.join(name), bytes).unwrap();
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn testdata(set: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src/payload/images/testdata").join(set)
+}
+
+/// An image file as CRIU writes it: magic(s), then length-prefixed messages.
+fn image<M: Message>(magic: u32, messages: &[M]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    if magic != frame::INVENTORY_MAGIC {
+        bytes.extend(frame::IMG_COMMON_MAGIC.to_le_bytes());
+    }
+    bytes.extend(magic.to_le_bytes());
+    for message in messages {
+        let encoded = message.encode_to_vec();
+        bytes.extend((encoded.len() as u32).to_le_bytes());
+        bytes.extend(encoded);
+    }
+    bytes
+}
+
+fn root_creds() -> CredsEntry {
+    CredsEntry {
+        cap_inh: vec![0, 0],
+        cap_prm: vec![DEFAULT_CAPS, 0],
+        cap_eff: vec![DEFAULT_CAPS, 0],
+        cap_bnd: vec![DEFAULT_CAPS, 0],
+        cap_amb: vec![0, 0],
+        groups: vec![0],
+        ..Default::default()
+    }
+}
+
+fn core(creds: CredsEntry, seccomp_mode: i32) -> CoreEntry {
+    CoreEntry {
+        tc: Some(TaskCoreEntry::default()),
+        thread_core: Some(ThreadCoreEntry {
+            creds: Some(creds),
+            seccomp_mode: Some(seccomp_mode),
+            seccomp_filter: Some(0),
+        }),
+    }
+}
+
+fn mount(mnt_id: u32, target: &str, fstype: u32, root: &str, flags: u32) -> MntEntry {
+    MntEntry {
+        fstype,
+        mnt_id,
+        flags,
+        root: root.into(),
+        mountpoint: target.into(),
+        source: "none".into(),
+        ..Default::default()
+    }
+}
+
+fn docker_mounts() -> Vec<MntEntry> {
+    let hardened = flags::NOSUID | flags::NODEV | flags::NOEXEC;
+    vec![
+        mount(1, "/", fstype::OVERLAYFS, "/", 0),
+        mount(2, "/proc", fstype::PROC, "/", hardened),
+        mount(3, "/dev", fstype::TMPFS, "/", flags::NOSUID),
+        mount(4, "/dev/shm", fstype::TMPFS, "/", hardened),
+        mount(5, "/sys", fstype::SYSFS, "/", flags::RDONLY | hardened),
+        mount(6, "/proc/sys", fstype::PROC, "/sys", flags::RDONLY | hardened),
+        mount(7, "/etc/hosts", fstype::UNSUPPORTED, "/some/host/path", 0),
+    ]
+}
+
+/// A checkpoint of one single-threaded task under Docker's defaults.
+fn good_checkpoint(label: &str) -> Scratch {
+    let scratch = Scratch::new(label);
+    scratch.write("inventory.img", &image(frame::INVENTORY_MAGIC, &[InventoryEntry { img_version: Some(2) }]));
+    scratch.write("pstree.img", &image(frame::PSTREE_MAGIC, &[PstreeEntry { pid: Some(1), threads: vec![1] }]));
+    scratch.write("core-1.img", &image(frame::CORE_MAGIC, &[core(root_creds(), SECCOMP_FILTER)]));
+    let filter = SeccompFilter { filter: vec![0x06, 0, 0, 0, 0, 0, 0xff, 0x7f], prev: None, flags: Some(1) };
+    scratch.write("seccomp.img", &image(frame::SECCOMP_MAGIC, &[SeccompEntry { seccomp_filters: vec![filter] }]));
+    scratch.write("mountpoints-13.img", &image(frame::MNTS_MAGIC, &docker_mounts()));
+    scratch
+}
+
+fn refusal(dir: &Path, allowed: &Allowed) -> String {
+    check(dir, allowed).expect_err("the images were accepted").to_string()
+}
+
+#[test]
+fn checkpoint_within_docker_defaults_passes() {
+    let checkpoint = good_checkpoint("good");
+    check(&checkpoint.0, &Allowed::docker_default()).unwrap();
+}
+
+#[test]
+fn raised_capabilities_are_refused_naming_set_and_value() {
+    for field in ["cap_inh", "cap_prm", "cap_eff", "cap_bnd", "cap_amb"] {
+        let checkpoint = good_checkpoint(&format!("caps-{field}"));
+        let mut creds = root_creds();
+        let set = match field {
+            "cap_inh" => &mut creds.cap_inh,
+            "cap_prm" => &mut creds.cap_prm,
+            "cap_eff" => &mut creds.cap_eff,
+            "cap_bnd" => &mut creds.cap_bnd,
+            _ => &mut creds.cap_amb,
+        };
+        set[0] = 0xfeff_ffff;
+        checkpoint.write("core-1.img", &image(frame::CORE_MAGIC, &[core(creds, SECCOMP_FILTER)]));
+        let error = refusal(&checkpoint.0, &Allowed::docker_default());
+        assert_eq!(
+            error,
+            format!("core-1.img: task 1 {field} 0x00000000feffffff exceeds what this host grants (0x00000000a80425fb)")
+        );
+    }
+}
+
+#[test]
+fn capability_beyond_the_second_word_is_refused() {
+    let checkpoint = good_checkpoint("caps-word3");
+    let mut creds = root_creds();
+    creds.cap_bnd.push(1);
+    checkpoint.write("core-1.img", &image(frame::CORE_MAGIC, &[core(creds, SECCOMP_FILTER)]));
+    let error = refusal(&checkpoint.0, &Allowed::docker_default());
+    assert!(error.contains("task 1 cap_bnd [a80425fb, 0, 1] exceeds"), "{error}");
+}
+
+#[test]
+fn seccomp_disabled_is_refused_where_the_profile_filters() {
+    let checkpoint = good_checkpoint("seccomp-off");
+    checkpoint.write("core-1.img", &image(frame::CORE_MAGIC, &[core(root_creds(), SECCOMP_DISABLED)]));
+    let error = refusal(&checkpoint.0, &Allowed::docker_default());
+    assert!(error.starts_with("core-1.img: task 1 seccomp_mode 0 is weaker"), "{error}");
+    // An unconfined container may be restored unconfined, or stricter.
+    check(&checkpoint.0, &Allowed::docker_default().with_seccomp_mode(SECCOMP_DISABLED)).unwrap();
+}
+
+#[test]
+fn deprecated_task_seccomp_fields_count_as_criu_restores_them() {
+    let checkpoint = good_checkpoint("seccomp-old");
+    let mut entry = core(root_creds(), SECCOMP_FILTER);
+    entry.tc = Some(TaskCoreEntry { old_seccomp_mode: Some(SECCOMP_DISABLED), old_seccomp_filter: None });
+    checkpoint.write("core-1.img", &image(frame::CORE_MAGIC, &[entry]));
+    let error = refusal(&checkpoint.0, &Allowed::docker_default());
+    assert!(error.contains("seccomp_mode 0 is weaker"), "{error}");
+}
+
+#[test]
+fn unknown_seccomp_mode_is_refused() {
+    let checkpoint = good_checkpoint("seccomp-unknown");
+    checkpoint.write("core-1.img", &image(frame::CORE_MAGIC, &[core(root_creds(), -1)]));
+    assert!(refusal(&checkpoint.0, &Allowed::docker_default()).contains("seccomp_mode -1"));
+    checkpoint.write("core-1.img", &image(frame::CORE_MAGIC, &[core(root_creds(), SECCOMP_STRICT)]));
+    check(&checkpoint.0, &Allowed::docker_default()).unwrap();
+}
+
+#[test]
+fn seccomp_filter_chain_must_exist_and_end() {
+    let checkpoint = good_checkpoint("seccomp-chain");
+    let program = vec![0x06, 0, 0, 0, 0, 0, 0xff, 0x7f];
+    let looped = SeccompEntry {
+        seccomp_filters: vec![
+            SeccompFilter { filter: program.clone(), prev: Some(1), flags: None },
+            SeccompFilter { filter: program.clone(), prev: Some(0), flags: None },
+        ],
+    };
+    checkpoint.write("seccomp.img", &image(frame::SECCOMP_MAGIC, &[looped]));
+    let error = refusal(&checkpoint.0, &Allowed::docker_default());
+    assert!(error.contains("seccomp filter chain loops"), "{error}");
+
+    let dangling =
+        SeccompEntry { seccomp_filters: vec![SeccompFilter { filter: program, prev: Some(7), flags: None }] };
+    checkpoint.write("seccomp.img", &image(frame::SECCOMP_MAGIC, &[dangling]));
+    let error = refusal(&checkpoint.0, &Allowed::docker_default());
+    assert!(error.contains("seccomp_filter 7 is not in seccomp.img (1 filters)"), "{error}");
+
+    fs::remove_file(checkpoint.0.join("seccomp.img")).unwrap();
+    let error = refusal(&checkpoint.0, &Allowed::docker_default());
+    assert!(error.contains("seccomp_filter 0 is not in seccomp.img (0 filters)"), "{error}");
+}
+
+#[test]
+fn seccomp_filter_of_partial_instructions_is_refused() {
+    let checkpoint = good_checkpoint("seccomp-len");
+    let odd = SeccompEntry { seccomp_filters: vec![SeccompFilter { filter: vec![0; 12], prev: None, flags: None }] };
+    checkpoint.write("seccomp.img", &image(frame::SECCOMP_MAGIC, &[odd]));
+    let error = refusal(&checkpoint.0, &Allowed::docker_default());
+    assert!(error.starts_with("seccomp.img: filter 0 is 12 bytes"), "{error}");
+}
+
+#[test]
+fn seccomp_digest_tells_filters_apart() {
+    let checkpoint = good_checkpoint("seccomp-digest");
+    let digest = seccomp_digest(&checkpoint.0).unwrap();
+    assert_eq!(digest.len(), 64);
+    check(&checkpoint.0, &Allowed::docker_default().with_seccomp_digest(digest.clone())).unwrap();
+
+    let other = SeccompFilter { filter: vec![0x06, 0, 0, 0, 0, 0, 0, 0], prev: None, flags: Some(1) };
+    checkpoint.write("seccomp.img", &image(frame::SECCOMP_MAGIC, &[SeccompEntry { seccomp_filters: vec![other] }]));
+    assert_ne!(seccomp_digest(&checkpoint.0).unwrap(), digest);
+    let error = refusal(&checkpoint.0, &Allowed::docker_default().with_seccomp_digest(digest.clone()));
+    assert!(error.starts_with("seccomp.img: filters (sha256 "), "{error}");
+
+    let real = seccomp_digest(&testdata("docker-default")).unwrap();
+    assert_ne!(real, digest);
+    // The same profile on the same host gives the same filters.
+    assert_eq!(real, seccomp_digest(&testdata("tmpfs")).unwrap());
+    let error = refusal(&testdata("docker-default"), &Allowed::docker_default().with_seccomp_digest(digest));
+    assert!(error.starts_with("seccomp.img: filters (sha256 "), "{error}");
+}
+
+#[test]
+fn foreign_ids_are_refused_where_the_container_keeps_its_user() {
+    let allowed = Allowed::docker_default().with_ids(1000..=1000, 1000..=1000);
+    let user = |creds: CredsEntry| CredsEntry {
+        uid: 1000,
+        euid: 1000,
+        suid: 1000,
+        fsuid: 1000,
+        gid: 1000,
+        egid: 1000,
+        sgid: 1000,
+        fsgid: 1000,
+        groups: vec![1000],
+        ..creds
+    };
+    let checkpoint = good_checkpoint("ids");
+    checkpoint.write("core-1.img", &image(frame::CORE_MAGIC, &[core(user(root_creds()), SECCOMP_FILTER)]));
+    check(&checkpoint.0, &allowed).unwrap();
+
+    let mut creds = user(root_creds());
+    creds.euid = 0;
+    checkpoint.write("core-1.img", &image(frame::CORE_MAGIC, &[core(creds, SECCOMP_FILTER)]));
+    assert_eq!(
+        refusal(&checkpoint.0, &allowed),
+        "core-1.img: task 1 euid 0 is outside the container's uids 1000..=1000"
+    );
+    let mut creds = user(root_creds());
+    creds.groups.push(0);
+    checkpoint.write("core-1.img", &image(frame::CORE_MAGIC, &[core(creds, SECCOMP_FILTER)]));
+    assert!(refusal(&checkpoint.0, &allowed).contains("task 1 groups 0 is outside"));
+}
+
+#[test]
+fn every_thread_listed_in_pstree_is_checked() {
+    let checkpoint = good_checkpoint("threads");
+    checkpoint.write("pstree.img", &image(frame::PSTREE_MAGIC, &[PstreeEntry { pid: Some(1), threads: vec![1, 9] }]));
+    assert_eq!(
+        refusal(&checkpoint.0, &Allowed::docker_default()),
+        "core-9.img: missing for task 9 listed in pstree.img"
+    );
+    let mut creds = root_creds();
+    creds.cap_eff[0] |= CAP_SYS_ADMIN;
+    let thread = CoreEntry { tc: None, ..core(creds, SECCOMP_FILTER) };
+    checkpoint.write("core-9.img", &image(frame::CORE_MAGIC, &[thread]));
+    let error = refusal(&checkpoint.0, &Allowed::docker_default());
+    assert!(error.starts_with("core-9.img: task 9 cap_eff 0x00000000a82425fb exceeds"), "{error}");
+}
+
+#[test]
+fn core_without_creds_is_refused() {
+    let checkpoint = good_checkpoint("no-creds");
+    let mut entry = core(root_creds(), SECCOMP_FILTER);
+    entry.thread_core.as_mut().unwrap().creds = None;
+    checkpoint.write("core-1.img", &image(frame::CORE_MAGIC, &[entry]));
+    assert_eq!(refusal(&checkpoint.0, &Allowed::docker_default()), "core-1.img: task 1 has no creds");
+}
+
+#[test]
+fn mount_the_container_does_not_have_is_refused() {
+    let checkpoint = good_checkpoint("tmpfs");
+    let mut mounts = docker_mounts();
+    mounts.push(mount(40, "/scratch", fstype::TMPFS, "/", 0));
+    checkpoint.write("mountpoints-13.img", &image(frame::MNTS_MAGIC, &mounts));
+    assert_eq!(
+        refusal(&checkpoint.0, &Allowed::docker_default()),
+        "mountpoints-13.img: mount 40 mountpoint \"/scratch\" is not a mount of the container this host creates"
+    );
+    // HostConfig.Tmpfs of the created container carries it.
+    check(&checkpoint.0, &Allowed::docker_default().with_tmpfs(["/scratch"])).unwrap();
+}
+
+#[test]
+fn allowed_mount_with_another_filesystem_part_or_flags_is_refused() {
+    let hardened = flags::NOSUID | flags::NODEV | flags::NOEXEC;
+    let cases = [
+        (mount(6, "/proc/sys", fstype::PROC, "/sys", hardened), "flags 0xe lack the flags 0xf"),
+        (mount(2, "/proc", fstype::PROC, "/sys", hardened), "root \"/sys\" is not the part"),
+        (mount(9, "/proc/kcore", 11, "/", 0), "fstype 11 is not the filesystem"),
+    ];
+    for (index, (evil, expected)) in cases.into_iter().enumerate() {
+        let checkpoint = good_checkpoint(&format!("mount-{index}"));
+        let mut mounts: Vec<_> = docker_mounts().into_iter().filter(|m| m.mountpoint != evil.mountpoint).collect();
+        mounts.push(evil);
+        checkpoint.write("mountpoints-13.img", &image(frame::MNTS_MAGIC, &mounts));
+        let error = refusal(&checkpoint.0, &Allowed::docker_default());
+        assert!(error.contains(expected), "{error}");
+    }
+}
+
+#[test]
+fn cgroup_path_leaving_the_container_is_refused() {
+    let checkpoint = good_checkpoint("cgroup");
+    let member = CgMemberEntry { name: "memory".into(), path: "/docker/../..".into() };
+    let cgroup = CgroupEntry { sets: vec![CgSetEntry { ctls: vec![member] }], controllers: vec![] };
+    checkpoint.write("cgroup.img", &image(frame::CGROUP_MAGIC, &[cgroup]));
+    let error = refusal(&checkpoint.0, &Allowed::docker_default());
+    assert!(error.starts_with("cgroup.img: cgroup memory path \"/docker/../..\""), "{error}");
+}
+
+#[test]
+fn missing_inventory_or_wrong_magic_is_refused() {
+    let checkpoint = good_checkpoint("inventory");
+    checkpoint.write("inventory.img", &image(frame::CORE_MAGIC, &[InventoryEntry { img_version: Some(2) }]));
+    assert!(refusal(&checkpoint.0, &Allowed::docker_default()).starts_with("inventory.img: magic"));
+    fs::remove_file(checkpoint.0.join("inventory.img")).unwrap();
+    assert!(refusal(&checkpoint.0, &Allowed::docker_default()).starts_with("inventory.img: missing"));
+    let core_as_pstree = image(frame::PSTREE_MAGIC, &[core(root_creds(), SECCOMP_FILTER)]);
+    let error = check_image_bytes("core-1.img", &core_as_pstree, &Allowed::docker_default()).unwrap_err();
+    assert!(error.to_string().contains("image type magic 0x50273030"), "{error}");
+}
+
+#[test]
+fn truncated_and_oversized_lengths_are_refused_without_allocating() {
+    let allowed = Allowed::docker_default();
+    let whole = image(frame::CORE_MAGIC, &[core(root_creds(), SECCOMP_FILTER)]);
+    for cut in 0..whole.len() {
+        let error = check_image_bytes("core-1.img", &whole[..cut], &allowed).unwrap_err().to_string();
+        assert!(error.starts_with("core-1.img: "), "{error}");
+    }
+    // A length of 4 GiB in a 12-byte file: refused by arithmetic, no buffer.
+    let mut huge = whole[..8].to_vec();
+    huge.extend(u32::MAX.to_le_bytes());
+    let error = check_image_bytes("core-1.img", &huge, &allowed).unwrap_err().to_string();
+    assert!(error.contains("entry length 4294967295 is beyond the 0 bytes left"), "{error}");
+    // Bytes after the one entry CRIU reads.
+    let mut trailing = whole.clone();
+    trailing.extend([0, 0, 0, 0]);
+    let error = check_image_bytes("core-1.img", &trailing, &allowed).unwrap_err().to_string();
+    assert!(error.contains("4 unexpected bytes after"), "{error}");
+}
+
+#[test]
+fn image_file_larger_than_the_limit_is_refused_before_it_is_read() {
+    let checkpoint = good_checkpoint("huge");
+    let file = fs::File::create(checkpoint.0.join("mountpoints-13.img")).unwrap();
+    // Sparse: no disk is used, and the check must not read it all.
+    file.set_len(1 << 30).unwrap();
+    let error = refusal(&checkpoint.0, &Allowed::docker_default());
+    assert_eq!(error, "mountpoints-13.img: larger than any such image ferry reads (1048576 bytes)");
+}
+
+#[test]
+fn real_docker_checkpoint_passes_docker_defaults() {
+    // `docker checkpoint create` of a default container (Docker 20.10, CRIU
+    // 4.2, cgroup v1): the small images only, the memory left out.
+    check(&testdata("docker-default"), &Allowed::docker_default()).unwrap();
+    check(&testdata("tmpfs"), &Allowed::docker_default().with_tmpfs(["/scratch"])).unwrap();
+}
+
+#[test]
+fn real_checkpoint_with_one_capability_bit_flipped_is_refused() {
+    let checkpoint = Scratch::new("real-flip");
+    for dirent in fs::read_dir(testdata("docker-default")).unwrap() {
+        let path = dirent.unwrap().path();
+        fs::copy(&path, checkpoint.0.join(path.file_name().unwrap())).unwrap();
+    }
+    // The attack of issue 11, byte for byte: cap_eff (field 11, varint: key
+    // 0x58) of the real image gains CAP_SYS_ADMIN; same varint length, so
+    // no length prefix changes.
+    let varint = |mut value: u64| {
+        let mut bytes = Vec::new();
+        while value >= 0x80 {
+            bytes.push(value as u8 | 0x80);
+            value >>= 7;
+        }
+        bytes.push(value as u8);
+        bytes
+    };
+    let mut bytes = fs::read(checkpoint.0.join("core-1.img")).unwrap();
+    let field = [&[0x58][..], &varint(u64::from(DEFAULT_CAPS))].concat();
+    let raised = [&[0x58][..], &varint(u64::from(DEFAULT_CAPS | CAP_SYS_ADMIN))].concat();
+    assert_eq!(field.len(), raised.len());
+    let at = bytes.windows(field.len()).position(|w| w == field).expect("cap_eff in the real image");
+    bytes[at..at + field.len()].copy_from_slice(&raised);
+    checkpoint.write("core-1.img", &bytes);
+    assert_eq!(
+        refusal(&checkpoint.0, &Allowed::docker_default()),
+        "core-1.img: task 1 cap_eff 0x00000000a82425fb exceeds what this host grants (0x00000000a80425fb)"
+    );
+    // A host that grants SYS_ADMIN accepts the same images.
+    check(&checkpoint.0, &Allowed::from_cap_changes(&["SYS_ADMIN".into()], &[]).unwrap()).unwrap();
+}
+
+#[test]
+fn real_unconfined_and_tmpfs_checkpoints_are_refused_under_defaults() {
+    // `--security-opt seccomp=unconfined`: the process comes back unconfined.
+    let error = refusal(&testdata("unconfined"), &Allowed::docker_default());
+    assert_eq!(error, "core-1.img: task 1 seccomp_mode 0 is weaker than the container's profile implies (2)");
+    // `--tmpfs /scratch` while the created container has no HostConfig.Tmpfs.
+    let error = refusal(&testdata("tmpfs"), &Allowed::docker_default());
+    assert!(error.contains("mountpoint \"/scratch\" is not a mount"), "{error}");
+}
+
+#[test]
+fn capabilities_follow_docker_cap_add_and_cap_drop() {
+    let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(Allowed::docker_default().caps, u64::from(DEFAULT_CAPS));
+    let admin = Allowed::from_cap_changes(&names(&["cap_sys_admin"]), &names(&["NET_RAW"])).unwrap();
+    assert_eq!(admin.caps, u64::from((DEFAULT_CAPS | CAP_SYS_ADMIN) & !(1 << 13)));
+    let only_bind = Allowed::from_cap_changes(&names(&["NET_BIND_SERVICE"]), &names(&["ALL"])).unwrap();
+    assert_eq!(only_bind.caps, 1 << 10);
+    let all_but_admin = Allowed::from_cap_changes(&names(&["ALL"]), &names(&["SYS_ADMIN"])).unwrap();
+    assert_eq!(all_but_admin.caps, ((1u64 << 41) - 1) & !u64::from(CAP_SYS_ADMIN));
+    let error = Allowed::from_cap_changes(&names(&["SYS_EVERYTHING"]), &[]).unwrap_err();
+    assert!(error.to_string().contains("unknown capability \"SYS_EVERYTHING\""), "{error}");
+}
+
+/// xorshift64: reproducible noise without a dependency.
+fn xorshift(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+#[test]
+fn any_bytes_are_refused_or_accepted_without_panic() {
+    let allowed = Allowed::docker_default().with_ids(0..=0, 0..=0);
+    let mut pstree = image(frame::PSTREE_MAGIC, &[PstreeEntry { pid: Some(1), threads: vec![1, 2] }]);
+    pstree.extend(image(frame::PSTREE_MAGIC, &[PstreeEntry { pid: Some(3), threads: vec![] }])[8..].iter());
+    let filter = SeccompFilter { filter: vec![0x06, 0, 0, 0, 0, 0, 0xff, 0x7f], prev: Some(0), flags: Some(1) };
+    let mut seeds: Vec<(&str, Vec<u8>)> = vec![
+        ("inventory.img", image(frame::INVENTORY_MAGIC, &[InventoryEntry { img_version: Some(2) }])),
+        ("pstree.img", pstree),
+        ("core-1.img", image(frame::CORE_MAGIC, &[core(root_creds(), SECCOMP_FILTER)])),
+        ("seccomp.img", image(frame::SECCOMP_MAGIC, &[SeccompEntry { seccomp_filters: vec![filter] }])),
+        ("mountpoints-13.img", image(frame::MNTS_MAGIC, &docker_mounts())),
+    ];
+    // And the real images of a docker checkpoint.
+    let names = ["inventory.img", "pstree.img", "core-1.img", "seccomp.img", "mountpoints-13.img", "cgroup.img"];
+    for name in names {
+        seeds.push((name, fs::read(testdata("docker-default").join(name)).unwrap()));
+    }
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut accepted = 0;
+    for round in 0..20_000 {
+        let (name, original) = &seeds[round % seeds.len()];
+        let mut bytes = original.clone();
+        match xorshift(&mut seed) % 4 {
+            // Flip a few bytes, magic and length prefixes included.
+            0 | 1 => {
+                for _ in 0..1 + xorshift(&mut seed) % 8 {
+                    let at = (xorshift(&mut seed) % bytes.len() as u64) as usize;
+                    bytes[at] = xorshift(&mut seed) as u8;
+                }
+            }
+            // Cut it short.
+            2 => bytes.truncate((xorshift(&mut seed) % bytes.len() as u64) as usize),
+            // Pure noise behind a valid magic.
+            _ => {
+                bytes.truncate(8);
+                let len = xorshift(&mut seed) % 512;
+                bytes.extend((0..len).map(|_| xorshift(&mut seed) as u8));
+            }
+        }
+        if check_image_bytes(name, &bytes, &allowed).is_ok() {
+            accepted += 1;
+        }
+    }
+    // Most mutations are refused; some (a flipped byte in a string) are fine.
+    assert!(accepted < 20_000 / 2, "{accepted} of 20000 mutated images accepted");
+}
+
+#[test]
+fn tty_container_may_have_its_console() {
+    let checkpoint = good_checkpoint("tty");
+    let mut mounts = docker_mounts();
+    mounts.push(mount(41, "/dev/console", fstype::DEVPTS, "/0", flags::NOSUID | flags::NOEXEC));
+    checkpoint.write("mountpoints-13.img", &image(frame::MNTS_MAGIC, &mounts));
+    assert!(refusal(&checkpoint.0, &Allowed::docker_default()).contains("\"/dev/console\" is not a mount"));
+    check(&checkpoint.0, &Allowed::docker_default().with_tty()).unwrap();
+}
+
+#[test]
+fn image_that_is_a_link_or_not_canonically_named_is_not_read() {
+    let checkpoint = good_checkpoint("link");
+    fs::rename(checkpoint.0.join("core-1.img"), checkpoint.0.join("elsewhere")).unwrap();
+    std::os::unix::fs::symlink("elsewhere", checkpoint.0.join("core-1.img")).unwrap();
+    let error = refusal(&checkpoint.0, &Allowed::docker_default());
+    assert!(error.contains("core-1.img"), "{error}");
+    assert_eq!(Kind::of("core-01.img"), None);
+    assert_eq!(Kind::of("core-+1.img"), None);
+    assert_eq!(Kind::of("core-4294967296.img"), None);
+    assert_eq!(Kind::of("core-17.img"), Some(Kind::Core(17)));
+}
