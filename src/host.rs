@@ -97,6 +97,42 @@ impl Drop for JobDir {
     }
 }
 
+/// A file written under a temporary name beside its path, mode 0600 whatever
+/// was there before, and moved onto its path only by [`PrivateFile::commit`]:
+/// a payload holds the app's memory, and a failed write must leave neither a
+/// half payload that looks whole nor an old file made world-readable.
+pub(crate) struct PrivateFile {
+    path: PathBuf,
+    partial: PathBuf,
+    done: bool,
+}
+
+impl PrivateFile {
+    /// Creates the temporary file; returns it for writing.
+    pub(crate) fn create(path: &Path) -> io::Result<(PrivateFile, fs::File)> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let name = path.file_name().ok_or_else(|| io::Error::other("not a file name"))?.to_string_lossy();
+        let partial = path.with_file_name(format!(".{name}.partial-{}", std::process::id()));
+        let file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&partial)?;
+        Ok((PrivateFile { path: path.to_path_buf(), partial, done: false }, file))
+    }
+
+    /// Moves the finished file onto its path and returns that path.
+    pub(crate) fn commit(mut self) -> io::Result<PathBuf> {
+        fs::rename(&self.partial, &self.path)?;
+        self.done = true;
+        Ok(self.path.clone())
+    }
+}
+
+impl Drop for PrivateFile {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_file(&self.partial);
+        }
+    }
+}
+
 /// Creates a folder only root can enter: checkpoints hold the app's memory,
 /// its secrets included.
 pub(crate) fn create_private_dir(path: &Path) -> io::Result<()> {

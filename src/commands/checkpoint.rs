@@ -1,8 +1,6 @@
 //! `ferry checkpoint`: a running container → one payload (a file or stdout).
 
-use std::fs;
 use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -11,7 +9,7 @@ use serde::Serialize;
 
 use super::{print_report, Context};
 use crate::error::{io_error, Result};
-use crate::host;
+use crate::host::{self, PrivateFile};
 use crate::migration::{checkpoint, preflight};
 use crate::payload::Mode;
 use crate::units::{human_bytes, seconds_since};
@@ -67,17 +65,11 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     };
 
     // Open the output before the app is frozen: a bad path must not cost a checkpoint.
-    let (sink, partial): (Box<dyn Write>, Option<PartialFile>) = match &output_path {
+    let (sink, partial): (Box<dyn Write>, Option<PrivateFile>) = match &output_path {
         Some(path) => {
-            // The payload holds the app's memory, its secrets included: 0600.
-            let file = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(|e| io_error(format!("cannot write {}", path.display()), e))?;
-            (Box::new(BufWriter::with_capacity(tuning.io_buffer, file)), Some(PartialFile(path.clone())))
+            let (partial, file) =
+                PrivateFile::create(path).map_err(|e| io_error(format!("cannot write {}", path.display()), e))?;
+            (Box::new(BufWriter::with_capacity(tuning.io_buffer, file)), Some(partial))
         }
         None => (Box::new(io::stdout().lock()), None),
     };
@@ -91,6 +83,11 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
         Ok(stats) => stats,
         Err(error) => return Err(taken.give_back(&engine, &info, error)),
     };
+    // The payload is whole: it takes the output's name.
+    let output = match partial.map(PrivateFile::commit).transpose() {
+        Ok(output) => output.map_or_else(|| "-".into(), |path| path.display().to_string()),
+        Err(e) => return Err(taken.give_back(&engine, &info, io_error("cannot name the payload", e))),
+    };
     let report = Report {
         container: taken.name.clone(),
         mode: args.mode.as_str(),
@@ -99,8 +96,7 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
         pack_secs: seconds_since(pack_started),
         raw_bytes: stats.raw_bytes,
         compressed_bytes: stats.compressed_bytes,
-        // The payload is whole: keep it.
-        output: partial.map(|mut p| p.keep().display().to_string()).unwrap_or_else(|| "-".into()),
+        output,
         peak_rss_kib: host::peak_rss_kib(),
     };
     let line = format!(
@@ -115,22 +111,4 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     );
     print_report(&line, &report, args.json, to_stdout);
     Ok(())
-}
-
-/// A payload file being written; removed unless kept, so a failed checkpoint
-/// leaves no half payload that looks whole.
-struct PartialFile(PathBuf);
-
-impl PartialFile {
-    fn keep(&mut self) -> PathBuf {
-        std::mem::take(&mut self.0)
-    }
-}
-
-impl Drop for PartialFile {
-    fn drop(&mut self) {
-        if !self.0.as_os_str().is_empty() {
-            let _ = fs::remove_file(&self.0);
-        }
-    }
 }

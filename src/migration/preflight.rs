@@ -72,6 +72,7 @@ struct Powers {
     uts_mode: String,
     userns_mode: String,
     cap_add: Option<Vec<String>>,
+    security_opt: Option<Vec<String>>,
 }
 
 /// Refuses, before anything is stopped, a container that needs more than a
@@ -115,6 +116,13 @@ pub(crate) fn refuse_uncarryable(inspect: &ContainerInspect) -> Result<()> {
     if let Some(caps) = powers.cap_add.filter(|c| !c.is_empty()) {
         reasons.push(format!("it adds capabilities ({})", caps.join(", ")));
     }
+    // seccomp or AppArmor unconfined, label=disable, no-new-privileges:false,
+    // a custom profile: the peer would create the container with the
+    // engine's defaults, and the images (which keep the weaker confinement)
+    // would be refused there — or, worse, restored weaker than the config says.
+    for option in powers.security_opt.iter().flatten() {
+        reasons.push(format!("it runs with the security option {option}, which ferry cannot recreate on another host"));
+    }
     if reasons.is_empty() {
         return Ok(());
     }
@@ -153,13 +161,13 @@ mod tests {
     fn every_power_is_named_in_one_refusal() {
         let powerful = inspect(
             json!({"Privileged": true, "Devices": [{"PathOnHost": "/dev/ttyUSB0"}], "PidMode": "host",
-                   "IpcMode": "container:db", "CapAdd": ["SYS_ADMIN"]}),
+                   "IpcMode": "container:db", "CapAdd": ["SYS_ADMIN"], "SecurityOpt": ["seccomp=unconfined"]}),
             json!([{"Type": "volume", "Name": "pgdata", "Destination": "/var/lib/postgresql"}]),
         );
         let error = refuse_uncarryable(&powerful).unwrap_err();
         assert_eq!(error.kind, Kind::Refused);
         for reason in ["runs privileged", "host devices", "PID namespace of host", "IPC namespace of container:db",
-                       "SYS_ADMIN", "volume 'pgdata' at /var/lib/postgresql"] {
+                       "SYS_ADMIN", "volume 'pgdata' at /var/lib/postgresql", "security option seccomp=unconfined"] {
             assert!(error.message.contains(reason), "{reason:?} missing from: {}", error.message);
         }
     }

@@ -14,7 +14,7 @@ use crate::board::Board;
 use crate::engine::{self, Engine, Info};
 use crate::error::{io_error, Error, Kind, Result};
 use crate::host::JobDir;
-use crate::payload::{self, Manifest, Mode};
+use crate::payload::{self, images, Manifest, Mode};
 use crate::units::{seconds_since, short_id};
 
 /// How to restore, beside what the payload says.
@@ -117,6 +117,9 @@ pub(crate) fn prepare(engine: &Engine, info: &Info, dir: &Path, manifest: &Manif
     match manifest.mode {
         Mode::Criu => {
             preflight::require_experimental(info)?;
+            // The images decide the restored process's powers, whatever the
+            // container's config says: they must be within what it is granted.
+            images::check(&dir.join(payload::CHECKPOINT_DIR), &granted(manifest))?;
             require_image(engine, manifest)?;
         }
         Mode::Commit => {
@@ -195,6 +198,17 @@ pub(crate) fn discard(engine: &Engine, prepared: &Prepared) -> Result<()> {
         Err(e) if engine::is_not_found(&e) => Ok(()),
         other => Ok(other?),
     }
+}
+
+/// What the container created from `manifest` is granted: Docker's default
+/// capabilities and seccomp filter mode (the manifest carries no CapAdd and
+/// no security options: checkpoint refuses them), its tmpfs mounts, and its
+/// terminal.
+fn granted(manifest: &Manifest) -> images::Allowed {
+    let spec = &manifest.container;
+    let tmpfs = spec.host_config.tmpfs.iter().flat_map(|t| t.keys().map(String::as_str));
+    let allowed = images::Allowed::docker_default().with_tmpfs(tmpfs);
+    if spec.config.tty { allowed.with_tty() } else { allowed }
 }
 
 fn require_image(engine: &Engine, manifest: &Manifest) -> Result<()> {

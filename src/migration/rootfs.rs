@@ -86,20 +86,107 @@ pub(crate) fn apply(engine: &Engine, info: &Info, id: &str, dir: &Path, manifest
         ));
     };
     for deleted in &manifest.rootfs.deleted {
-        let whiteout = Path::new(&upper).join(deleted.trim_start_matches('/'));
-        if let Some(parent) = whiteout.parent() {
-            fs::create_dir_all(parent).map_err(|e| io_error(parent.display(), e))?;
-        }
-        mknod_whiteout(&whiteout).map_err(|e| io_error(format!("deleting {deleted} again"), e))?;
+        whiteout(Path::new(&upper), deleted).map_err(|e| {
+            let kind = if e.raw_os_error() == Some(libc::ELOOP) { Kind::BadPayload } else { Kind::Io };
+            Error::new(kind, format!("deleting {deleted} again in the new container: {e}"))
+        })?;
     }
     Ok(())
 }
 
-fn mknod_whiteout(path: &Path) -> io::Result<()> {
-    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    // SAFETY: c_path is NUL-terminated; a 0:0 character device with no permission bits is overlayfs' whiteout.
-    if unsafe { libc::mknod(c_path.as_ptr(), libc::S_IFCHR, 0) } != 0 {
+/// Writes the whiteout for `deleted` (an absolute path in the container)
+/// inside `upper`, never following a link: each folder on the way is opened
+/// relative to the last with O_NOFOLLOW (and made if missing), and the device
+/// is made relative to the last one. The payload's own archives were put
+/// into the same upper dir just before, so a link there — `link -> /` with
+/// `/link/x` deleted — would otherwise lead the write onto the host.
+fn whiteout(upper: &Path, deleted: &str) -> io::Result<()> {
+    let parts: Vec<&str> = deleted.split('/').filter(|p| !p.is_empty()).collect();
+    let Some((last, folders)) = parts.split_last() else {
+        return Err(io::Error::other("the root folder cannot be deleted"));
+    };
+    let mut dir = open_dir(libc::AT_FDCWD, upper.as_os_str().as_bytes())?;
+    for folder in folders {
+        dir = match open_dir(dir.fd, folder.as_bytes()) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                let name = c_name(folder.as_bytes())?;
+                // SAFETY: dir.fd is an open directory and name is NUL-terminated.
+                if unsafe { libc::mkdirat(dir.fd, name.as_ptr(), 0o755) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                open_dir(dir.fd, folder.as_bytes())?
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+                return Err(io::Error::from_raw_os_error(libc::ELOOP));
+            }
+            other => other?,
+        };
+    }
+    let name = c_name(last.as_bytes())?;
+    // SAFETY: dir.fd is an open directory and name is NUL-terminated; a 0:0
+    // character device with no permission bits is overlayfs' whiteout.
+    if unsafe { libc::mknodat(dir.fd, name.as_ptr(), libc::S_IFCHR, 0) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// An open directory, closed when dropped.
+struct Dir {
+    fd: libc::c_int,
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        // SAFETY: fd was opened by open_dir and is closed once.
+        unsafe { libc::close(self.fd) };
+    }
+}
+
+/// Opens `name` under `at` as a directory, refusing a link (ELOOP) or a
+/// file (ENOTDIR) in its place.
+fn open_dir(at: libc::c_int, name: &[u8]) -> io::Result<Dir> {
+    let name = c_name(name)?;
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: name is NUL-terminated; `at` is AT_FDCWD or an open directory.
+    let fd = unsafe { libc::openat(at, name.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Dir { fd })
+}
+
+fn c_name(name: &[u8]) -> io::Result<CString> {
+    CString::new(name).map_err(io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileTypeExt;
+
+    use super::*;
+    use crate::testing::TempDir;
+
+    #[test]
+    fn whiteouts_are_made_inside_the_upper_dir_and_never_through_a_link() {
+        let scratch = TempDir::new("whiteout");
+        let upper = scratch.path().join("upper");
+        let outside = scratch.path().join("host");
+        fs::create_dir_all(&upper).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, upper.join("link")).unwrap();
+        fs::write(upper.join("file"), b"x").unwrap();
+
+        let through_link = whiteout(&upper, "/link/x").unwrap_err();
+        assert_eq!(through_link.raw_os_error(), Some(libc::ELOOP), "{through_link}");
+        let deeper = whiteout(&upper, "/link/a/b").unwrap_err();
+        assert_eq!(deeper.raw_os_error(), Some(libc::ELOOP), "{deeper}");
+        let through_file = whiteout(&upper, "/file/x").unwrap_err();
+        assert_eq!(through_file.raw_os_error(), Some(libc::ELOOP), "{through_file}");
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "nothing was written outside");
+
+        whiteout(&upper, "/etc/app/deleted.conf").unwrap();
+        let made = fs::symlink_metadata(upper.join("etc/app/deleted.conf")).unwrap();
+        assert!(made.file_type().is_char_device());
+    }
 }

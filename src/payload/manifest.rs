@@ -148,6 +148,10 @@ pub(crate) struct HostLimits {
     pub port_bindings: Option<BTreeMap<String, Option<Vec<PortBinding>>>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_policy: Option<RestartPolicy>,
+    /// tmpfs mounts (path → mount options): CRIU restores their contents, so
+    /// the new container must have the same ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmpfs: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -212,6 +216,9 @@ impl Manifest {
             (Mode::Criu, other) => return bad(format!("checkpoint name {other:?} is missing or not a name")),
             (Mode::Commit, _) => {}
         }
+        if self.entries.iter().try_fold(0u64, |sum, e| sum.checked_add(e.size)).is_none() {
+            return bad("the entries' sizes add up to more than any disk holds".into());
+        }
         let mut seen = BTreeSet::new();
         for entry in &self.entries {
             check_entry_path(&entry.path)?;
@@ -240,9 +247,10 @@ impl Manifest {
         Ok(())
     }
 
-    /// Sum of the sizes of every entry: what unpacking writes to disk.
+    /// Sum of the sizes of every entry: what unpacking writes to disk
+    /// (`validate` has checked that it does not overflow).
     pub(crate) fn raw_size(&self) -> u64 {
-        self.entries.iter().map(|e| e.size).sum()
+        self.entries.iter().fold(0u64, |sum, e| sum.saturating_add(e.size))
     }
 }
 
@@ -256,8 +264,9 @@ pub(crate) fn normalize_arch(arch: &str) -> &str {
     }
 }
 
-fn is_name(name: &str) -> bool {
-    // Docker's container-name rule: [a-zA-Z0-9][a-zA-Z0-9_.-]+
+/// Docker's container-name rule, [a-zA-Z0-9][a-zA-Z0-9_.-]+, at most 128
+/// long: checked wherever a name comes from outside, before anything is read.
+pub(crate) fn is_name(name: &str) -> bool {
     let mut bytes = name.bytes();
     matches!(bytes.next(), Some(b) if b.is_ascii_alphanumeric())
         && bytes.all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))

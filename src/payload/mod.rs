@@ -24,7 +24,7 @@ use std::path::PathBuf;
 
 pub(crate) use manifest::{
     ContainerSpec, Entry, HostLimits, Manifest, Mode, RootfsArchive, RootfsChanges, SourceHost, FORMAT_VERSION,
-    normalize_arch, SnapshotTag,
+    is_name, normalize_arch, SnapshotTag,
 };
 pub(crate) use pack::{pack, PackStats};
 pub(crate) use unpack::unpack;

@@ -1,7 +1,7 @@
 //! The read side: any `Read` → lz4 → tar → files under one new folder, every
 //! entry checked against the manifest as it arrives.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -81,6 +81,13 @@ fn unpack_into(input: impl Read, dest: &Path, host_arch: &str, max_raw_bytes: Op
 
     let mut expected: BTreeMap<&str, &super::Entry> =
         manifest.entries.iter().map(|e| (e.path.as_str(), e)).collect();
+    // A folder entry is accepted only where a listed file needs it: a stream
+    // of folders nobody listed would cost time and inodes for nothing.
+    let folders: BTreeSet<&str> = manifest
+        .entries
+        .iter()
+        .flat_map(|e| e.path.match_indices('/').map(move |(at, _)| &e.path[..at]))
+        .collect();
     let raw_bytes = manifest.raw_size();
     let mut buffer = vec![0u8; 64 * 1024];
 
@@ -89,8 +96,12 @@ fn unpack_into(input: impl Read, dest: &Path, host_arch: &str, max_raw_bytes: Op
         let path = entry_path(&entry)?;
         let kind = entry.header().entry_type();
         if kind.is_dir() {
-            check_entry_path(path.trim_end_matches('/'))?;
-            fs::create_dir_all(dest.join(&path)).map_err(|source| Error::Io { path: dest.join(&path), source })?;
+            let folder = path.trim_end_matches('/');
+            check_entry_path(folder)?;
+            if !folders.contains(folder) {
+                return Err(Error::Unsafe { entry: path, reason: "a folder no listed entry is in".into() });
+            }
+            fs::create_dir_all(dest.join(folder)).map_err(|source| Error::Io { path: dest.join(folder), source })?;
             continue;
         }
         if !kind.is_file() {
@@ -103,6 +114,13 @@ fn unpack_into(input: impl Read, dest: &Path, host_arch: &str, max_raw_bytes: Op
         let Some(listed) = expected.remove(path.as_str()) else {
             return Err(Error::Unsafe { entry: path, reason: "not listed in the manifest (or listed once and sent twice)".into() });
         };
+        // Refused before a byte of it is written: the manifest bounds the disk.
+        if entry.size() != listed.size {
+            return Err(Error::Checksum {
+                entry: path,
+                detail: format!("{} bytes in the stream, manifest says {}", entry.size(), listed.size),
+            });
+        }
         let target = dest.join(&path);
         if let Some(parent) = target.parent() {
             fs::create_dir_all(parent).map_err(|source| Error::Io { path: parent.to_path_buf(), source })?;
@@ -112,7 +130,7 @@ fn unpack_into(input: impl Read, dest: &Path, host_arch: &str, max_raw_bytes: Op
             .create_new(true)
             .open(&target)
             .map_err(|source| Error::Io { path: target.clone(), source })?;
-        let (size, sha256) = copy_hashing(&mut entry, &mut file, &mut buffer, &target)?;
+        let (size, sha256) = copy_hashing(&mut (&mut entry).take(listed.size), &mut file, &mut buffer, &target)?;
         if size != listed.size || sha256 != listed.sha256 {
             return Err(Error::Checksum {
                 entry: path,

@@ -3,7 +3,7 @@
 //! [`AgentError`], so it can be tested without a socket. `server.rs` routes
 //! requests here; `watchdog.rs` fails containers over from the same state.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::io::{BufReader, Read};
 use std::path::PathBuf;
 use std::sync::{Mutex, TryLockError};
@@ -50,8 +50,9 @@ pub(crate) struct Agent {
     pub store: Store,
     /// One restore (or failover) at a time: each may need the whole spool.
     pub(super) restore_lock: Mutex<()>,
-    /// Names of the containers this agent restored, the only ones it removes.
-    restored: Mutex<BTreeSet<String>>,
+    /// The containers this agent restored (name → full id), the only ones it
+    /// removes, by the id it recorded: a name can since mean another container.
+    restored: Mutex<BTreeMap<String, String>>,
     /// Every handover's state, on disk.
     ledger: Ledger,
     /// Held across each read-modify-write of a ledger record, so that a
@@ -173,9 +174,13 @@ impl Agent {
         prepare_only: bool,
     ) -> Handled<RestoreReport> {
         if let Some(name) = name
-            && !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+            && !payload::is_name(name)
         {
-            return Err(Error::new(Kind::Usage, format!("'{name}' is not a container name")).into());
+            return Err(Error::new(
+                Kind::Usage,
+                format!("{name:?} is not a container name: 1 to 128 of a-z A-Z 0-9 _ . -, starting with a letter or digit"),
+            )
+            .into());
         }
         if let Some(id) = migration
             && !valid_id(id)
@@ -254,7 +259,7 @@ impl Agent {
         let _ = std::fs::remove_dir_all(self.ledger.payload_dir(id));
         match result {
             Ok(restored) => {
-                self.restored.lock().unwrap_or_else(|p| p.into_inner()).insert(restored.container.clone());
+                self.restored.lock().unwrap_or_else(|p| p.into_inner()).insert(restored.container.clone(), restored.id.clone());
                 let mut report = RestoreReport::from(restored);
                 report.peak_rss_kib = host::peak_rss_kib();
                 self.ledger.set(id, Outcome::Restored { report: report.clone() }, Some(prepared), expires)?;
@@ -349,7 +354,7 @@ impl Agent {
         match state {
             Ok(state) if state.running => {
                 let report = RestoreReport { container: prepared.container.clone(), id: prepared.id.clone(), mode: prepared.mode.as_str().into(), ..RestoreReport::default() };
-                self.restored.lock().unwrap_or_else(|p| p.into_inner()).insert(prepared.container.clone());
+                self.restored.lock().unwrap_or_else(|p| p.into_inner()).insert(prepared.container.clone(), prepared.id.clone());
                 let _ = self.ledger.set(id, Outcome::Restored { report }, Some(prepared), record.expires_unix);
             }
             _ if host::unix_now().saturating_sub(record.updated_unix) < START_SETTLES_SECS => {}
@@ -442,7 +447,7 @@ impl Agent {
         let options = restore::Options { name, ..self.restore_options(Some(self.size_limit(free))) };
         let body = BufReader::with_capacity(self.settings.tuning.io_buffer, body);
         let restored = restore::restore_from(&self.engine, &self.settings.spool, "receive", body, &options)?;
-        self.restored.lock().unwrap_or_else(|p| p.into_inner()).insert(restored.container.clone());
+        self.restored.lock().unwrap_or_else(|p| p.into_inner()).insert(restored.container.clone(), restored.id.clone());
         Ok(restored.into())
     }
 
@@ -467,11 +472,14 @@ impl Agent {
     /// Removes a container this agent restored, and only those.
     pub(crate) fn remove_restored(&self, name: &str) -> Handled<serde_json::Value> {
         let mut restored = self.restored.lock().unwrap_or_else(|p| p.into_inner());
-        if !restored.contains(name) {
+        let Some(id) = restored.get(name).cloned() else {
             return Err(Error::new(Kind::Refused, format!("'{name}' was not restored by this agent: it removes only what it restored"))
                 .with_status(403));
+        };
+        match self.engine.remove_container(&id, true) {
+            Err(e) if crate::engine::is_not_found(&e) => log::info!("{name} ({}) was already removed", crate::units::short_id(&id)),
+            other => other?,
         }
-        self.engine.remove_container(name, true)?;
         restored.remove(name);
         Ok(serde_json::json!({ "removed": name }))
     }

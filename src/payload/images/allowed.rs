@@ -159,6 +159,7 @@ impl Allowed {
     /// CapAdd grants everything but CapDrop; "ALL" in CapDrop grants only
     /// CapAdd; otherwise defaults minus CapDrop plus CapAdd. Names are
     /// case-insensitive, with or without `CAP_`.
+    #[cfg(test)]
     pub(crate) fn from_cap_changes(cap_add: &[String], cap_drop: &[String]) -> Result<Allowed, Error> {
         let add = mask_of(cap_add.iter().map(String::as_str).filter(|n| !is_all(n)))?;
         let drop = mask_of(cap_drop.iter().map(String::as_str).filter(|n| !is_all(n)))?;
@@ -175,17 +176,20 @@ impl Allowed {
     }
 
     /// The ids of a container whose processes keep to its user.
+    #[cfg(test)]
     pub(crate) fn with_ids(self, uids: RangeInclusive<u32>, gids: RangeInclusive<u32>) -> Allowed {
         Allowed { uids, gids, ..self }
     }
 
     /// The container runs with a seccomp mode other than filter
     /// (`SECCOMP_DISABLED` for `seccomp=unconfined`).
+    #[cfg(test)]
     pub(crate) fn with_seccomp_mode(self, seccomp_mode: i32) -> Allowed {
         Allowed { seccomp_mode, ..self }
     }
 
     /// The filters this host installs for the container's profile.
+    #[cfg(test)]
     pub(crate) fn with_seccomp_digest(self, digest: String) -> Allowed {
         Allowed { seccomp_digest: Some(digest), ..self }
     }
@@ -210,6 +214,7 @@ impl Allowed {
     }
 }
 
+#[cfg(test)]
 fn is_all(name: &str) -> bool {
     name.eq_ignore_ascii_case("ALL")
 }

@@ -40,7 +40,7 @@ pub(super) fn decode_seccomp(name: &str, bytes: &[u8]) -> Result<Filters, Error>
         let filter: SeccompFilter = decode(name, encoded)?;
         // A BPF program is an array of 8-byte `struct sock_filter`; CRIU
         // refuses any other length at restore, ferry before it.
-        if filter.filter.is_empty() || filter.filter.len() % 8 != 0 {
+        if filter.filter.is_empty() || !filter.filter.len().is_multiple_of(8) {
             return Err(refuse(
                 name,
                 format!("filter {} is {} bytes, not whole BPF instructions", prev.len(), filter.filter.len()),
