@@ -328,11 +328,18 @@ impl Agent {
                     log::warn!("migration {id} was prepared but not committed in time");
                     let _ = self.abort(&id);
                 }
-                Outcome::Running if self.restore_lock.try_lock().is_ok() => {
-                    // Nothing receives now: an agent stopped while receiving it.
-                    let _ = std::fs::remove_dir_all(self.ledger.payload_dir(&id));
-                    let error = "the agent stopped while it received the payload".to_string();
-                    let _ = self.ledger.set(&id, Outcome::Failed { error }, None, 0);
+                Outcome::Running => {
+                    // A receive sets its outcome before it lets go of the
+                    // restore lock: a record still `running`, read again
+                    // under the ledger lock while nothing holds the restore
+                    // lock, is one an agent stopped in the middle of.
+                    let _ledger = self.ledger_lock.lock().unwrap_or_else(|p| p.into_inner());
+                    let still_running = self.ledger.get(&id).is_some_and(|r| r.outcome == Outcome::Running);
+                    if still_running && self.restore_lock.try_lock().is_ok() {
+                        let _ = std::fs::remove_dir_all(self.ledger.payload_dir(&id));
+                        let error = "the agent stopped while it received the payload".to_string();
+                        let _ = self.ledger.set(&id, Outcome::Failed { error }, None, 0);
+                    }
                 }
                 Outcome::Committing if self.restore_lock.try_lock().is_ok() => self.judge_interrupted_commit(&id, record),
                 Outcome::Restored { .. } | Outcome::Failed { .. } | Outcome::Aborted
