@@ -28,6 +28,7 @@
 pub(crate) mod agent;
 pub(crate) mod client;
 pub(crate) mod journal;
+mod handover;
 mod ledger;
 pub(crate) mod migrate;
 pub(crate) mod recover;

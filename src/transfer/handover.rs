@@ -1,0 +1,202 @@
+//! The agent's half of the two-phase handover (see `migrate.rs` for the
+//! source's): a payload is prepared — received, verified, its container
+//! created and its files back — and runs only when the source commits. Every
+//! step is recorded in the ledger on disk first, and a commit and an abort of
+//! the same migration can never both win: each reads and changes the record
+//! under the ledger lock.
+
+use std::io::{BufReader, Read};
+use std::time::Instant;
+
+use super::agent::{Agent, Handled, WithStatus};
+use super::ledger::{valid_id, Record};
+use super::{Outcome, RestoreReport};
+use crate::error::{Error, Kind};
+use crate::host;
+use crate::migration::restore::{self, Prepared};
+use crate::payload;
+use crate::units::seconds_since;
+
+/// Finished handovers are remembered this long (30 days): a source that
+/// comes back asks what became of its commit, and must get the truth.
+pub(super) const RECORDS_KEPT_SECS: u64 = 30 * 24 * 3600;
+/// A commit whose agent died mid-start is judged by the container's state
+/// once dockerd has had this long to finish the start it was asked for.
+const START_SETTLES_SECS: u64 = 60;
+
+impl Agent {
+    /// Unpacks into the ledger's folder for `id`, verifies, and prepares.
+    pub(super) fn receive_and_prepare(&self, body: &mut dyn Read, name: Option<&str>, free: u64, id: &str) -> Handled<(RestoreReport, Prepared)> {
+        let options = restore::Options { name, ..self.restore_options(Some(self.size_limit(free))) };
+        let dir = self.ledger.payload_dir(id);
+        let info = self.engine.info()?;
+        let started = Instant::now();
+        let body = BufReader::with_capacity(self.settings.tuning.io_buffer, body);
+        let limit = options.size_limit.as_ref().map(|l| l.bytes);
+        let unpacked = payload::unpack(body, &dir, &info.architecture, limit).map_err(|e| match (&e, &options.size_limit) {
+            (payload::Error::TooLarge { .. }, Some(limit)) => Error::from(e).context(&limit.why),
+            _ => Error::from(e),
+        })?;
+        let unpack_secs = seconds_since(started);
+        let started = Instant::now();
+        let prepared = restore::prepare(&self.engine, &info, &dir, &unpacked.manifest, &options).inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&dir);
+        })?;
+        let report = RestoreReport {
+            container: prepared.container.clone(),
+            id: prepared.id.clone(),
+            mode: prepared.mode.as_str().into(),
+            unpack_secs,
+            prepare_secs: seconds_since(started),
+            raw_bytes: unpacked.raw_bytes,
+            compressed_bytes: unpacked.compressed_bytes,
+            peak_rss_kib: host::peak_rss_kib(),
+            restore_secs: 0.0,
+        };
+        Ok((report, prepared))
+    }
+
+    /// Starts migration `id`'s prepared container. Answers its report; a
+    /// commit repeated after the app runs answers the same report.
+    pub(crate) fn commit(&self, id: &str) -> Handled<RestoreReport> {
+        let (prepared, expires) = {
+            let _ledger = self.ledger_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let record = self.known(id)?;
+            match (&record.outcome, record.prepared) {
+                (Outcome::Prepared, Some(prepared)) => {
+                    self.ledger.set(id, Outcome::Committing, Some(prepared.clone()), record.expires_unix)?;
+                    (prepared, record.expires_unix)
+                }
+                (Outcome::Restored { report }, _) => return Ok(report.clone()),
+                (outcome, _) => {
+                    return Err(Error::new(Kind::Refused, format!("migration {id} cannot be committed: it is {outcome:?}"))
+                        .with_status(409));
+                }
+            }
+        };
+        let _one_at_a_time = self.restore_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let info = self.engine.info()?;
+        let result = restore::commit(&self.engine, &info, &prepared, self.settings.fast);
+        let _ledger = self.ledger_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = std::fs::remove_dir_all(self.ledger.payload_dir(id));
+        match result {
+            Ok(restored) => {
+                self.restored.lock().unwrap_or_else(|p| p.into_inner()).insert(restored.container.clone(), restored.id.clone());
+                let mut report = RestoreReport::from(restored);
+                report.peak_rss_kib = host::peak_rss_kib();
+                self.ledger.set(id, Outcome::Restored { report: report.clone() }, Some(prepared), expires)?;
+                Ok(report)
+            }
+            Err(error) => {
+                self.ledger.set(id, Outcome::Failed { error: error.message.clone() }, None, expires)?;
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Gives migration `id` up, if it has not been committed: its prepared
+    /// container is removed, and a prepare still arriving will be refused.
+    /// Answers the outcome after the attempt (`restored` if it was too late).
+    pub(crate) fn abort(&self, id: &str) -> Handled<Outcome> {
+        if !valid_id(id) {
+            return Err(Error::new(Kind::Usage, "the migration id must be 1 to 64 letters, digits or dashes").into());
+        }
+        let _ledger = self.ledger_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let record = self.ledger.get(id);
+        match record.as_ref().map(|r| &r.outcome) {
+            None | Some(Outcome::Running) => {
+                let expires = host::unix_now() + RECORDS_KEPT_SECS;
+                self.ledger.set(id, Outcome::Aborted, None, expires)?;
+                Ok(Outcome::Aborted)
+            }
+            Some(Outcome::Prepared) => {
+                let prepared = record.and_then(|r| r.prepared);
+                self.ledger.set(id, Outcome::Aborted, None, 0)?;
+                drop(_ledger);
+                if let Some(prepared) = prepared {
+                    self.discard(id, &prepared);
+                }
+                Ok(Outcome::Aborted)
+            }
+            Some(outcome) => Ok(outcome.clone()),
+        }
+    }
+
+    /// Removes a prepared, unstarted container and its payload.
+    pub(super) fn discard(&self, id: &str, prepared: &Prepared) {
+        log::info!("discarding migration {id}: removing the unstarted {}", prepared.container);
+        if let Err(e) = restore::discard(&self.engine, prepared) {
+            log::warn!("could not remove the prepared container {}: {e}", prepared.id);
+        }
+        let _ = std::fs::remove_dir_all(self.ledger.payload_dir(id));
+    }
+
+    fn known(&self, id: &str) -> Handled<Record> {
+        if !valid_id(id) {
+            return Err(Error::new(Kind::Usage, "the migration id must be 1 to 64 letters, digits or dashes").into());
+        }
+        self.ledger.get(id).ok_or_else(|| Error::new(Kind::NotFound, format!("no migration {id} is known here")).with_status(404))
+    }
+
+    /// Settles what needs no client: prepared containers past their expiry
+    /// are discarded, receipts an agent died in are failed, commits an agent
+    /// died in are judged by the container's state, and finished records are
+    /// forgotten after 30 days. Run at start and then every few seconds.
+    pub(crate) fn tidy_handovers(&self) {
+        let now = host::unix_now();
+        for (id, record) in self.ledger.list() {
+            match record.outcome {
+                Outcome::Prepared if record.expires_unix <= now => {
+                    log::warn!("migration {id} was prepared but not committed in time");
+                    let _ = self.abort(&id);
+                }
+                Outcome::Running => {
+                    // A receive sets its outcome before it lets go of the
+                    // restore lock: a record still `running`, read again
+                    // under the ledger lock while nothing holds the restore
+                    // lock, is one an agent stopped in the middle of.
+                    let _ledger = self.ledger_lock.lock().unwrap_or_else(|p| p.into_inner());
+                    let still_running = self.ledger.get(&id).is_some_and(|r| r.outcome == Outcome::Running);
+                    if still_running && self.restore_lock.try_lock().is_ok() {
+                        let _ = std::fs::remove_dir_all(self.ledger.payload_dir(&id));
+                        let error = "the agent stopped while it received the payload".to_string();
+                        let _ = self.ledger.set(&id, Outcome::Failed { error }, None, 0);
+                    }
+                }
+                Outcome::Committing if self.restore_lock.try_lock().is_ok() => self.judge_interrupted_commit(&id, record),
+                Outcome::Restored { .. } | Outcome::Failed { .. } | Outcome::Aborted
+                    if now.saturating_sub(record.updated_unix) > RECORDS_KEPT_SECS =>
+                {
+                    self.ledger.remove(&id)
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// An agent stopped while it started a committed container: dockerd may
+    /// still finish that start, so the container's own state decides.
+    fn judge_interrupted_commit(&self, id: &str, record: Record) {
+        let Some(prepared) = record.prepared else { return };
+        let state = self.engine.inspect_container(&prepared.id).map(|c| c.state);
+        let _ledger = self.ledger_lock.lock().unwrap_or_else(|p| p.into_inner());
+        match state {
+            Ok(state) if state.running => {
+                let report = RestoreReport { container: prepared.container.clone(), id: prepared.id.clone(), mode: prepared.mode.as_str().into(), ..RestoreReport::default() };
+                self.restored.lock().unwrap_or_else(|p| p.into_inner()).insert(prepared.container.clone(), prepared.id.clone());
+                let _ = self.ledger.set(id, Outcome::Restored { report }, Some(prepared), record.expires_unix);
+            }
+            _ if host::unix_now().saturating_sub(record.updated_unix) < START_SETTLES_SECS => {}
+            _ => {
+                drop(_ledger);
+                self.discard(id, &prepared);
+                let error = "the agent stopped while it started the container, which did not run".to_string();
+                let _ = self.ledger.set(id, Outcome::Failed { error }, None, 0);
+            }
+        }
+    }
+
+    pub(crate) fn outcome(&self, id: &str) -> Handled<Outcome> {
+        Ok(self.known(id)?.outcome)
+    }
+}
