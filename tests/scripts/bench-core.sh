@@ -3,7 +3,7 @@
 # memory sizes on one engine, and print times, payload sizes and ferry's own
 # peak RSS (its own VmHWM, not runc's) — which must not grow with the container.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 ferry=target/release/ferry
 sizes="${FERRY_BENCH_SIZES:-16 64 128 256}"
 work="$(mktemp -d)"

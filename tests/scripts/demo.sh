@@ -2,7 +2,7 @@
 # `make demo`: start a counter holding 32 MiB of memory, checkpoint it with
 # ferry, restore it into a new container, and show the counter carrying on.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 ferry=target/release/ferry
 work="$(mktemp -d)"
 payload="$work/counter.ferry"
