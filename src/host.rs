@@ -17,6 +17,55 @@ pub(crate) fn criu_version() -> Option<String> {
         .map(|v| v.trim().to_string())
 }
 
+/// What a CRIU restore on this machine depends on beyond the architecture:
+/// the page size (Raspberry Pi 5 kernels use 16 KiB pages) and the CPU
+/// features the kernel reports (a process that chose code paths for ARMv8.2
+/// atomics or PAC dies with SIGILL on an older core).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Cpu {
+    pub page_size: u64,
+    pub hwcap: u64,
+    pub hwcap2: u64,
+}
+
+impl Cpu {
+    /// Why a machine with `target`'s CPU cannot run what was checkpointed on
+    /// this one, if it cannot: another page size, or CPU features it lacks.
+    /// Unknown values (0, from an older ferry) are held against no one.
+    pub(crate) fn cannot_run_on(&self, target: &Cpu) -> Option<String> {
+        if self.page_size != 0 && target.page_size != 0 && self.page_size != target.page_size {
+            return Some(format!(
+                "it was checkpointed on a kernel with {} KiB pages and that one has {} KiB pages: CRIU restores \
+                 memory page by page as it was mapped",
+                self.page_size / 1024,
+                target.page_size / 1024
+            ));
+        }
+        let missing = (self.hwcap & !target.hwcap, self.hwcap2 & !target.hwcap2);
+        if missing != (0, 0) && (target.hwcap, target.hwcap2) != (0, 0) {
+            return Some(format!(
+                "the source CPU has features the target CPU lacks (AT_HWCAP bits {:#x}, AT_HWCAP2 bits {:#x}): the \
+                 app may have chosen code paths for them and would die with SIGILL there",
+                missing.0, missing.1
+            ));
+        }
+        None
+    }
+}
+
+pub(crate) fn cpu() -> Cpu {
+    // SAFETY: sysconf and getauxval only read process-wide constants.
+    let (page_size, hwcap, hwcap2) = unsafe {
+        (libc::sysconf(libc::_SC_PAGESIZE), libc::getauxval(libc::AT_HWCAP), libc::getauxval(libc::AT_HWCAP2))
+    };
+    Cpu { page_size: u64::try_from(page_size).unwrap_or(0), hwcap: hwcap as u64, hwcap2: hwcap2 as u64 }
+}
+
+/// 2 on a unified cgroup hierarchy, 1 on the legacy one.
+pub(crate) fn cgroup_version() -> u8 {
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() { 2 } else { 1 }
+}
+
 pub(crate) fn hostname() -> String {
     fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -191,4 +240,23 @@ pub(crate) fn list_files(root: &Path) -> io::Result<Vec<(String, PathBuf)>> {
     }
     files.sort();
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn another_page_size_or_missing_cpu_features_cannot_run_the_checkpoint() {
+        let pi4 = Cpu { page_size: 4096, hwcap: 0b1011, hwcap2: 0 };
+        assert_eq!(pi4.cannot_run_on(&pi4), None);
+        let pi5 = Cpu { page_size: 16384, hwcap: 0b1111, hwcap2: 0b1 };
+        assert!(pi4.cannot_run_on(&pi5).unwrap().contains("4 KiB pages and that one has 16 KiB"));
+        let newer = Cpu { page_size: 4096, hwcap: 0b1111, hwcap2: 0b1 };
+        assert_eq!(pi4.cannot_run_on(&newer), None, "an older CPU's features are all on a newer one");
+        assert!(newer.cannot_run_on(&pi4).unwrap().contains("AT_HWCAP bits 0x4, AT_HWCAP2 bits 0x1"));
+        assert_eq!(Cpu::default().cannot_run_on(&pi5), None, "an older ferry said nothing: nothing held against it");
+        let here = cpu();
+        assert!(here.page_size >= 4096 && here.page_size.is_power_of_two());
+    }
 }

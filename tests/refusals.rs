@@ -92,6 +92,18 @@ fn bad_payloads_are_refused_and_leave_nothing() {
             BAD_PAYLOAD,
             "format 99 is newer than this ferry understands",
         ),
+        (
+            "page-size",
+            repack(&bytes, |m| m["source"]["cpu"]["page_size"] = 16384.into(), None),
+            BAD_PAYLOAD,
+            "16 KiB pages",
+        ),
+        (
+            "newer-cpu",
+            repack(&bytes, |m| m["source"]["cpu"]["hwcap"] = u64::MAX.into(), None),
+            BAD_PAYLOAD,
+            "features the target CPU lacks",
+        ),
     ];
     for (name, payload, code, message) in cases {
         let out = restore(name, &payload);
@@ -108,6 +120,42 @@ fn bad_payloads_are_refused_and_leave_nothing() {
     // The good payload still restores: the refusals were about the damage.
     ferry_ok(ENGINE_A, &work, &["restore", good.to_str().unwrap(), "--name", &target]);
     assert!(is_running(ENGINE_A, &target));
+}
+
+#[test]
+#[ignore = "needs a real dockerd + CRIU: run `make test`"]
+fn a_peer_whose_cpu_could_not_run_the_app_is_refused_before_the_freeze() {
+    let scratch = Scratch::new("refuse-peer-cpu");
+    let mut containers = Containers::new(ENGINE_A);
+    let source = containers.track("ferry-e2e-peer-cpu");
+    start_counter(ENGINE_A, &source, 1);
+    let counted = wait_for_count(ENGINE_A, &source, 2, std::time::Duration::from_secs(20));
+    let token = token_file(&scratch);
+    // A peer that says it runs 16 KiB pages (a Raspberry Pi 5 kernel).
+    let mut info: serde_json::Value = serde_json::json!({
+        "ferry_version": "0.1.0", "hostname": "pi5", "arch": std::env::consts::ARCH, "kernel": "6.6",
+        "criu_version": "4.2", "docker_version": "20.10", "spool_free_bytes": 1u64 << 40, "max_payload_bytes": null,
+        "images": [], "busy": false, "cpu": {"page_size": 16384, "hwcap": 0, "hwcap2": 0}, "cgroup_version": 2,
+    });
+    info["images"] = serde_json::json!([{"id": docker_ok(ENGINE_A, &["inspect", "-f", "{{.Image}}", &source]), "tags": []}]);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer = listener.local_addr().unwrap().to_string();
+    let answer = info.to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            let mut head = [0u8; 4096];
+            let _ = stream.read(&mut head);
+            let _ = std::io::Write::write_all(
+                &mut stream,
+                format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}", answer.len()).as_bytes(),
+            );
+        }
+    });
+    let out = ferry(ENGINE_A, &scratch.work_dir(), &["migrate", &source, "--to", &peer, "--token-file", token.to_str().unwrap()]);
+    expect_failure(&out, REFUSED, "16 KiB pages");
+    assert!(is_running(ENGINE_A, &source), "refused before the freeze: the app keeps running");
+    wait_for_count(ENGINE_A, &source, counted + 1, std::time::Duration::from_secs(10));
 }
 
 fn flip(bytes: &[u8], at: usize) -> Vec<u8> {

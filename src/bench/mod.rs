@@ -283,7 +283,7 @@ impl Run<'_> {
         let file = File::open(&payload).map_err(|e| io_error(payload.display(), e))?;
         let input = BufReader::with_capacity(self.options.tuning.io_buffer, file);
         let options =
-            restore::Options { name: Some(TARGET), fast: self.options.fast, board: self.options.tuning.board.as_ref(), size_limit: None };
+            restore::Options { name: Some(TARGET), fast: self.options.fast, board: self.options.tuning.board.as_ref(), ..Default::default() };
         let report = restore_from(self.engine, &self.options.tuning.work_dir, "restore", input, &options)?;
         measured.set(Phase::Restore, seconds_since(started));
         let [task_dir, _] = resume::task_dirs(&self.info.docker_root_dir, &report.id);

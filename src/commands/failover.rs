@@ -46,7 +46,7 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
         }
     };
     let engine = context.engine()?;
-    let options = Options { name: None, fast: context.fast, board: tuning.board.as_ref(), size_limit: None };
+    let options = Options { fast: context.fast, board: tuning.board.as_ref(), ..Options::default() };
     let done = failover(&engine, &Store::new(&spool), &args.container, generation, &options)?;
     let line = format!(
         "failed over {} from snapshot {} taken {}s ago on {}: restored in {:.2}s as {}",

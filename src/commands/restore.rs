@@ -24,6 +24,10 @@ pub(crate) struct Args {
     /// cap the new container as this board profile says (a name from `ferry boards`, or a file)
     #[argh(option)]
     pub board: Option<String>,
+    /// restore although the payload's source had another page size or CPU
+    /// features this host lacks (the app may crash: for experts)
+    #[argh(switch)]
+    pub allow_host_mismatch: bool,
     /// print the summary as one JSON object
     #[argh(switch)]
     pub json: bool,
@@ -41,7 +45,13 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
         Box::new(file)
     };
     let tuning = context.tuning(args.board.as_deref())?;
-    let options = Options { name: args.name.as_deref(), fast: context.fast, board: tuning.board.as_ref(), size_limit: None };
+    let options = Options {
+        name: args.name.as_deref(),
+        fast: context.fast,
+        board: tuning.board.as_ref(),
+        size_limit: None,
+        allow_host_mismatch: args.allow_host_mismatch,
+    };
     let input = BufReader::with_capacity(tuning.io_buffer, input);
     let report = restore_from(&engine, &tuning.work_dir, "restore", input, &options)?;
     let line = format!(

@@ -292,6 +292,8 @@ fn base_manifest(engine: &Engine, info: &Info, inspect: &ContainerInspect, mode:
             kernel: info.kernel_version.clone(),
             criu_version: host::criu_version().unwrap_or_default(),
             docker_version: info.server_version.clone(),
+            cpu: host::cpu(),
+            cgroup_version: host::cgroup_version(),
         },
         container: ContainerSpec {
             name: inspect.short_name().to_string(),

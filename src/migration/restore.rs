@@ -29,6 +29,9 @@ pub(crate) struct Options<'a> {
     /// Refuse a payload that unpacks to more than this, and say why the
     /// limit is what it is (an agent's spool and --max-payload).
     pub size_limit: Option<SizeLimit>,
+    /// Restore even if the source's page size or CPU features say this host
+    /// cannot run it (for experts: the restore may fail, or the app crash).
+    pub allow_host_mismatch: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -117,6 +120,15 @@ pub(crate) fn prepare(engine: &Engine, info: &Info, dir: &Path, manifest: &Manif
     match manifest.mode {
         Mode::Criu => {
             preflight::require_experimental(info)?;
+            if let Some(why) = manifest.source.cpu.cannot_run_on(&crate::host::cpu()) {
+                if !options.allow_host_mismatch {
+                    return Err(Error::new(
+                        Kind::BadPayload,
+                        format!("this host cannot run the payload of '{}': {why} — restore it on a host like its source", spec.name),
+                    ));
+                }
+                log::warn!("restoring '{}' although {why} (--allow-host-mismatch)", spec.name);
+            }
             // The images decide the restored process's powers, whatever the
             // container's config says: they must be within what it is granted.
             images::check(&dir.join(payload::CHECKPOINT_DIR), &granted(manifest))?;

@@ -87,6 +87,11 @@ pub(crate) struct SourceHost {
     pub kernel: String,
     pub criu_version: String,
     pub docker_version: String,
+    /// Page size and CPU features of the source (0: an older ferry did not say).
+    #[serde(default)]
+    pub cpu: crate::host::Cpu,
+    #[serde(default)]
+    pub cgroup_version: u8,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

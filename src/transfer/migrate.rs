@@ -105,6 +105,9 @@ pub(crate) fn migrate(engine: &Engine, peer: &Peer, container: &str, options: &O
             ),
         ));
     }
+    if let Some(why) = host::cpu().cannot_run_on(&peer_info.cpu) {
+        return Err(Error::new(Kind::Refused, format!("the peer {} cannot run {container}: {why}", peer.addr())));
+    }
     if peer_info.busy {
         return Err(Error::new(Kind::Peer, format!("the agent at {} is busy with another restore — try again shortly", peer.addr())));
     }

@@ -76,6 +76,12 @@ pub(crate) struct PeerInfo {
     pub images: Vec<PeerImage>,
     /// A restore is running: another one would be refused now.
     pub busy: bool,
+    /// Page size and CPU features: a source refuses, before it freezes the
+    /// app, a peer whose CPU could not run it (0: an older agent did not say).
+    #[serde(default)]
+    pub cpu: crate::host::Cpu,
+    #[serde(default)]
+    pub cgroup_version: u8,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

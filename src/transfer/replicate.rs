@@ -59,6 +59,15 @@ pub(crate) fn replicate(engine: &Engine, options: Options<'_>, stop: &AtomicBool
     if targets.is_empty() {
         return Err(Error::new(Kind::Usage, "--to names no peer: give HOST:PORT[,HOST:PORT…]"));
     }
+    // A peer that could not run a snapshot is refused now, not at failover.
+    let cpu = crate::host::cpu();
+    for target in &targets {
+        if let Ok(info) = target.peer.info()
+            && let Some(why) = cpu.cannot_run_on(&info.cpu)
+        {
+            return Err(Error::new(Kind::Refused, format!("the peer {} could not fail {container} over: {why}", target.peer.addr())));
+        }
+    }
     let state_dir = options.tuning.work_dir.join("replicate");
     std::fs::create_dir_all(&state_dir).map_err(|e| io_error(state_dir.display(), e))?;
     let generation_file = state_dir.join(format!("{container}.generation"));

@@ -121,6 +121,7 @@ impl Agent {
             fast: self.settings.fast,
             board: self.settings.tuning.board.as_ref(),
             size_limit,
+            allow_host_mismatch: false,
         }
     }
 
@@ -146,6 +147,8 @@ impl Agent {
             max_payload_bytes: self.settings.max_payload,
             images,
             busy,
+            cpu: host::cpu(),
+            cgroup_version: host::cgroup_version(),
         })
     }
 
