@@ -22,6 +22,7 @@
 //! matches their kind.
 
 pub(crate) mod client;
+pub(crate) mod http;
 pub(crate) mod server;
 
 use std::fs;
