@@ -145,6 +145,7 @@ impl Server {
         Ok(Server { listener: TcpListener::bind(listen)?, limits })
     }
 
+    #[cfg(test)]
     pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
     }
