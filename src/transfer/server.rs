@@ -1,5 +1,6 @@
-//! The agent: a small synchronous HTTP/1.1 server (tiny_http) that receives
-//! payloads and images from peers and restores them on this host.
+//! The agent: a small synchronous HTTP/1.1 server that receives payloads and
+//! images from peers and restores them on this host. What a connection may
+//! cost it (size, time, count) is bounded in `transfer::http`.
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
@@ -9,8 +10,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tiny_http::{Header, Method, Request, Response};
 
+use super::http::{self, Method, Request};
 use super::{
     authorized, status_for, ErrorBody, Outcome, PeerImage, PeerInfo, FAILOVERS, HEALTH, IMAGES, INFO, MIGRATIONS,
     MIGRATION_HEADER, RESTORE, SNAPSHOTS, CONTAINERS,
@@ -21,8 +22,6 @@ use crate::engine::Engine;
 use crate::error::{Error, Kind, Result};
 use crate::host;
 
-/// Requests served at once: a restore, plus health and info checks beside it.
-const WORKERS: usize = 4;
 /// How many migration outcomes the agent remembers for late askers.
 const OUTCOMES_KEPT: usize = 32;
 /// What a refused upload may still send before the agent stops reading it.
@@ -63,9 +62,9 @@ impl Agent {
     }
 }
 
-/// Serves until the listener fails. Each worker takes the next request.
+/// Serves until the listener fails. Each connection has its own thread.
 pub(crate) fn serve(agent: &Agent, listen: &str) -> Result<()> {
-    let server = tiny_http::Server::http(listen)
+    let server = http::Server::bind(listen, http::Limits::default())
         .map_err(|e| Error::new(Kind::Usage, format!("cannot listen on {listen}: {e}")))?;
     remove_stale_receives(agent);
     agent.store.clean_partial();
@@ -74,17 +73,8 @@ pub(crate) fn serve(agent: &Agent, listen: &str) -> Result<()> {
         if let Some(after) = agent.failover_after {
             scope.spawn(move || watch_for_failover(agent, after));
         }
-        for _ in 0..WORKERS {
-            scope.spawn(|| loop {
-                match server.recv() {
-                    Ok(request) => handle(agent, request),
-                    Err(e) => {
-                        log::error!("the listener failed: {e}");
-                        return;
-                    }
-                }
-            });
-        }
+        let error = server.serve(&|request| handle(agent, request));
+        log::error!("the listener failed: {error}");
     });
     Ok(())
 }
@@ -103,7 +93,7 @@ fn remove_stale_receives(agent: &Agent) {
 
 fn handle(agent: &Agent, mut request: Request) {
     let started = Instant::now();
-    let method = request.method().clone();
+    let method = request.method();
     let url = request.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
     let result = if method == Method::Get && path == HEALTH {
@@ -129,9 +119,10 @@ fn handle(agent: &Agent, mut request: Request) {
         Ok(reply) => (200, reply.body, reply.content_type),
         Err(error) => {
             let status = error.status.unwrap_or_else(|| status_for(error.inner.kind));
-            // Read what the peer is still sending, so that it gets this answer
-            // instead of a broken pipe; a stranger without the token gets little.
-            let limit = if status == 401 { 1 << 20 } else { DRAIN_LIMIT };
+            // Read what a token holder is still sending, so that it gets this
+            // answer instead of a broken pipe; a stranger's body is never read:
+            // answering before it closes the connection.
+            let limit = if status == 401 { 0 } else { DRAIN_LIMIT };
             let _ = io::copy(&mut request.as_reader().take(limit), &mut io::sink());
             log::warn!("{method} {path}: {}", error.inner);
             let body = ErrorBody { error: error.inner.message, exit_code: error.inner.kind.exit_code() };
@@ -139,11 +130,7 @@ fn handle(agent: &Agent, mut request: Request) {
         }
     };
     log::info!("{method} {path} → {status} in {:.3}s", started.elapsed().as_secs_f64());
-    let mut response = Response::from_string(body).with_status_code(status);
-    if let Ok(header) = Header::from_bytes("Content-Type", content_type) {
-        response.add_header(header);
-    }
-    if let Err(e) = request.respond(response) {
+    if let Err(e) = request.respond(status, content_type, body.as_bytes()) {
         log::warn!("could not answer {method} {path}: {e}");
     }
 }
@@ -194,7 +181,7 @@ impl WithStatus for Error {
 type Handled<T> = std::result::Result<T, HttpError>;
 
 fn header(request: &Request, name: &'static str) -> Option<String> {
-    request.headers().iter().find(|h| h.field.equiv(name)).map(|h| h.value.as_str().to_string())
+    request.header(name).map(str::to_string)
 }
 
 fn info(agent: &Agent) -> Handled<PeerInfo> {
@@ -244,7 +231,7 @@ fn restore_payload(agent: &Agent, request: &mut Request, query: &str) -> Handled
     };
     std::fs::create_dir_all(&agent.spool).map_err(|e| crate::error::io_error(agent.spool.display(), e))?;
     let free = host::free_bytes(&agent.spool).map_err(|e| crate::error::io_error(agent.spool.display(), e))?;
-    let declared = request.body_length().map(|n| n as u64);
+    let declared = request.body_length();
     if let (Some(length), Some(limit)) = (declared, agent.max_payload)
         && length > limit
     {
@@ -297,7 +284,7 @@ fn receive_snapshot(agent: &Agent, request: &mut Request, query: &str) -> Handle
     };
     std::fs::create_dir_all(&agent.spool).map_err(|e| crate::error::io_error(agent.spool.display(), e))?;
     let free = host::free_bytes(&agent.spool).map_err(|e| crate::error::io_error(agent.spool.display(), e))?;
-    if let Some(length) = request.body_length().map(|n| n as u64)
+    if let Some(length) = request.body_length()
         && length > free
     {
         return Err(too_small(length, free));
