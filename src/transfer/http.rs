@@ -78,12 +78,14 @@ impl Default for Limits {
             // it holds must come back.
             body_timeout: Duration::from_secs(60),
             // A migration uses 1–2 connections, a replicating source a few
-            // more: 8 per address is room enough, and 4 attackers' worth of
-            // room is left in `total` for everyone else.
+            // more: 8 per address is room enough.
             per_peer: 8,
             // Each connection is a thread (a few tens of KiB resident) and an
-            // input buffer of `head_bytes` until its body is read.
-            total: 32,
+            // input buffer of `head_bytes` until its body is read: 64 cost
+            // a few MiB at most, and filling them takes 8 attacking addresses,
+            // each of whose connections ends within `head_timeout` unless
+            // it holds the token.
+            total: 64,
         }
     }
 }
@@ -167,7 +169,7 @@ impl Server {
                     }
                     Err(error) => return error,
                 };
-                let Some(ticket) = admitted.admit(peer.ip(), &self.limits) else {
+                let Some(ticket) = admitted.admit(peer_key(peer.ip()), &self.limits) else {
                     log::debug!("refused a connection from {peer}: too many open");
                     continue;
                 };
@@ -181,6 +183,15 @@ impl Server {
                 }
             }
         })
+    }
+}
+
+/// What the per-peer cap counts by: the IPv4 address, or the IPv6 /64,
+/// since one IPv6 host is commonly given a whole /64 to pick addresses from.
+fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & (u128::MAX << 64)).into()),
+        v4 => v4,
     }
 }
 
@@ -784,6 +795,16 @@ mod tests {
         thread::sleep(Duration::from_millis(200));
         assert!(health(HOME, addr).0.starts_with("HTTP/1.1 200"));
         assert_normal_upload_works(addr);
+    }
+
+    #[test]
+    fn peers_are_counted_by_ipv4_address_or_ipv6_prefix() {
+        let key = |text: &str| peer_key(text.parse().unwrap()).to_string();
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:2::9"), key("2001:db8:1:2:ffff::1"));
+        assert_ne!(key("2001:db8:1:2::9"), key("2001:db8:1:3::9"));
     }
 
     #[test]
