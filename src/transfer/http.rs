@@ -6,10 +6,12 @@
 //! The contract, in the order things happen to a connection:
 //!
 //! 1. **Admission.** A connection is accepted, then closed at once without a
-//!    byte read when its peer's IP address already holds `per_peer`
-//!    connections or the agent holds `total`. `per_peer` is well below
-//!    `total`, so one address cannot fill the agent and a client elsewhere
-//!    still gets in. Each admitted connection has its own thread: a stalled
+//!    byte read when its peer's address (IPv6: its /64) already holds
+//!    `per_peer` connections. When the agent holds `total`, the connection
+//!    that has waited longest for a request head is closed to make room (a
+//!    client that sends its request at once is never that one, a slowloris
+//!    is); only when every connection is inside a handler is the newcomer
+//!    closed instead. Each admitted connection has its own thread: a stalled
 //!    connection blocks nobody else.
 //! 2. **Head.** The request line and headers must fit in `head_bytes` (else
 //!    431) and parse (else 400); both answers close the connection. The first
@@ -38,7 +40,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -82,9 +84,8 @@ impl Default for Limits {
             per_peer: 8,
             // Each connection is a thread (a few tens of KiB resident) and an
             // input buffer of `head_bytes` until its body is read: 64 cost
-            // a few MiB at most, and filling them takes 8 attacking addresses,
-            // each of whose connections ends within `head_timeout` unless
-            // it holds the token.
+            // a few MiB at most. Strangers who fill them only push each other
+            // out (see `Admitted::admit`).
             total: 64,
         }
     }
@@ -169,14 +170,13 @@ impl Server {
                     }
                     Err(error) => return error,
                 };
-                let Some(ticket) = admitted.admit(peer_key(peer.ip()), &self.limits) else {
+                let Some(ticket) = admitted.admit(peer_key(peer.ip()), &stream, &self.limits) else {
                     log::debug!("refused a connection from {peer}: too many open");
                     continue;
                 };
                 let limits = &self.limits;
                 let spawned = thread::Builder::new().name("ferry-http".into()).spawn_scoped(scope, move || {
-                    let _ticket = ticket;
-                    serve_connection(Box::new(stream), peer, limits, handler);
+                    serve_connection(Box::new(stream), peer, limits, &ticket, handler);
                 });
                 if let Err(error) = spawned {
                     log::warn!("cannot start a thread for {peer}: {error}");
@@ -200,43 +200,90 @@ fn transient(error: &io::Error) -> bool {
         || matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }
 
-/// Open connections, in total and per peer address.
-#[derive(Default, Clone)]
+/// The connections held, so that a newcomer is admitted, refused, or makes room.
+#[derive(Default)]
 struct Admitted {
-    counts: Arc<Mutex<(usize, HashMap<IpAddr, usize>)>>,
+    held: Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    next_id: u64,
+    slots: HashMap<u64, Slot>,
+    per_peer: HashMap<IpAddr, usize>,
+}
+
+struct Slot {
+    peer: IpAddr,
+    /// Since when it waits for a request head; None while a handler runs.
+    waiting_since: Option<Instant>,
+    /// A second handle on the socket, to close it from the accept loop.
+    socket: TcpStream,
 }
 
 /// One admitted connection; gives its place back when dropped.
-struct Ticket {
-    admitted: Admitted,
-    peer: IpAddr,
+struct Ticket<'a> {
+    admitted: &'a Admitted,
+    id: u64,
 }
 
 impl Admitted {
-    fn admit(&self, peer: IpAddr, limits: &Limits) -> Option<Ticket> {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let (total, per_peer) = &mut *counts;
-        let mine = per_peer.entry(peer).or_insert(0);
-        if *total >= limits.total || *mine >= limits.per_peer {
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A place for a connection from `peer`, or None to close it unread.
+    /// When every place is taken, the connection that has waited longest
+    /// for a request head is closed to make room: a client that sends its
+    /// request at once is never the longest waiting, a slowloris is.
+    /// Connections whose request is being handled are never closed.
+    fn admit(&self, peer: IpAddr, stream: &TcpStream, limits: &Limits) -> Option<Ticket<'_>> {
+        let mut held = self.held();
+        if held.per_peer.get(&peer).is_some_and(|&n| n >= limits.per_peer) {
             return None;
         }
-        *mine += 1;
-        *total += 1;
-        Some(Ticket { admitted: self.clone(), peer })
+        if held.slots.len() >= limits.total {
+            let (_, oldest) = held.slots.iter().filter_map(|(id, slot)| Some((slot.waiting_since?, *id))).min()?;
+            if let Some(evicted) = held.release(oldest) {
+                log::debug!("closing a connection from {} that sent no request, to make room", evicted.peer);
+                // Wakes its thread's blocked read with an end of stream.
+                let _ = evicted.socket.shutdown(Shutdown::Both);
+            }
+        }
+        let socket = stream.try_clone().ok()?;
+        let id = held.next_id;
+        held.next_id += 1;
+        held.slots.insert(id, Slot { peer, waiting_since: Some(Instant::now()), socket });
+        *held.per_peer.entry(peer).or_insert(0) += 1;
+        Some(Ticket { admitted: self, id })
     }
 }
 
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        let mut counts = self.admitted.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let (total, per_peer) = &mut *counts;
-        *total = total.saturating_sub(1);
-        if let Some(mine) = per_peer.get_mut(&self.peer) {
-            *mine = mine.saturating_sub(1);
-            if *mine == 0 {
-                per_peer.remove(&self.peer);
+impl Held {
+    fn release(&mut self, id: u64) -> Option<Slot> {
+        let slot = self.slots.remove(&id)?;
+        if let Some(count) = self.per_peer.get_mut(&slot.peer) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.per_peer.remove(&slot.peer);
             }
         }
+        Some(slot)
+    }
+}
+
+impl Ticket<'_> {
+    /// Marks the connection as waiting for a head (evictable) or handled (not).
+    fn waiting(&self, waiting: bool) {
+        if let Some(slot) = self.admitted.held().slots.get_mut(&self.id) {
+            slot.waiting_since = waiting.then(Instant::now);
+        }
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        self.admitted.held().release(self.id);
     }
 }
 
@@ -347,11 +394,20 @@ impl Connection {
 }
 
 /// Reads and answers requests on one connection until it must close.
-fn serve_connection(stream: Box<dyn Stream>, peer: SocketAddr, limits: &Limits, handler: &(dyn Fn(Request<'_>) + Sync)) {
+fn serve_connection(
+    stream: Box<dyn Stream>,
+    peer: SocketAddr,
+    limits: &Limits,
+    ticket: &Ticket<'_>,
+    handler: &(dyn Fn(Request<'_>) + Sync),
+) {
     let mut connection =
         Connection { stream, input: vec![0; limits.head_bytes], start: 0, end: 0, read_timeout: None, closing: false };
     let mut first = true;
     while !connection.closing {
+        if !first {
+            ticket.waiting(true);
+        }
         let (reply, head) = match connection.read_head(limits, first) {
             Ok(request) => request,
             Err(HeadError::Gone) => break,
@@ -362,6 +418,7 @@ fn serve_connection(stream: Box<dyn Stream>, peer: SocketAddr, limits: &Limits, 
             }
         };
         first = false;
+        ticket.waiting(false);
         let wants_close = head.version() != proto::Version::HTTP_11
             || head.headers().get_all(header::CONNECTION).iter().any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
         let (body, length) = match reply.proceed() {
@@ -808,16 +865,48 @@ mod tests {
     }
 
     #[test]
-    fn the_total_is_capped_whatever_the_addresses() {
+    fn a_full_agent_closes_the_longest_waiting_connection_to_make_room() {
         let limits = limits();
         let addr = start(limits.clone());
-        let held: Vec<TcpStream> = (0..limits.total)
+        // Every place taken by connections that send nothing, from many addresses.
+        let mut held: Vec<TcpStream> = (0..limits.total)
             .map(|i| connect_from(Ipv4Addr::new(127, 0, 1, (i / limits.per_peer) as u8 + 1), addr))
             .collect();
         thread::sleep(Duration::from_millis(200));
-        assert_eq!(health(ELSEWHERE, addr).0, "");
-        drop(held);
+        for _ in 0..3 {
+            let (answer, took) = health(ELSEWHERE, addr);
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            assert!(took < Duration::from_secs(1), "{took:?}");
+        }
+        assert!(info(ELSEWHERE, addr).0.starts_with("HTTP/1.1 200"));
+        // The oldest silent one was closed for them, unanswered, well before
+        // its head timeout.
+        let started = Instant::now();
+        assert_eq!(answer(&mut held[0]), "");
+        assert!(started.elapsed() < Duration::from_millis(500), "{:?}", started.elapsed());
+        assert_normal_upload_works(addr);
+    }
+
+    #[test]
+    fn connections_being_handled_are_never_closed_to_make_room() {
+        let limits = limits();
+        let addr = start(limits.clone());
+        let mut uploads: Vec<TcpStream> = (0..limits.total)
+            .map(|i| {
+                let mut s = connect_from(Ipv4Addr::new(127, 0, 1, (i / limits.per_peer) as u8 + 1), addr);
+                s.write_all(format!("POST /upload HTTP/1.1\r\nAuthorization: {AUTHORIZATION}\r\nContent-Length: 100\r\n\r\nabc").as_bytes())
+                    .unwrap();
+                s
+            })
+            .collect();
         thread::sleep(Duration::from_millis(200));
+        // No place can be made: the newcomer is closed unread...
+        assert_eq!(health(ELSEWHERE, addr).0, "");
+        // ...and the uploads end as their handler decides (here: timed out).
+        for upload in &mut uploads {
+            assert!(answer(upload).starts_with("HTTP/1.1 500"));
+        }
+        thread::sleep(Duration::from_millis(100));
         assert!(health(ELSEWHERE, addr).0.starts_with("HTTP/1.1 200"));
     }
 
