@@ -377,8 +377,9 @@ impl Connection {
         }
     }
 
-    /// Writes a whole answer; `close` says so to the client.
-    fn write_answer(&mut self, status: u16, content_type: &str, body: &[u8], close: bool, timeout: Duration) -> io::Result<()> {
+    /// Writes a whole answer; `close` says so to the client. The answer to
+    /// a HEAD request has the headers of the body, not the body.
+    fn write_answer(&mut self, status: u16, content_type: &str, body: &[u8], close: bool, head_only: bool, timeout: Duration) -> io::Result<()> {
         let reason = proto::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
         let connection = if close { "close" } else { "keep-alive" };
         let mut answer = format!(
@@ -386,7 +387,9 @@ impl Connection {
             body.len()
         )
         .into_bytes();
-        answer.extend_from_slice(body);
+        if !head_only {
+            answer.extend_from_slice(body);
+        }
         self.stream.set_write_timeout(timeout)?;
         self.stream.write_all(&answer)?;
         self.stream.flush()
@@ -413,7 +416,7 @@ fn serve_connection(
             Err(HeadError::Gone) => break,
             Err(HeadError::Refuse(status, why)) => {
                 log::warn!("refused a request from {peer}: {why}");
-                let _ = connection.write_answer(status, "text/plain", format!("{why}\n").as_bytes(), true, limits.body_timeout);
+                let _ = connection.write_answer(status, "text/plain", format!("{why}\n").as_bytes(), true, false, limits.body_timeout);
                 break;
             }
         };
@@ -508,7 +511,8 @@ impl Request<'_> {
         self.answered = true;
         let close = self.wants_close || !matches!(self.body, Body::Done);
         self.connection.closing = close;
-        self.connection.write_answer(status, content_type, body, close, self.limits.body_timeout)
+        let head_only = self.head.method() == proto::Method::HEAD;
+        self.connection.write_answer(status, content_type, body, close, head_only, self.limits.body_timeout)
     }
 
     fn read_body(&mut self, out: &mut [u8]) -> io::Result<usize> {
@@ -862,6 +866,15 @@ mod tests {
         assert_eq!(key("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
         assert_eq!(key("2001:db8:1:2::9"), key("2001:db8:1:2:ffff::1"));
         assert_ne!(key("2001:db8:1:2::9"), key("2001:db8:1:3::9"));
+    }
+
+    #[test]
+    fn a_head_request_gets_headers_only_and_the_connection_goes_on() {
+        let addr = start(limits());
+        let (answer, _) = exchange(HOME, addr, "HEAD /health HTTP/1.1\r\n\r\nGET /health HTTP/1.1\r\nConnection: close\r\n\r\n");
+        let (first, second) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(first.starts_with("HTTP/1.1 200") && first.contains("Content-Length: 3"), "{answer}");
+        assert!(second.starts_with("HTTP/1.1 200") && second.ends_with("\r\n\r\nok\n"), "{answer}");
     }
 
     #[test]
