@@ -921,6 +921,7 @@ mod tests {
         }
         thread::sleep(Duration::from_millis(100));
         assert!(health(ELSEWHERE, addr).0.starts_with("HTTP/1.1 200"));
+        assert_normal_upload_works(addr);
     }
 
     #[test]
