@@ -807,6 +807,17 @@ mod tests {
     }
 
     #[test]
+    fn ferrys_client_reads_the_401_instead_of_a_broken_pipe() {
+        let addr = start(limits());
+        let peer = crate::transfer::client::Peer::new(&addr.to_string(), Some("not-the-token-at-all".into()), Duration::from_secs(5));
+        // Far more than the sockets' buffers hold: without `Expect`, the
+        // client would still be writing when the agent closes.
+        let payload = vec![0u8; 32 << 20];
+        let error = peer.send_snapshot(&mut payload.as_slice(), 1).unwrap_err();
+        assert!(error.to_string().contains("HTTP 401"), "{error}");
+    }
+
+    #[test]
     fn a_stranger_gets_401_without_its_body_being_read() {
         let addr = start(limits());
         let mut stream = connect_from(HOME, addr);
