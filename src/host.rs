@@ -58,6 +58,8 @@ pub(crate) fn cpu() -> Cpu {
     let (page_size, hwcap, hwcap2) = unsafe {
         (libc::sysconf(libc::_SC_PAGESIZE), libc::getauxval(libc::AT_HWCAP), libc::getauxval(libc::AT_HWCAP2))
     };
+    // c_ulong is 32 bits on armv7: the casts are not idle there.
+    #[allow(clippy::unnecessary_cast)]
     Cpu { page_size: u64::try_from(page_size).unwrap_or(0), hwcap: hwcap as u64, hwcap2: hwcap2 as u64 }
 }
 

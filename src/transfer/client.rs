@@ -48,6 +48,14 @@ impl Peer {
         &self.addr
     }
 
+    /// An upload: the agent reads no body before it has accepted the request
+    /// (token, lock, size), and answers a refusal by closing. Asking for
+    /// `100 Continue` first lets this side read that refusal instead of
+    /// failing on a broken pipe halfway through the body.
+    fn upload(&self, path: &str) -> ureq::http::request::Builder {
+        self.request("POST", path).header("Expect", "100-continue")
+    }
+
     fn request(&self, method: &str, path: &str) -> ureq::http::request::Builder {
         let mut builder = ureq::http::Request::builder().method(method).uri(format!("http://{}{path}", self.addr));
         if let Some(token) = &self.token {
@@ -98,7 +106,7 @@ impl Peer {
 
     /// Streams a `docker save` tar to the agent, which loads it.
     pub(crate) fn load_image(&self, image: &mut dyn Read) -> Result<()> {
-        let request = self.request("POST", IMAGES).body(SendBody::from_reader(image)).map_err(http_error)?;
+        let request = self.upload(IMAGES).body(SendBody::from_reader(image)).map_err(http_error)?;
         let response = self.run("the image upload", request)?;
         let _ = std::io::copy(&mut response.into_body().into_reader(), &mut std::io::sink());
         Ok(())
@@ -108,7 +116,7 @@ impl Peer {
     /// run there until [`Peer::commit`]), and waits for its report.
     pub(crate) fn prepare(&self, payload: &mut dyn Read, name: &str, migration: &str) -> Result<RestoreReport> {
         let request = self
-            .request("POST", &format!("{RESTORE}?name={name}&prepare=1"))
+            .upload(&format!("{RESTORE}?name={name}&prepare=1"))
             .header(MIGRATION_HEADER, migration)
             .header("Content-Type", "application/x-ferry-payload")
             .body(SendBody::from_reader(payload))
@@ -135,7 +143,7 @@ impl Peer {
     /// Streams one snapshot to the agent, which stores it and keeps the newest `keep`.
     pub(crate) fn send_snapshot(&self, payload: &mut dyn Read, keep: usize) -> Result<SnapshotInfo> {
         let request = self
-            .request("POST", &format!("{SNAPSHOTS}?keep={keep}"))
+            .upload(&format!("{SNAPSHOTS}?keep={keep}"))
             .header("Content-Type", "application/x-ferry-payload")
             .body(SendBody::from_reader(payload))
             .map_err(http_error)?;

@@ -27,8 +27,9 @@
 
 pub(crate) mod agent;
 pub(crate) mod client;
-pub(crate) mod journal;
 mod handover;
+pub(crate) mod http;
+pub(crate) mod journal;
 mod ledger;
 pub(crate) mod migrate;
 pub(crate) mod recover;

@@ -1,31 +1,29 @@
-//! The agent's HTTP side: a small synchronous HTTP/1.1 server (tiny_http)
-//! that checks the token, routes each request to a handler in `agent.rs`, and
-//! answers errors as `ErrorBody` JSON.
+//! The agent's HTTP side: checks the token, routes each request to a handler
+//! in `agent/`, and answers errors as `ErrorBody` JSON. What a connection may
+//! cost the agent (size, time, count) is bounded in `http.rs`.
 
 use std::io::{self, Read};
 use std::thread;
 use std::time::Instant;
 
 use serde::Serialize;
-use tiny_http::{Header, Method, Request, Response};
 
 use super::agent::{Agent, Handled, WithStatus};
+use super::http::{self, Method, Request};
 use super::{
     authorized, ErrorBody, ABORT, COMMIT, CONTAINERS, FAILOVERS, HEALTH, IMAGES, INFO, MIGRATIONS, MIGRATION_HEADER, RESTORE,
     SNAPSHOTS,
 };
 use crate::error::{Error, Kind, Result};
 
-/// Requests served at once: a restore, plus health and info checks beside it.
-const WORKERS: usize = 4;
 /// How often prepared handovers are checked for expiry.
 const HANDOVER_TIDY: std::time::Duration = std::time::Duration::from_secs(2);
 /// What a refused upload may still send before the agent stops reading it.
 const DRAIN_LIMIT: u64 = 64 << 30;
 
-/// Serves until the listener fails. Each worker takes the next request.
+/// Serves until the listener fails. Each connection has its own thread.
 pub(crate) fn serve(agent: &Agent, listen: &str) -> Result<()> {
-    let server = tiny_http::Server::http(listen)
+    let server = http::Server::bind(listen, http::Limits::default())
         .map_err(|e| Error::new(Kind::Usage, format!("cannot listen on {listen}: {e}")))?;
     agent.clean_spool();
     log::info!("agent listening on {listen}, spool {}", agent.settings.spool.display());
@@ -37,24 +35,15 @@ pub(crate) fn serve(agent: &Agent, listen: &str) -> Result<()> {
             agent.tidy_handovers();
             thread::sleep(HANDOVER_TIDY);
         });
-        for _ in 0..WORKERS {
-            scope.spawn(|| loop {
-                match server.recv() {
-                    Ok(request) => handle(agent, request),
-                    Err(e) => {
-                        log::error!("the listener failed: {e}");
-                        return;
-                    }
-                }
-            });
-        }
+        let error = server.serve(&|request| handle(agent, request));
+        log::error!("the listener failed: {error}");
     });
     Ok(())
 }
 
 fn handle(agent: &Agent, mut request: Request) {
     let started = Instant::now();
-    let method = request.method().clone();
+    let method = request.method();
     let url = request.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
     let result = if method == Method::Get && path == HEALTH {
@@ -70,9 +59,10 @@ fn handle(agent: &Agent, mut request: Request) {
         Ok(reply) => (200, reply.body, reply.content_type),
         Err(error) => {
             let status = error.status;
-            // Read what the peer is still sending, so that it gets this answer
-            // instead of a broken pipe; a stranger without the token gets little.
-            let limit = if status == 401 { 1 << 20 } else { DRAIN_LIMIT };
+            // Read what a token holder is still sending, so that it gets this
+            // answer instead of a broken pipe; a stranger's body is never read:
+            // answering before it closes the connection.
+            let limit = if status == 401 { 0 } else { DRAIN_LIMIT };
             let _ = io::copy(&mut request.as_reader().take(limit), &mut io::sink());
             log::warn!("{method} {path}: {}", error.error);
             let body = ErrorBody { error: error.error.message, exit_code: error.error.kind.exit_code() };
@@ -80,18 +70,14 @@ fn handle(agent: &Agent, mut request: Request) {
         }
     };
     log::info!("{method} {path} → {status} in {:.3}s", started.elapsed().as_secs_f64());
-    let mut response = Response::from_string(body).with_status_code(status);
-    if let Ok(header) = Header::from_bytes("Content-Type", content_type) {
-        response.add_header(header);
-    }
-    if let Err(e) = request.respond(response) {
+    if let Err(e) = request.respond(status, content_type, body.as_bytes()) {
         log::warn!("could not answer {method} {path}: {e}");
     }
 }
 
 /// An authorized request → its handler.
 fn route(agent: &Agent, request: &mut Request, method: &Method, path: &str, query: &str) -> Handled<Reply> {
-    let declared = request.body_length().map(|n| n as u64);
+    let declared = request.body_length();
     match (method, path) {
         (Method::Get, INFO) => agent.info().map(Reply::json),
         (Method::Post, IMAGES) => agent.load_image(request.as_reader()).map(Reply::json),
@@ -135,7 +121,7 @@ impl Reply {
 }
 
 fn header(request: &Request, name: &'static str) -> Option<String> {
-    request.headers().iter().find(|h| h.field.equiv(name)).map(|h| h.value.as_str().to_string())
+    request.header(name).map(str::to_string)
 }
 
 /// The value of `key` in a query string of plain (unencoded) names.
