@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{preflight, resume, rootfs, CHECKPOINT_NAME};
+use super::{cgroup, preflight, resume, rootfs, CHECKPOINT_NAME};
 use crate::board::Board;
 use crate::engine::{self, Engine, Info};
 use crate::error::{io_error, Error, Kind, Result};
@@ -151,6 +151,11 @@ pub(crate) fn prepare(engine: &Engine, info: &Info, dir: &Path, manifest: &Manif
     })?;
     let created = CreatedContainer { engine, id: id.clone(), armed: true };
     log::info!("created {name} ({})", short_id(&id));
+    if manifest.mode == Mode::Criu {
+        // The images name the source container's cgroup; on cgroup v2
+        // nothing else moves the restored process into this one.
+        cgroup::follow_new_container(engine, info, &id, &dir.join(payload::CHECKPOINT_DIR))?;
+    }
     rootfs::apply(engine, info, &id, dir, manifest)?;
     created.disarm();
     Ok(Prepared {
