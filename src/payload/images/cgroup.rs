@@ -310,7 +310,9 @@ fn check_relative(path: &str) -> Result<(), &'static str> {
 }
 
 /// The cgroup set of the root task: the first task of `pstree.img`
-/// (CRIU writes the tree root first), its `task_core_entry.cg_set`.
+/// (CRIU writes the tree root first), read from its core image as CRIU's
+/// restore reads it (`cr-restore.c`): the thread's `cg_set` when present,
+/// the task's otherwise.
 fn root_task_cg_set(images_dir: &Path) -> Result<u32, Error> {
     let pstree = read_image(images_dir, "pstree.img", Kind::Pstree)?;
     let mut entries = frame::open(&pstree, frame::PSTREE_MAGIC).map_err(|e| refuse("pstree.img", e))?;
@@ -319,8 +321,9 @@ fn root_task_cg_set(images_dir: &Path) -> Result<u32, Error> {
     let pid = root.pid.ok_or_else(|| refuse("pstree.img", "the root task has no pid"))?;
     let name = format!("core-{pid}.img");
     let core: CoreEntry = only(&name, &read_image(images_dir, &name, Kind::Core(pid))?, frame::CORE_MAGIC)?;
-    core.tc
-        .and_then(|tc| tc.cg_set)
+    core.thread_core
+        .and_then(|thread| thread.cg_set)
+        .or_else(|| core.tc.and_then(|tc| tc.cg_set))
         .ok_or_else(|| refuse(&name, format!("the root task {pid} names no cgroup set")))
 }
 

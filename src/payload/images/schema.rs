@@ -69,6 +69,10 @@ pub(crate) struct ThreadCoreEntry {
     /// `optional uint32 seccomp_filter = 12`: index into `seccomp.img`
     #[prost(uint32, optional, tag = "12")]
     pub seccomp_filter: Option<u32>,
+    /// `optional uint32 cg_set = 16`: the thread's set in `cgroup.img`;
+    /// newer CRIU writes it, and reads it before `task_core_entry.cg_set`
+    #[prost(uint32, optional, tag = "16")]
+    pub cg_set: Option<u32>,
 }
 
 /// `creds.proto`: `creds_entry`. Capability sets are arrays of 32-bit words,

@@ -74,6 +74,7 @@ fn core(creds: CredsEntry, seccomp_mode: i32) -> CoreEntry {
             creds: Some(creds),
             seccomp_mode: Some(seccomp_mode),
             seccomp_filter: Some(0),
+            cg_set: None,
         }),
     }
 }

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use super::*;
-use crate::payload::images::schema::TaskCoreEntry;
+use crate::payload::images::schema::{TaskCoreEntry, ThreadCoreEntry};
 use crate::testing::TempDir;
 
 const OLD: &str = "/system.slice/docker-0123456789abcdef.scope";
@@ -73,7 +73,11 @@ fn checkpoint(label: &str, cgroup: &CgroupEntry) -> TempDir {
     let dir = TempDir::new(label);
     let pstree = PstreeEntry { pid: Some(1), threads: vec![1] };
     fs::write(dir.path().join("pstree.img"), framed(frame::PSTREE_MAGIC, &[pstree])).unwrap();
-    let core = CoreEntry { tc: Some(TaskCoreEntry { cg_set: Some(1), ..Default::default() }), thread_core: None };
+    // The thread's set wins over the task's, as in CRIU's restore.
+    let core = CoreEntry {
+        tc: Some(TaskCoreEntry { cg_set: Some(2), ..Default::default() }),
+        thread_core: Some(ThreadCoreEntry { cg_set: Some(1), ..Default::default() }),
+    };
     fs::write(dir.path().join("core-1.img"), framed(frame::CORE_MAGIC, &[core])).unwrap();
     fs::write(dir.path().join(NAME), framed(frame::CGROUP_MAGIC, std::slice::from_ref(cgroup))).unwrap();
     dir
