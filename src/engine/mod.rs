@@ -145,6 +145,13 @@ pub(crate) struct Info {
     pub server_version: String,
     #[serde(default)]
     pub driver: String,
+    /// "systemd" or "cgroupfs": where runc puts a container's cgroup.
+    /// Defaulted because engines before API 1.20 do not report it.
+    #[serde(default)]
+    pub cgroup_driver: String,
+    /// "1" or "2" (reported since API 1.41; empty on older engines).
+    #[serde(default)]
+    pub cgroup_version: String,
 }
 
 #[derive(Debug, Deserialize, Clone)]

@@ -5,6 +5,7 @@
 //! checkpoint  running container → checkpoint dir (CRIU images + rootfs changes, or a committed image)
 //! rootfs      the app's changed files: captured on the source, put back (with whiteouts) on the target
 //! restore     unpacked payload → a new container, created and started
+//! cgroup      on cgroup v2, the checkpoint's cgroup paths moved to the new container's
 //! resume      the start from CRIU images: place them, start, prove CRIU restored, clean up
 //! failover    a stored snapshot → a running container, recorded
 //! ```
@@ -12,6 +13,7 @@
 //! This layer talks to the engine and reads payloads; it knows nothing of peers
 //! or of the command line.
 
+pub(crate) mod cgroup;
 pub(crate) mod checkpoint;
 pub(crate) mod failover;
 pub(crate) mod preflight;

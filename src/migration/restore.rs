@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{preflight, resume, rootfs, CHECKPOINT_NAME};
+use super::{cgroup, preflight, resume, rootfs, CHECKPOINT_NAME};
 use crate::board::Board;
 use crate::engine::{self, Engine, Info};
 use crate::error::{io_error, Error, Kind, Result};
@@ -163,6 +163,11 @@ pub(crate) fn prepare(engine: &Engine, info: &Info, dir: &Path, manifest: &Manif
     })?;
     let created = CreatedContainer { engine, id: id.clone(), armed: true };
     log::info!("created {name} ({})", short_id(&id));
+    if manifest.mode == Mode::Criu {
+        // The images name the source container's cgroup; on cgroup v2
+        // nothing else moves the restored process into this one.
+        cgroup::follow_new_container(engine, info, &id, &dir.join(payload::CHECKPOINT_DIR))?;
+    }
     rootfs::apply(engine, info, &id, dir, manifest)?;
     created.disarm();
     Ok(Prepared {
@@ -297,11 +302,17 @@ mod tests {
 
     /// A fake engine with a committed image; `start` answers the container's start.
     fn engine_with(root: PathBuf, start: u16, experimental: bool) -> FakeDocker {
+        engine_on_cgroup(root, start, experimental, "1")
+    }
+
+    fn engine_on_cgroup(root: PathBuf, start: u16, experimental: bool, cgroup_version: &'static str) -> FakeDocker {
         FakeDocker::start("restore", move |method, path| match (method, api_path(path)) {
             ("GET", "/version") => (200, version_answer("1.41")),
             ("GET", "/info") => {
                 let mut info: serde_json::Value = serde_json::from_str(&info_answer(&root)).unwrap();
                 info["ExperimentalBuild"] = experimental.into();
+                info["CgroupVersion"] = cgroup_version.into();
+                info["CgroupDriver"] = "systemd".into();
                 (200, info.to_string())
             }
             ("POST", p) if p.starts_with("/images/load") => (200, r#"{"stream":"Loaded image"}"#.into()),
@@ -369,5 +380,51 @@ mod tests {
         assert_eq!(error.kind, Kind::Docker);
         assert!(error.message.contains("experimental"), "{error}");
         assert!(!fake.lines().iter().any(|l| l.contains("/containers/create")), "{:?}", fake.lines());
+    }
+
+    /// A payload folder holding a real checkpoint (cgroup v1, Docker's
+    /// default profile), as unpack leaves it.
+    fn criu_payload_dir(label: &str) -> TempDir {
+        let dir = TempDir::new(label);
+        let images = dir.path().join(payload::CHECKPOINT_DIR);
+        std::fs::create_dir_all(&images).unwrap();
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/payload/images/testdata/docker-default");
+        for file in std::fs::read_dir(fixture).unwrap() {
+            let file = file.unwrap();
+            std::fs::copy(file.path(), images.join(file.file_name())).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn criu_restore_on_cgroup_v1_leaves_the_cgroup_image_alone() {
+        let dir = criu_payload_dir("restore-cgroup-v1");
+        let cgroup_img = dir.path().join(payload::CHECKPOINT_DIR).join("cgroup.img");
+        let before = std::fs::read(&cgroup_img).unwrap();
+        let fake = engine_on_cgroup(dir.path().to_path_buf(), 204, true, "1");
+        let engine = fake.engine();
+        let info = engine.info().unwrap();
+        let prepared = prepare(&engine, &info, dir.path(), &manifest(Mode::Criu), &Options::default()).unwrap();
+        assert_eq!(prepared.id, ID);
+        assert_eq!(std::fs::read(&cgroup_img).unwrap(), before);
+    }
+
+    #[test]
+    fn criu_restore_on_cgroup_v2_refuses_images_it_cannot_move_and_removes_the_container() {
+        // The fixture was taken on cgroup v1 in the host's cgroup namespace:
+        // no namespace root says which cgroup was the container's.
+        let dir = criu_payload_dir("restore-cgroup-v2");
+        let cgroup_img = dir.path().join(payload::CHECKPOINT_DIR).join("cgroup.img");
+        let before = std::fs::read(&cgroup_img).unwrap();
+        let fake = engine_on_cgroup(dir.path().to_path_buf(), 204, true, "2");
+        let engine = fake.engine();
+        let info = engine.info().unwrap();
+        let error = prepare(&engine, &info, dir.path(), &manifest(Mode::Criu), &Options::default()).unwrap_err();
+        assert_eq!(error.kind, Kind::BadPayload, "{error}");
+        assert!(error.message.contains("cgroup.img") && error.message.contains("cannot be told"), "{error}");
+        let lines = fake.lines();
+        assert!(lines.iter().any(|l| l.starts_with(&format!("GET /v1.41/containers/{ID}/json"))), "{lines:?}");
+        assert!(lines.iter().any(|l| l.starts_with(&format!("DELETE /v1.41/containers/{ID}"))), "{lines:?}");
+        assert_eq!(std::fs::read(&cgroup_img).unwrap(), before);
     }
 }

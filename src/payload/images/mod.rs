@@ -16,6 +16,7 @@
 // only the tests use it.
 
 mod allowed;
+mod cgroup;
 mod frame;
 mod mounts;
 mod schema;
@@ -31,6 +32,7 @@ use std::path::Path;
 use prost::Message;
 
 pub(crate) use allowed::Allowed;
+pub(crate) use cgroup::retarget;
 use mounts::{check_cgroup, check_mounts};
 use schema::InventoryEntry;
 use seccomp::{Filters, decode_seccomp};

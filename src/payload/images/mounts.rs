@@ -1,7 +1,8 @@
 //! Where the restored tasks live: `mountpoints-*.img` and `cgroup.img`.
 
 use super::allowed::Allowed;
-use super::schema::{CgroupDirEntry, CgroupEntry, MntEntry};
+use super::cgroup::{CgroupDirEntry, CgroupEntry};
+use super::schema::MntEntry;
 use super::{each, frame, only, refuse};
 use crate::payload::Error;
 

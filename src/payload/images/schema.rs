@@ -1,6 +1,7 @@
 //! The few fields of CRIU's image messages that decide a restored process's
 //! powers, with the tag numbers of CRIU's own `.proto` files (`images/` in
-//! the CRIU sources, proto2).
+//! the CRIU sources, proto2). `cgroup.img`, which ferry also writes, has its
+//! complete schema in `cgroup.rs`.
 //!
 //! Only these fields are declared: prost skips every field it does not know,
 //! so a partial message decodes a full image, and ferry needs no protoc and
@@ -45,6 +46,9 @@ pub(crate) struct CoreEntry {
 /// (`cr-restore.c`), so they count as much as the new ones.
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct TaskCoreEntry {
+    /// `optional uint32 cg_set = 9`: the task's set in `cgroup.img`
+    #[prost(uint32, optional, tag = "9")]
+    pub cg_set: Option<u32>,
     /// `optional seccomp_mode old_seccomp_mode = 11` (an enum: a varint)
     #[prost(int32, optional, tag = "11")]
     pub old_seccomp_mode: Option<i32>,
@@ -65,6 +69,10 @@ pub(crate) struct ThreadCoreEntry {
     /// `optional uint32 seccomp_filter = 12`: index into `seccomp.img`
     #[prost(uint32, optional, tag = "12")]
     pub seccomp_filter: Option<u32>,
+    /// `optional uint32 cg_set = 16`: the thread's set in `cgroup.img`;
+    /// newer CRIU writes it, and reads it before `task_core_entry.cg_set`
+    #[prost(uint32, optional, tag = "16")]
+    pub cg_set: Option<u32>,
 }
 
 /// `creds.proto`: `creds_entry`. Capability sets are arrays of 32-bit words,
@@ -157,56 +165,4 @@ pub(crate) struct MntEntry {
     /// `optional string ext_key = 18`
     #[prost(string, optional, tag = "18")]
     pub ext_key: Option<String>,
-}
-
-/// `cgroup.proto`: `cgroup_entry`, the only entry of `cgroup.img`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct CgroupEntry {
-    /// `repeated cg_set_entry sets = 1`
-    #[prost(message, repeated, tag = "1")]
-    pub sets: Vec<CgSetEntry>,
-    /// `repeated cg_controller_entry controllers = 2`
-    #[prost(message, repeated, tag = "2")]
-    pub controllers: Vec<CgControllerEntry>,
-}
-
-/// `cgroup.proto`: `cg_set_entry`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct CgSetEntry {
-    /// `repeated cg_member_entry ctls = 2`
-    #[prost(message, repeated, tag = "2")]
-    pub ctls: Vec<CgMemberEntry>,
-}
-
-/// `cgroup.proto`: `cg_member_entry`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct CgMemberEntry {
-    /// `required string name = 1`: the controllers, e.g. "cpu,cpuacct"
-    #[prost(string, required, tag = "1")]
-    pub name: String,
-    /// `required string path = 2`
-    #[prost(string, required, tag = "2")]
-    pub path: String,
-}
-
-/// `cgroup.proto`: `cg_controller_entry`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct CgControllerEntry {
-    /// `repeated string cnames = 1`
-    #[prost(string, repeated, tag = "1")]
-    pub cnames: Vec<String>,
-    /// `repeated cgroup_dir_entry dirs = 2`
-    #[prost(message, repeated, tag = "2")]
-    pub dirs: Vec<CgroupDirEntry>,
-}
-
-/// `cgroup.proto`: `cgroup_dir_entry`, a tree of folders with their properties.
-#[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct CgroupDirEntry {
-    /// `required string dir_name = 1`
-    #[prost(string, required, tag = "1")]
-    pub dir_name: String,
-    /// `repeated cgroup_dir_entry children = 2`
-    #[prost(message, repeated, tag = "2")]
-    pub children: Vec<CgroupDirEntry>,
 }

@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 
 use super::allowed::{flags, fstype};
+use super::cgroup::{CgMemberEntry, CgSetEntry, CgroupEntry};
 use super::schema::{
-    CgMemberEntry, CgSetEntry, CgroupEntry, CoreEntry, CredsEntry, MntEntry, PstreeEntry, SeccompEntry, SeccompFilter,
+    CoreEntry, CredsEntry, MntEntry, PstreeEntry, SeccompEntry, SeccompFilter,
     TaskCoreEntry, ThreadCoreEntry,
 };
 use super::*;
@@ -73,6 +74,7 @@ fn core(creds: CredsEntry, seccomp_mode: i32) -> CoreEntry {
             creds: Some(creds),
             seccomp_mode: Some(seccomp_mode),
             seccomp_filter: Some(0),
+            cg_set: None,
         }),
     }
 }
@@ -170,7 +172,7 @@ fn seccomp_disabled_is_refused_where_the_profile_filters() {
 fn deprecated_task_seccomp_fields_count_as_criu_restores_them() {
     let checkpoint = good_checkpoint("seccomp-old");
     let mut entry = core(root_creds(), SECCOMP_FILTER);
-    entry.tc = Some(TaskCoreEntry { old_seccomp_mode: Some(SECCOMP_DISABLED), old_seccomp_filter: None });
+    entry.tc = Some(TaskCoreEntry { old_seccomp_mode: Some(SECCOMP_DISABLED), ..Default::default() });
     checkpoint.write("core-1.img", &image(frame::CORE_MAGIC, &[entry]));
     let error = refusal(&checkpoint.0, &Allowed::docker_default());
     assert!(error.contains("seccomp_mode 0 is weaker"), "{error}");
@@ -332,8 +334,8 @@ fn allowed_mount_with_another_filesystem_part_or_flags_is_refused() {
 #[test]
 fn cgroup_path_leaving_the_container_is_refused() {
     let checkpoint = good_checkpoint("cgroup");
-    let member = CgMemberEntry { name: "memory".into(), path: "/docker/../..".into() };
-    let cgroup = CgroupEntry { sets: vec![CgSetEntry { ctls: vec![member] }], controllers: vec![] };
+    let member = CgMemberEntry { name: "memory".into(), path: "/docker/../..".into(), cgns_prefix: None };
+    let cgroup = CgroupEntry { sets: vec![CgSetEntry { id: 1, ctls: vec![member] }], controllers: vec![] };
     checkpoint.write("cgroup.img", &image(frame::CGROUP_MAGIC, &[cgroup]));
     let error = refusal(&checkpoint.0, &Allowed::docker_default());
     assert!(error.starts_with("cgroup.img: cgroup memory path \"/docker/../..\""), "{error}");
