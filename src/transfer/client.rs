@@ -127,7 +127,9 @@ impl Peer {
 
     /// Asks the agent to start the container it prepared for `migration`.
     pub(crate) fn commit(&self, migration: &str) -> Result<RestoreReport> {
-        let request = self.request("POST", &format!("{MIGRATIONS}{migration}{COMMIT}")).body(()).map_err(http_error)?;
+        // An explicit empty body (Content-Length: 0): a POST without one is not
+        // read the same way by every HTTP/1.1 server.
+        let request = self.request("POST", &format!("{MIGRATIONS}{migration}{COMMIT}")).body("").map_err(http_error)?;
         let response = self.run("the commit", request)?;
         self.json("the commit", response)
     }
@@ -135,7 +137,7 @@ impl Peer {
     /// Asks the agent to give `migration` up; answers what it then is
     /// (`restored` when the commit came first).
     pub(crate) fn abort(&self, migration: &str) -> Result<Outcome> {
-        let request = self.request("POST", &format!("{MIGRATIONS}{migration}{ABORT}")).body(()).map_err(http_error)?;
+        let request = self.request("POST", &format!("{MIGRATIONS}{migration}{ABORT}")).body("").map_err(http_error)?;
         let response = self.run("the abort", request)?;
         self.json("the abort", response)
     }
