@@ -184,6 +184,20 @@ impl Drop for PrivateFile {
     }
 }
 
+/// Writes `bytes` as `dir/name` so that it survives a crash the moment this
+/// returns, whole or not at all: a temporary file, synced, renamed over the
+/// old one, and the folder synced. For records a later ferry must trust.
+pub(crate) fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    fs::create_dir_all(dir)?;
+    let partial = dir.join(format!(".{name}.partial"));
+    let mut file = fs::File::create(&partial)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&partial, dir.join(name))?;
+    fs::File::open(dir)?.sync_all()
+}
+
 /// Creates a folder only root can enter: checkpoints hold the app's memory,
 /// its secrets included.
 pub(crate) fn create_private_dir(path: &Path) -> io::Result<()> {

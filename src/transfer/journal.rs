@@ -8,7 +8,6 @@
 //! ```
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -56,18 +55,9 @@ impl Journal {
     /// Writes `entry` durably (temporary file, sync, rename, sync the folder):
     /// what is recorded survives a crash the moment this returns.
     pub(crate) fn record(&self, entry: &Entry) -> Result<()> {
-        fs::create_dir_all(&self.dir).map_err(|e| io_error(self.dir.display(), e))?;
-        let path = self.dir.join(format!("{}.json", entry.id));
-        let partial = self.dir.join(format!(".{}.json.partial", entry.id));
         let text = serde_json::to_vec_pretty(entry).map_err(|e| Error::new(Kind::Failure, e.to_string()))?;
-        let write = || -> std::io::Result<()> {
-            let mut file = fs::File::create(&partial)?;
-            file.write_all(&text)?;
-            file.sync_all()?;
-            fs::rename(&partial, &path)?;
-            fs::File::open(&self.dir)?.sync_all()
-        };
-        write().map_err(|e| io_error(format!("recording migration {} in {}", entry.id, self.dir.display()), e))
+        crate::host::write_durably(&self.dir, &format!("{}.json", entry.id), &text)
+            .map_err(|e| io_error(format!("recording migration {} in {}", entry.id, self.dir.display()), e))
     }
 
     pub(crate) fn remove(&self, id: &str) {

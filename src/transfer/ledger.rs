@@ -6,11 +6,10 @@
 //! <spool>/handovers/<id>.payload/  its unpacked payload, until started or discarded
 //! ```
 //!
-//! Each record is written to a temporary file, synced, and renamed over the
-//! old one: a crash leaves the old record or the new one, never half of one.
+//! Each record is written with `host::write_durably`: a crash leaves the old
+//! record or the new one, never half of one.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -61,18 +60,9 @@ impl Ledger {
     }
 
     pub(crate) fn put(&self, id: &str, record: &Record) -> Result<()> {
-        fs::create_dir_all(&self.dir).map_err(|e| io_error(self.dir.display(), e))?;
-        let path = self.record_path(id);
-        let partial = self.dir.join(format!(".{id}.json.partial"));
         let text = serde_json::to_vec(record).map_err(|e| Error::new(Kind::Failure, e.to_string()))?;
-        let write = || -> std::io::Result<()> {
-            let mut file = fs::File::create(&partial)?;
-            file.write_all(&text)?;
-            file.sync_all()?;
-            fs::rename(&partial, &path)?;
-            fs::File::open(&self.dir)?.sync_all()
-        };
-        write().map_err(|e| io_error(format!("recording migration {id} in {}", self.dir.display()), e))
+        host::write_durably(&self.dir, &format!("{id}.json"), &text)
+            .map_err(|e| io_error(format!("recording migration {id} in {}", self.dir.display()), e))
     }
 
     /// A record with `outcome`, keeping what the old one prepared.
