@@ -77,8 +77,12 @@ pub(crate) fn run_checks(socket: &Path, work_dir: &Path) -> Vec<Check> {
             Err((format!("{kernel} is older than 3.11"), "CRIU needs Linux 3.11 or newer".into()))
         },
     ));
-    let cgroup = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() { "v2" } else { "v1" };
-    checks.push(check("cgroup", false, Ok(format!("cgroup {cgroup}"))));
+    checks.push(check("kernel c/r", true, checkpoint_restore_check()));
+    let driver = info.as_ref().map(|i| i.cgroup_driver.clone()).filter(|d| !d.is_empty()).unwrap_or_else(|| "unknown".into());
+    checks.push(check("cgroup", false, Ok(format!("cgroup v{}, Docker's {driver} driver", host::cgroup_version()))));
+    checks.push(check("memory cgroup", true, memory_cgroup_check()));
+    checks.push(check("apparmor", true, apparmor_check()));
+    checks.push(check("page size", false, Ok(format!("{} KiB pages (a payload restores only where they match)", host::cpu().page_size / 1024))));
     checks.push(check("work dir", true, work_dir_check(work_dir)));
     let arch = info.as_ref().map(|i| i.architecture.clone()).unwrap_or_else(|| std::env::consts::ARCH.to_string());
     checks.push(check("arch", false, Ok(arch)));
@@ -117,6 +121,57 @@ fn dirty_tracking_check() -> Result<String, (String, String)> {
             "this kernel has no memory dirty tracking (CONFIG_MEM_SOFT_DIRTY)".into(),
             "every snapshot is a full one; incremental snapshots need an x86 kernel with soft-dirty".into(),
         )),
+    }
+}
+
+/// CRIU needs CONFIG_CHECKPOINT_RESTORE; /proc/sys/kernel/ns_last_pid exists
+/// only in kernels built with it.
+fn checkpoint_restore_check() -> Result<String, (String, String)> {
+    if Path::new("/proc/sys/kernel/ns_last_pid").exists() {
+        Ok("the kernel has CONFIG_CHECKPOINT_RESTORE".into())
+    } else {
+        Err((
+            "the kernel lacks CONFIG_CHECKPOINT_RESTORE (no /proc/sys/kernel/ns_last_pid)".into(),
+            "use a kernel built with CONFIG_CHECKPOINT_RESTORE=y (Debian's and Raspberry Pi OS's are)".into(),
+        ))
+    }
+}
+
+/// Board caps are memory limits: Raspberry Pi kernels have shipped with the
+/// memory controller off, and then Docker cannot cap a container at all.
+fn memory_cgroup_check() -> Result<String, (String, String)> {
+    let enabled = if host::cgroup_version() == 2 {
+        std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").unwrap_or_default().split_whitespace().any(|c| c == "memory")
+    } else {
+        std::fs::read_to_string("/proc/cgroups")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some("memory") && l.split_whitespace().nth(3) == Some("1"))
+    };
+    if enabled {
+        Ok("the memory controller is enabled".into())
+    } else {
+        Err((
+            "the memory cgroup controller is off: memory caps cannot apply".into(),
+            "add `cgroup_enable=memory cgroup_memory=1` to the kernel command line (/boot/firmware/cmdline.txt on \
+             Raspberry Pi OS) and reboot"
+                .into(),
+        ))
+    }
+}
+
+/// With AppArmor on, Docker loads its profile through apparmor_parser, and
+/// `docker run` fails without it.
+fn apparmor_check() -> Result<String, (String, String)> {
+    let on = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled").is_ok_and(|v| v.trim() == "Y");
+    if !on {
+        return Ok("AppArmor is off".into());
+    }
+    let parser = ["/sbin/apparmor_parser", "/usr/sbin/apparmor_parser"].iter().any(|p| Path::new(p).exists());
+    if parser {
+        Ok("AppArmor is on and apparmor_parser is installed".into())
+    } else {
+        Err(("AppArmor is on but apparmor_parser is missing: containers cannot start".into(), "apt-get install apparmor".into()))
     }
 }
 
