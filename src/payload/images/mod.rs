@@ -23,7 +23,6 @@ mod schema;
 mod seccomp;
 mod task;
 
-use std::collections::BTreeSet;
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
@@ -36,7 +35,7 @@ pub(crate) use cgroup::retarget;
 use mounts::{check_cgroup, check_mounts};
 use schema::InventoryEntry;
 use seccomp::{Filters, decode_seccomp};
-use task::{check_core, pstree_threads};
+use task::{check_core, check_seccomp_modes, pstree_threads};
 
 use super::Error;
 
@@ -132,7 +131,7 @@ pub(crate) fn check(images_dir: &Path, allowed: &Allowed) -> Result<(), Error> {
         None => Filters::default(),
     };
     let mut has_inventory = false;
-    let mut cores = BTreeSet::new();
+    let mut modes = std::collections::BTreeMap::new();
     let mut threads = Vec::new();
     for (name, kind) in &images {
         let bytes = read_image(images_dir, name, *kind)?;
@@ -143,8 +142,7 @@ pub(crate) fn check(images_dir: &Path, allowed: &Allowed) -> Result<(), Error> {
             }
             Kind::Pstree => threads = pstree_threads(name, &bytes)?,
             Kind::Core(tid) => {
-                check_core(name, *tid, &bytes, Some(&seccomp), allowed)?;
-                cores.insert(*tid);
+                modes.insert(*tid, check_core(name, *tid, &bytes, Some(&seccomp), allowed)?);
             }
             Kind::Mounts => check_mounts(name, &bytes, allowed)?,
             Kind::Cgroup => check_cgroup(name, &bytes)?,
@@ -159,9 +157,10 @@ pub(crate) fn check(images_dir: &Path, allowed: &Allowed) -> Result<(), Error> {
     if threads.is_empty() {
         return Err(refuse("pstree.img", "missing or empty: no task to restore"));
     }
-    if let Some(tid) = threads.iter().find(|tid| !cores.contains(tid)) {
+    if let Some((tid, _)) = threads.iter().find(|(tid, _)| !modes.contains_key(tid)) {
         return Err(refuse(&format!("core-{tid}.img"), format!("missing for task {tid} listed in pstree.img")));
     }
+    check_seccomp_modes(&threads, &modes, allowed)?;
     if let Some(digest) = &allowed.seccomp_digest {
         let found = seccomp_digest(images_dir)?;
         if &found != digest {
@@ -189,7 +188,11 @@ pub(crate) fn check_image_bytes(name: &str, bytes: &[u8], allowed: &Allowed) -> 
     match kind {
         Kind::Inventory => check_inventory(name, bytes),
         Kind::Pstree => pstree_threads(name, bytes).map(|_| ()),
-        Kind::Core(tid) => check_core(name, tid, bytes, None, allowed),
+        // On its own, a core image is judged as a task's leader would be.
+        Kind::Core(tid) => {
+            let mode = check_core(name, tid, bytes, None, allowed)?;
+            check_seccomp_modes(&[(tid, tid)], &[(tid, mode)].into_iter().collect(), allowed)
+        }
         Kind::Seccomp => decode_seccomp(name, bytes).map(|_| ()),
         Kind::Mounts => check_mounts(name, bytes, allowed),
         Kind::Cgroup => check_cgroup(name, bytes),

@@ -392,6 +392,22 @@ fn real_docker_checkpoint_passes_docker_defaults() {
 }
 
 #[test]
+fn threads_without_a_seccomp_mode_of_their_own_run_under_their_leaders() {
+    // Redis (the ferry-redis test image) with its four background threads:
+    // CRIU records a mode for the leader only, and the restored threads all
+    // run with `Seccomp: 2` (checked on this host).
+    check(&testdata("redis-threads"), &Allowed::docker_default()).unwrap();
+    let threads = [(1, 1), (7, 1)];
+    let allowed = Allowed::docker_default();
+    let modes = |leader: Option<i32>, thread: Option<i32>| [(1, leader), (7, thread)].into_iter().collect();
+    task::check_seccomp_modes(&threads, &modes(Some(SECCOMP_FILTER), None), &allowed).unwrap();
+    let weaker = task::check_seccomp_modes(&threads, &modes(Some(SECCOMP_FILTER), Some(SECCOMP_DISABLED)), &allowed);
+    assert!(weaker.unwrap_err().to_string().contains("task 7 seccomp_mode 0"), "a thread's own weaker mode counts");
+    let unconfined = task::check_seccomp_modes(&threads, &modes(None, None), &allowed);
+    assert!(unconfined.unwrap_err().to_string().contains("task 1 seccomp_mode 0"), "a leader without a mode is unconfined");
+}
+
+#[test]
 fn real_checkpoint_with_one_capability_bit_flipped_is_refused() {
     let checkpoint = Scratch::new("real-flip");
     for dirent in fs::read_dir(testdata("docker-default")).unwrap() {
