@@ -77,6 +77,7 @@ pub(crate) mod fstype {
     pub(crate) const UNSUPPORTED: u32 = 0;
     pub(crate) const PROC: u32 = 1;
     pub(crate) const SYSFS: u32 = 2;
+    pub(crate) const DEVTMPFS: u32 = 3;
     pub(crate) const TMPFS: u32 = 5;
     pub(crate) const DEVPTS: u32 = 6;
     pub(crate) const CGROUP: u32 = 12;
@@ -260,7 +261,9 @@ fn docker_mounts() -> BTreeSet<AllowedMount> {
         AllowedMount::new("/etc/hosts", UNSUPPORTED, None, 0),
         AllowedMount::new("/etc/resolv.conf", UNSUPPORTED, None, 0),
     ]);
-    // Masked files: /dev/null (on the container's /dev tmpfs) bound over them.
+    // Masked files: /dev/null (on the container's /dev tmpfs) bound over them
+    // — or, in a container that CRIU restored, the host's /dev/null (the
+    // null device of devtmpfs, and nothing else of it).
     for target in [
         "/proc/kcore",
         "/proc/keys",
@@ -270,6 +273,7 @@ fn docker_mounts() -> BTreeSet<AllowedMount> {
         "/proc/sched_debug",
     ] {
         mounts.insert(AllowedMount::new(target, TMPFS, None, 0));
+        mounts.insert(AllowedMount::new(target, DEVTMPFS, Some("/null"), 0));
     }
     // Masked folders: an empty read-only tmpfs over them.
     for target in ["/proc/asound", "/proc/acpi", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap"] {

@@ -320,6 +320,9 @@ fn allowed_mount_with_another_filesystem_part_or_flags_is_refused() {
         (mount(6, "/proc/sys", fstype::PROC, "/sys", hardened), "flags 0xe lack the flags 0xf"),
         (mount(2, "/proc", fstype::PROC, "/sys", hardened), "root \"/sys\" is not the part"),
         (mount(9, "/proc/kcore", 11, "/", 0), "fstype 11 is not the filesystem"),
+        // The host's devtmpfs may stand in for /dev/null over a masked file
+        // (a container CRIU restored has that), and for nothing else.
+        (mount(9, "/proc/kcore", fstype::DEVTMPFS, "/sda", 0), "root \"/sda\" is not the part"),
     ];
     for (index, (evil, expected)) in cases.into_iter().enumerate() {
         let checkpoint = good_checkpoint(&format!("mount-{index}"));
@@ -329,6 +332,15 @@ fn allowed_mount_with_another_filesystem_part_or_flags_is_refused() {
         let error = refusal(&checkpoint.0, &Allowed::docker_default());
         assert!(error.contains(expected), "{error}");
     }
+}
+
+#[test]
+fn a_restored_containers_masks_are_the_hosts_null_device() {
+    let checkpoint = good_checkpoint("restored-masks");
+    let mut mounts: Vec<_> = docker_mounts().into_iter().filter(|m| m.mountpoint != "/proc/kcore").collect();
+    mounts.push(mount(9, "/proc/kcore", fstype::DEVTMPFS, "/null", 0));
+    checkpoint.write("mountpoints-13.img", &image(frame::MNTS_MAGIC, &mounts));
+    check(&checkpoint.0, &Allowed::docker_default()).unwrap();
 }
 
 #[test]
