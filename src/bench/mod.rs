@@ -257,7 +257,7 @@ impl Run<'_> {
             // source is thrown away, so it keeps no journal.
             let id = migration_id();
             let (report, stats, secs) = match hand_over(peer, &mut taken, TARGET, &id, self.options.tuning.io_buffer, || Ok(())) {
-                Handover::Done { restored, stats, transfer_secs } => (restored, stats, transfer_secs),
+                Handover::Done { restored, stats, transfer_secs, .. } => (restored, stats, transfer_secs),
                 Handover::NotStarted(error) | Handover::Unknown(error) => return Err(error),
             };
             measured.set(Phase::Transfer, secs);

@@ -77,6 +77,10 @@ pub(crate) struct Report {
     pub transfer_secs: f64,
     /// The peer's restore: creating the container until it runs.
     pub resume_secs: f64,
+    /// The commit request, sent to its answer: the peer's start plus what the
+    /// two-phase handover adds (a journal write here, a round trip, a ledger
+    /// write there).
+    pub commit_secs: f64,
     /// From the freeze to the peer's answer: how long the app was away.
     pub total_secs: f64,
     pub bytes_sent: u64,
@@ -148,8 +152,9 @@ pub(crate) fn migrate(engine: &Engine, peer: &Peer, container: &str, options: &O
         journal.record(&entry)
     });
     let (restored, stats) = match handed {
-        Handover::Done { restored, stats, transfer_secs } => {
+        Handover::Done { restored, stats, transfer_secs, commit_secs } => {
             report.transfer_secs = transfer_secs;
+            report.commit_secs = commit_secs;
             (restored, stats)
         }
         Handover::NotStarted(error) => {
@@ -192,7 +197,7 @@ pub(crate) fn migrate(engine: &Engine, peer: &Peer, container: &str, options: &O
 /// How a handover ended, as far as the source can know.
 pub(crate) enum Handover {
     /// The app runs on the peer.
-    Done { restored: RestoreReport, stats: PackStats, transfer_secs: f64 },
+    Done { restored: RestoreReport, stats: PackStats, transfer_secs: f64, commit_secs: f64 },
     /// The peer did not start it and never will: the source may run it again.
     NotStarted(Error),
     /// The commit may have reached the peer, which cannot be asked now.
@@ -211,6 +216,7 @@ pub(crate) fn hand_over(
     before_commit: impl FnOnce() -> Result<()>,
 ) -> Handover {
     let (prepared, transfer_secs) = send_payload(peer, taken, name, migration, io_buffer);
+    let committing = Instant::now();
     let prepared = prepared.and_then(|prepared| before_commit().map(|()| prepared));
     let (prepared, stats) = match prepared {
         Ok(prepared) => prepared,
@@ -225,11 +231,13 @@ pub(crate) fn hand_over(
     };
     log::info!("{name} is prepared on {} (unpack {:.2}s, create {:.2}s): committing", peer.addr(), prepared.unpack_secs, prepared.prepare_secs);
     match peer.commit(migration) {
-        Ok(restored) => Handover::Done { restored, stats, transfer_secs },
+        Ok(restored) => Handover::Done { restored, stats, transfer_secs, commit_secs: seconds_since(committing) },
         Err(error) => {
             log::warn!("{error}; asking the agent what became of the commit");
             match settle(peer, migration, peer.timeout()) {
-                Settled::Restored(restored) => Handover::Done { restored, stats, transfer_secs },
+                Settled::Restored(restored) => {
+                    Handover::Done { restored, stats, transfer_secs, commit_secs: seconds_since(committing) }
+                }
                 Settled::NotStarted(reason) => Handover::NotStarted(error.context(format!("the peer did not start it ({reason})"))),
                 Settled::Unknown => Handover::Unknown(error),
             }
