@@ -264,3 +264,58 @@ fn the_agent_checks_names_first_and_removes_only_what_it_restored() {
     let (status, _) = http(&addr, &token, "DELETE", &format!("/v1/containers/{victim}"), b"");
     assert_eq!(status, 403);
 }
+
+/// The agent's peak RSS (VmHWM) in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0)
+}
+
+#[test]
+#[ignore = "needs two real engines + CRIU: run `make test`"]
+fn strangers_cannot_stall_or_swell_the_agent_and_a_migration_still_goes_through() {
+    let mut hosts = TwoHosts::new("hostile-strangers", &[]);
+    let token = std::fs::read_to_string(&hosts.token).unwrap().trim().to_string();
+    let addr = hosts.agent_b.addr.clone();
+    let pid = hosts.agent_b.child.id();
+    // 4. Idle uploads without the token: a body announced and never sent.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        let mut stream = TcpStream::connect(&addr).unwrap();
+        stream.write_all(b"POST /v1/restore HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\nabc").unwrap();
+        idle.push(stream);
+    }
+    // 5. A header line without end: 64 MiB offered, no CRLF.
+    let flood_addr = addr.clone();
+    let flood = std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(&flood_addr).unwrap();
+        let _ = stream.write_all(b"GET /health HTTP/1.1\r\nX-Flood: ");
+        let chunk = vec![b'a'; 1 << 20];
+        let mut sent = 0usize;
+        while sent < 64 << 20 && stream.write_all(&chunk).is_ok() {
+            sent += chunk.len();
+        }
+        sent
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        assert_eq!(http(&addr, &token, "GET", "/health", b"").0, 200);
+        assert_eq!(http(&addr, &token, "GET", "/v1/info", b"").0, 200);
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "the agent answered in {:?}", started.elapsed());
+    }
+    let flooded = flood.join().unwrap();
+    assert!(flooded < 64 << 20, "the agent read a header line of {flooded} bytes without cutting it");
+    let peak = peak_rss_kib(pid);
+    assert!(peak > 0 && peak <= 16 * 1024, "the agent's peak RSS is {peak} KiB");
+    drop(idle);
+
+    // The normal case: a migration to the same agent goes through.
+    let name = hosts.on_a.track("ferry-e2e-after-strangers");
+    hosts.on_b.track(&name);
+    start_counter(ENGINE_A, &name, 4);
+    let counted = wait_for_count(ENGINE_A, &name, 2, std::time::Duration::from_secs(20));
+    let out = ferry(ENGINE_A, &hosts.scratch.work_dir(), &["migrate", &name, "--to", &addr, "--token-file", hosts.token.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for_count(ENGINE_B, &name, counted + 1, std::time::Duration::from_secs(20));
+}
