@@ -41,7 +41,7 @@ wait_ssh() {
 
 stop_one() {
   local x="$1" pid
-  if ! pid="$(guest_pid "$x")"; then rm -f "$(pidfile "$x")"; return 0; fi
+  if ! pid="$(guest_pid "$x")"; then rm -f "$(pidfile "$x")" "$FIELD_RUN/guest-$x.qcow2"; return 0; fi
   kill -TERM "$pid" 2>/dev/null || true
   for _ in $(seq 50); do [ -d "/proc/$pid" ] || break; sleep 0.2; done
   [ -d "/proc/$pid" ] && kill -KILL "$pid" 2>/dev/null || true
