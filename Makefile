@@ -5,7 +5,7 @@ CARGO    ?= cargo
 FERRY    := target/release/ferry
 SHELL    := /bin/bash
 
-.PHONY: all build setup test unit demo bench bench-core bench-migrate soak aarch64 armv7 arm arm-test clean stop-engines
+.PHONY: all build setup test unit demo bench bench-core bench-migrate soak aarch64 armv7 arm arm-test field-test clean stop-engines
 
 all: build
 
@@ -71,6 +71,14 @@ arm-test: arm
 	bash cross/check-static.sh $(AARCH64) $(ARMV7)
 	bash cross/build.sh $(AARCH64) test
 	bash cross/build.sh $(ARMV7) test
+
+# Field test (issue 10): two emulated arm64 boards (qemu-system-aarch64, TCG,
+# 1 GiB each) booted at once from a cached Debian bookworm image; ferry copied
+# in as one file, its agent run by boards/ferry-serve.service; doctor, a counter
+# migrated A→B→A→B, Redis with data, replicate then failover after guest A's
+# qemu is killed. Times printed are emulation times. Not part of `make test`.
+field-test:
+	bash tests/scripts/field/run.sh
 
 stop-engines:
 	bash tests/scripts/engines.sh stop all
