@@ -22,6 +22,11 @@ SECONDS_PER_TARGET=${1:-10}
 CARGO_FUZZ_VERSION=0.13.2
 TARGETS=(manifest unpack images)
 export RUSTC_BOOTSTRAP=1
+# The unpack target makes and removes a folder per input: in memory it runs
+# about a third faster than on disk.
+if [[ -d /dev/shm && -w /dev/shm ]]; then
+    export TMPDIR=/dev/shm
+fi
 
 if [[ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]]; then
     cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
