@@ -5,7 +5,7 @@ CARGO    ?= cargo
 FERRY    := target/release/ferry
 SHELL    := /bin/bash
 
-.PHONY: all build setup test unit demo bench bench-core bench-migrate soak aarch64 armv7 arm arm-test field-test clean stop-engines
+.PHONY: all build setup test unit fuzz fuzz-short demo bench bench-core bench-migrate soak aarch64 armv7 arm arm-test field-test clean stop-engines
 
 all: build
 
@@ -15,14 +15,25 @@ build:
 setup:
 	bash tests/scripts/setup-host.sh
 
-# Unit tests (no Docker needed) then the end-to-end tests against real engines.
+# Unit tests (no Docker needed), the end-to-end tests against real engines,
+# the ARM binaries under qemu, and a short fuzz run of the payload parsers.
 test: setup build
 	$(CARGO) test --release --locked
 	bash tests/scripts/with-engines.sh all -- $(CARGO) test --release --locked -- --ignored --test-threads=1
 	$(MAKE) arm-test
+	$(MAKE) fuzz-short
 
 unit:
 	$(CARGO) test --locked
+
+# Coverage-guided fuzzing of the payload parsers (manifest, unpack, CRIU
+# images) with cargo-fuzz; fails on any crash. FUZZ_SECONDS per target.
+FUZZ_SECONDS ?= 300
+fuzz:
+	bash tests/scripts/fuzz.sh $(FUZZ_SECONDS)
+
+fuzz-short:
+	bash tests/scripts/fuzz.sh 10
 
 # Sets the host up, starts a counter, checkpoints it, restores it into a new
 # container and shows the counter carrying on.

@@ -217,3 +217,38 @@ fn oversized_payload_is_refused_before_writing() {
     assert!(error.to_string().contains("more than the 1000 bytes allowed"), "{error}");
     assert!(!dest.exists());
 }
+
+/// The fuzz corpus's seeds (tests/fuzz/corpus/): a small payload of real CRIU
+/// images as this `pack` writes it, and its manifest. Rewrite them after a
+/// format change with `FERRY_UPDATE_FUZZ_SEEDS=1 cargo test fuzz_seeds`.
+#[test]
+fn fuzz_seeds_are_what_pack_writes_and_unpack_accepts() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let images = repo.join("src/payload/images/testdata/docker-default");
+    let scratch = Scratch::new("fuzz-seeds");
+    let rootfs = scratch.path().join("0.tar");
+    fs::write(&rootfs, b"a rootfs archive's bytes").unwrap();
+    let files = vec![
+        ("checkpoint/inventory.img".to_string(), images.join("inventory.img")),
+        ("checkpoint/pstree.img".to_string(), images.join("pstree.img")),
+        ("checkpoint/core-1.img".to_string(), images.join("core-1.img")),
+        ("rootfs/0.tar".to_string(), rootfs),
+    ];
+    let mut manifest = manifest();
+    manifest.rootfs.archives.push(RootfsArchive { entry: "rootfs/0.tar".into(), target_dir: "/data".into() });
+    manifest.rootfs.deleted.push("/tmp/gone".into());
+    let mut payload = Vec::new();
+    pack(&mut manifest, &files, &mut payload, LZ4_BLOCK).unwrap();
+    let manifest_json = serde_json::to_vec_pretty(&manifest).unwrap();
+
+    let corpus = repo.join("tests/fuzz/corpus");
+    let seeds = [(corpus.join("unpack/criu-payload"), payload), (corpus.join("manifest/criu.json"), manifest_json)];
+    for (path, bytes) in &seeds {
+        if std::env::var_os("FERRY_UPDATE_FUZZ_SEEDS").is_some() {
+            fs::write(path, bytes).unwrap();
+        }
+        let committed = fs::read(path).unwrap_or_default();
+        assert!(&committed == bytes, "{} is stale: FERRY_UPDATE_FUZZ_SEEDS=1 cargo test fuzz_seeds", path.display());
+    }
+    unpack(seeds[0].1.as_slice(), &scratch.path().join("dest"), "x86_64", Some(64 << 20)).unwrap();
+}

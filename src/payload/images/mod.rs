@@ -179,7 +179,7 @@ pub(crate) fn check(images_dir: &Path, allowed: &Allowed) -> Result<(), Error> {
 /// `name`. For fuzzing: it never panics, and allocates no more than the
 /// messages `bytes` holds. A core image is checked on its own, so its
 /// seccomp filter index is only checked against `seccomp.img` by [`check`].
-#[cfg(test)]
+#[cfg(any(test, fuzzing))]
 pub(crate) fn check_image_bytes(name: &str, bytes: &[u8], allowed: &Allowed) -> Result<(), Error> {
     let kind = Kind::of(name).ok_or_else(|| refuse(name, "not an image ferry checks"))?;
     if bytes.len() as u64 > kind.limit() {
