@@ -247,8 +247,13 @@ fn fuzz_seeds_are_what_pack_writes_and_unpack_accepts() {
         if std::env::var_os("FERRY_UPDATE_FUZZ_SEEDS").is_some() {
             fs::write(path, bytes).unwrap();
         }
-        let committed = fs::read(path).unwrap_or_default();
-        assert!(&committed == bytes, "{} is stale: FERRY_UPDATE_FUZZ_SEEDS=1 cargo test fuzz_seeds", path.display());
+        // lz4_flex's compressor finds other matches on 32-bit targets (the
+        // payload still unpacks the same there): the seeds are made, and
+        // fuzzed, on 64-bit hosts.
+        if cfg!(target_pointer_width = "64") {
+            let committed = fs::read(path).unwrap_or_default();
+            assert!(&committed == bytes, "{} is stale: FERRY_UPDATE_FUZZ_SEEDS=1 cargo test fuzz_seeds", path.display());
+        }
     }
     unpack(seeds[0].1.as_slice(), &scratch.path().join("dest"), "x86_64", Some(64 << 20)).unwrap();
 }
