@@ -169,7 +169,7 @@ hop() {
     local still src; still="$(g "$from" docker inspect -f '{{.State.Running}}' "$name" 2>/dev/null)"
     src="$(cgroup_check "$from" "$name")"
     if [ "${src%% *}" != ok ] && printf '%s' "$out" | grep -q 'cgroup.freeze\|Unseizable'; then
-      fail "$label: ferry migrate exited $rc: the app, restored here by the previous hop, cannot be checkpointed again [KNOWN: issue 10]"
+      fail "$label: ferry migrate exited $rc: the app, restored here by the previous hop, cannot be checkpointed again (the cgroup v2 bug of issue 10 is back)"
       known+=("$label: migrate exits $rc; the source's $src")
     else
       fail "$label: ferry migrate exited $rc"
@@ -185,7 +185,7 @@ hop() {
   else fail "$label: memory checksum '$check', want $SUM"; fi
   cg="$(cgroup_check "$to" "$name")"
   if [ "${cg%% *}" = ok ]; then ok "$label: the process is in its container's cgroup (${cg#ok })"
-  else fail "$label: $cg [KNOWN: issue 10]"; known+=("$label: $cg"); fi
+  else fail "$label: $cg (the cgroup v2 bug of issue 10 is back)"; known+=("$label: $cg"); fi
 }
 
 # --- 6. counter A -> B -> A -> B ------------------------------------------------
@@ -229,7 +229,7 @@ if [ $rc -eq 0 ]; then
   else fail "redis A -> B: data differs (A: $keys_a $digest_a $marker_a; B: $keys_b $digest_b $marker_b)"; fi
   cg="$(cgroup_check b field-redis)"
   if [ "${cg%% *}" = ok ]; then ok "redis on B is in its container's cgroup (${cg#ok })"
-  else fail "redis A -> B: $cg [KNOWN: issue 10]"; known+=("redis A -> B: $cg"); fi
+  else fail "redis A -> B: $cg (the cgroup v2 bug of issue 10 is back)"; known+=("redis A -> B: $cg"); fi
 else
   printf '%s\n' "$rout" | tail -8 | sed 's/^/      | /'
   fail "redis A -> B: ferry migrate exited $rc"
@@ -269,7 +269,7 @@ if [ $rc -eq 0 ]; then
   g b "docker inspect -f 'board caps on B: Memory={{.HostConfig.Memory}} NanoCpus={{.HostConfig.NanoCpus}}' $RNAME"
   cg="$(cgroup_check b "$RNAME")"
   if [ "${cg%% *}" = ok ]; then ok "failover: the process is in its container's cgroup (${cg#ok })"
-  else fail "failover: $cg [KNOWN: issue 10]"; known+=("failover on B: $cg"); fi
+  else fail "failover: $cg (the cgroup v2 bug of issue 10 is back)"; known+=("failover on B: $cg"); fi
 else
   fail "ferry failover on B exited $rc"
 fi
@@ -279,7 +279,7 @@ say "timings (qemu TCG emulation on this host, not a board's)"
 timing "total field test" "$((SECONDS - t_start)) s"
 printf '  %s\n' "${timings[@]}"
 if [ ${#known[@]} -gt 0 ]; then
-  say "known bug, issue 10 (cgroup v2): a restored process stays in the source container's cgroup"
+  say "regression of issue 10 (cgroup v2): a restored process in the source container's cgroup"
   printf '  %s\n' "${known[@]}"
 fi
 if [ ${#failures[@]} -gt 0 ]; then
