@@ -75,10 +75,12 @@ impl Agent {
             }
         };
         let _one_at_a_time = self.restore_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let info = self.engine.info()?;
+        let info = self.engine_info()?;
         let result = restore::commit(&self.engine, &info, &prepared, self.settings.fast);
         let _ledger = self.ledger_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = std::fs::remove_dir_all(self.ledger.payload_dir(id));
+        // The used payload (the app's whole memory: unlinking it takes tens of
+        // milliseconds) is removed by `tidy_handovers`, not while the source
+        // waits for this answer with its app down.
         match result {
             Ok(restored) => {
                 self.restored.lock().unwrap_or_else(|p| p.into_inner()).insert(restored.container.clone(), restored.id.clone());
@@ -145,6 +147,9 @@ impl Agent {
     pub(crate) fn tidy_handovers(&self) {
         let now = host::unix_now();
         for (id, record) in self.ledger.list() {
+            if matches!(record.outcome, Outcome::Restored { .. } | Outcome::Failed { .. } | Outcome::Aborted) {
+                let _ = std::fs::remove_dir_all(self.ledger.payload_dir(&id));
+            }
             match record.outcome {
                 Outcome::Prepared if record.expires_unix <= now => {
                     log::warn!("migration {id} was prepared but not committed in time");

@@ -52,6 +52,8 @@ pub(crate) struct Agent {
     /// Held across each read-modify-write of a ledger record, so that a
     /// commit and an abort of one migration can never both win.
     pub(super) ledger_lock: Mutex<()>,
+    /// The engine's /info, read once for commits (see [`Agent::engine_info`]).
+    engine_info: std::sync::OnceLock<crate::engine::Info>,
 }
 
 /// An error with the HTTP status to answer it with, when its kind's is not right.
@@ -97,6 +99,7 @@ impl Agent {
             restored: Mutex::default(),
             ledger,
             ledger_lock: Mutex::new(()),
+            engine_info: std::sync::OnceLock::new(),
         }
     }
 
@@ -113,6 +116,17 @@ impl Agent {
             }
         }
         self.store.clean_partial();
+    }
+
+    /// The engine's /info, read once: what a commit needs of it (the data
+    /// root) does not change while the agent runs, and /info costs tens of
+    /// milliseconds on the one step of a handover while the app is down.
+    pub(super) fn engine_info(&self) -> Handled<crate::engine::Info> {
+        if let Some(info) = self.engine_info.get() {
+            return Ok(info.clone());
+        }
+        let info = self.engine.info()?;
+        Ok(self.engine_info.get_or_init(|| info).clone())
     }
 
     pub(crate) fn restore_options(&self, size_limit: Option<SizeLimit>) -> restore::Options<'_> {
