@@ -23,7 +23,6 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use prost::Message;
 
 use super::schema::{CoreEntry, PstreeEntry};
 use super::{Kind, frame, only, read_image, refuse};
@@ -330,8 +329,7 @@ fn root_task_cg_set(images_dir: &Path) -> Result<u32, Error> {
 /// Writes `cgroup` as CRIU frames it, beside the old image, then renames it
 /// over: CRIU reads either the old image or the new one, never half of one.
 fn write_image(images_dir: &Path, cgroup: &CgroupEntry) -> Result<(), Error> {
-    let message = cgroup.encode_to_vec();
-    let length = u32::try_from(message.len()).map_err(|_| refuse(NAME, "rewritten image is too large"))?;
+    let image = frame::encode(frame::CGROUP_MAGIC, std::slice::from_ref(cgroup)).map_err(|detail| refuse(NAME, detail))?;
     let path = images_dir.join(NAME);
     let temporary = images_dir.join(".cgroup.img.ferry");
     let io_error = |path: &Path| {
@@ -350,13 +348,7 @@ fn write_image(images_dir: &Path, cgroup: &CgroupEntry) -> Result<(), Error> {
         .mode(0o600)
         .open(&temporary)
         .map_err(io_error(&temporary))?;
-    let written = (|| {
-        file.write_all(&frame::IMG_COMMON_MAGIC.to_le_bytes())?;
-        file.write_all(&frame::CGROUP_MAGIC.to_le_bytes())?;
-        file.write_all(&length.to_le_bytes())?;
-        file.write_all(&message)?;
-        file.sync_all()
-    })();
+    let written = file.write_all(&image).and_then(|()| file.sync_all());
     if let Err(e) = written.and_then(|()| fs::rename(&temporary, &path)) {
         let _ = fs::remove_file(&temporary);
         return Err(io_error(&path)(e));

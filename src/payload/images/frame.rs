@@ -55,6 +55,24 @@ pub(crate) fn open(bytes: &[u8], type_magic: u32) -> Result<Entries<'_>, FrameEr
     Ok(Entries { rest })
 }
 
+/// Frames `messages` as CRIU writes an image of kind `type_magic`: the
+/// common magic (not for inventory.img), the type's, then each message
+/// behind its little-endian u32 length.
+pub(crate) fn encode<M: prost::Message>(type_magic: u32, messages: &[M]) -> Result<Vec<u8>, FrameError> {
+    let mut bytes = Vec::new();
+    if type_magic != INVENTORY_MAGIC {
+        bytes.extend(IMG_COMMON_MAGIC.to_le_bytes());
+    }
+    bytes.extend(type_magic.to_le_bytes());
+    for message in messages {
+        let encoded = message.encode_to_vec();
+        let length = u32::try_from(encoded.len()).map_err(|_| "a message too large for an image".to_string())?;
+        bytes.extend(length.to_le_bytes());
+        bytes.extend(encoded);
+    }
+    Ok(bytes)
+}
+
 impl<'a> Entries<'a> {
     /// The next message's bytes, `None` at the clean end of the file.
     pub(crate) fn next_message(&mut self) -> Result<Option<&'a [u8]>, FrameError> {

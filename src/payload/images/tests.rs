@@ -42,17 +42,7 @@ fn testdata(set: &str) -> PathBuf {
 
 /// An image file as CRIU writes it: magic(s), then length-prefixed messages.
 fn image<M: Message>(magic: u32, messages: &[M]) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    if magic != frame::INVENTORY_MAGIC {
-        bytes.extend(frame::IMG_COMMON_MAGIC.to_le_bytes());
-    }
-    bytes.extend(magic.to_le_bytes());
-    for message in messages {
-        let encoded = message.encode_to_vec();
-        bytes.extend((encoded.len() as u32).to_le_bytes());
-        bytes.extend(encoded);
-    }
-    bytes
+    frame::encode(magic, messages).unwrap()
 }
 
 fn root_creds() -> CredsEntry {

@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+use prost::Message;
+
 use super::*;
 use crate::payload::images::schema::{TaskCoreEntry, ThreadCoreEntry};
 use crate::testing::TempDir;
@@ -12,15 +14,7 @@ const OLD: &str = "/system.slice/docker-0123456789abcdef.scope";
 const NEW: &str = "/system.slice/docker-fedcba9876543210.scope";
 
 fn framed<M: Message>(magic: u32, messages: &[M]) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    bytes.extend(frame::IMG_COMMON_MAGIC.to_le_bytes());
-    bytes.extend(magic.to_le_bytes());
-    for message in messages {
-        let encoded = message.encode_to_vec();
-        bytes.extend((encoded.len() as u32).to_le_bytes());
-        bytes.extend(encoded);
-    }
-    bytes
+    frame::encode(magic, messages).unwrap()
 }
 
 fn perms(mode: u32) -> Option<CgroupPerms> {
