@@ -71,10 +71,10 @@ fn unpack_into(input: impl Read, dest: &Path, host_arch: &str, max_raw_bytes: Op
         if payload_arch != normalize_arch(host_arch) {
             return Err(Error::Arch { payload: manifest.source.arch.clone(), host: host_arch.to_string() });
         }
-        if let Some(limit) = max_raw_bytes {
-            if manifest.raw_size() > limit {
-                return Err(Error::TooLarge { bytes: manifest.raw_size(), limit });
-            }
+        if let Some(limit) = max_raw_bytes
+            && manifest.raw_size() > limit
+        {
+            return Err(Error::TooLarge { bytes: manifest.raw_size(), limit });
         }
         manifest
     };

@@ -175,10 +175,10 @@ pub(crate) fn load_token(path: &Path) -> Result<String> {
             format!("the token in {} is shorter than 16 characters — use a long random one, e.g. `head -c 32 /dev/urandom | base64`", path.display()),
         ));
     }
-    if let Ok(meta) = fs::metadata(path) {
-        if meta.permissions().mode() & 0o077 != 0 {
-            log::warn!("token file {} is readable by other users: chmod 600 it", path.display());
-        }
+    if let Ok(meta) = fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        log::warn!("token file {} is readable by other users: chmod 600 it", path.display());
     }
     Ok(token)
 }
