@@ -19,6 +19,7 @@ mod doctor;
 mod engine;
 mod error;
 mod host;
+mod identity;
 mod migration;
 mod payload;
 mod runc;
