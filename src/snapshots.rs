@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! <spool>/snapshots/<container>/<generation, 20 digits>/   one verified snapshot
-//!     snapshot.json  manifest.json  checkpoint/…  rootfs/…
+//!     snapshot.json  manifest.json  manifest.sig  checkpoint/…  rootfs/…
 //! <spool>/snapshots/.incoming-*/                           one being received
 //! <spool>/snapshots/<container>/.restoring-*/              one being failed over
 //! <spool>/failovers/<container>.json                       the last failover of it
@@ -12,7 +12,11 @@
 //! A snapshot becomes visible only once it is whole and verified: it is
 //! unpacked (every digest checked) into `.incoming-*`, written to disk
 //! (fsync), then renamed into place. Listing reads only the numbered folders,
-//! so a partial or damaged snapshot is never listed or used.
+//! so a partial or damaged snapshot is never listed or used. The manifest and
+//! its seal are kept as they came: before a failover restores a snapshot, the
+//! seal is checked again and every file hashed again against the manifest
+//! (a disk can be altered after a snapshot was verified); one that fails is
+//! set aside as `.damaged-<generation>`, never listed nor used again.
 
 use std::fs::{self, File};
 use std::io::{self, Read};
@@ -39,6 +43,10 @@ pub(crate) struct SnapshotInfo {
     pub compressed_bytes: u64,
     /// Every entry's digest matched when it was received.
     pub verified: bool,
+    /// The fingerprint of the peer that sent it (over TLS): only it may send
+    /// more snapshots of this container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
 }
 
 /// The record of a container failed over from its snapshots on this host.
@@ -85,14 +93,32 @@ impl Store {
 
     /// Receives one snapshot: unpacks and verifies it, writes it to disk, makes
     /// it visible, then keeps only the newest `keep` of its container.
-    pub(crate) fn receive(&self, body: impl Read, host_arch: &str, limit: u64, keep: usize) -> Result<SnapshotInfo> {
+    pub(crate) fn receive(
+        &self,
+        body: impl Read,
+        host_arch: &str,
+        limit: u64,
+        keep: usize,
+        verify: &dyn payload::Verify,
+        sender: Option<&str>,
+    ) -> Result<SnapshotInfo> {
         fs::create_dir_all(&self.root).map_err(|e| io_error(self.root.display(), e))?;
         let incoming = host::JobDir::reserve(&self.root, ".incoming").map_err(|e| io_error(self.root.display(), e))?;
-        let unpacked = payload::unpack(body, incoming.path(), host_arch, Some(limit))?;
+        let unpacked = payload::unpack(body, incoming.path(), host_arch, Some(limit), verify)?;
         let manifest = unpacked.manifest;
         let Some(tag) = manifest.snapshot.clone() else {
             return Err(Error::new(Kind::BadPayload, "this payload is not a snapshot (no generation): send it to /v1/restore"));
         };
+        if let Some(other) = self.of(&manifest.container.name).into_iter().find(|s| s.sender.as_deref() != sender) {
+            return Err(Error::new(
+                Kind::Refused,
+                format!(
+                    "snapshots of '{}' here come from another peer ({}): only it may send more",
+                    manifest.container.name,
+                    other.sender.as_deref().unwrap_or("a peer without TLS")
+                ),
+            ));
+        }
         let info = SnapshotInfo {
             id: format!("{}@{}", manifest.container.name, tag.generation),
             container: manifest.container.name.clone(),
@@ -104,8 +130,13 @@ impl Store {
             raw_bytes: unpacked.raw_bytes,
             compressed_bytes: unpacked.compressed_bytes,
             verified: true,
+            sender: sender.map(str::to_string),
         };
-        write_json(&incoming.path().join(payload::MANIFEST_ENTRY), &manifest)?;
+        let manifest_path = incoming.path().join(payload::MANIFEST_ENTRY);
+        fs::write(&manifest_path, &unpacked.manifest_json).map_err(|e| io_error(manifest_path.display(), e))?;
+        if let Some(seal) = &unpacked.seal {
+            write_json(&incoming.path().join(payload::SEAL_ENTRY), seal)?;
+        }
         write_json(&incoming.path().join(META), &info)?;
         sync_tree(incoming.path()).map_err(|e| io_error(format!("writing {} to disk", incoming.path().display()), e))?;
 
@@ -168,8 +199,9 @@ impl Store {
 
     /// Takes a snapshot out of the store for a failover: the newest verified
     /// one, or `generation`. Renamed aside so that retention cannot delete it
-    /// meanwhile; put back if the failover fails.
-    pub(crate) fn checkout(&self, container: &str, generation: Option<u64>) -> Result<Checkout> {
+    /// meanwhile; put back if the failover fails. Its seal must still satisfy
+    /// `verify` and its files the manifest, else it is set aside for good.
+    pub(crate) fn checkout(&self, container: &str, generation: Option<u64>, verify: &dyn payload::Verify) -> Result<Checkout> {
         let stored = self.of(container);
         let chosen = match generation {
             Some(g) => stored.into_iter().find(|s| s.generation == g),
@@ -187,11 +219,19 @@ impl Store {
         let stored_at = self.dir(container, info.generation);
         let aside = self.root.join(container).join(format!(".restoring-{:020}", info.generation));
         fs::rename(&stored_at, &aside).map_err(|e| io_error(stored_at.display(), e))?;
-        let manifest: Manifest = serde_json::from_slice(
-            &fs::read(aside.join(payload::MANIFEST_ENTRY)).map_err(|e| io_error(aside.display(), e))?,
-        )
-        .map_err(|e| Error::new(Kind::BadPayload, format!("snapshot {}: {e}", info.id)))?;
-        Ok(Checkout { info, manifest, aside, stored_at, used: false })
+        match check_stored(&aside, verify) {
+            Ok(manifest) => Ok(Checkout { info, manifest, aside, stored_at, used: false }),
+            Err(error) => {
+                let damaged = self.root.join(container).join(format!(".damaged-{:020}", info.generation));
+                let _ = fs::remove_dir_all(&damaged);
+                let _ = fs::rename(&aside, &damaged);
+                log::error!("snapshot {} failed its check and is set aside in {}: {error}", info.id, damaged.display());
+                Err(Error::new(
+                    Kind::BadPayload,
+                    format!("snapshot {} was altered on disk since it was received ({}): it is never used", info.id, error.message),
+                ))
+            }
+        }
     }
 
     pub(crate) fn record_failover(&self, failover: &Failover) -> Result<()> {
@@ -247,6 +287,24 @@ impl Drop for Checkout {
             }
         }
     }
+}
+
+/// A stored snapshot's manifest, once its seal and every file check out.
+fn check_stored(dir: &Path, verify: &dyn payload::Verify) -> Result<Manifest> {
+    let manifest_json = fs::read(dir.join(payload::MANIFEST_ENTRY)).map_err(|e| io_error(dir.display(), e))?;
+    let seal = match fs::read(dir.join(payload::SEAL_ENTRY)) {
+        Ok(bytes) => Some(
+            serde_json::from_slice::<payload::Seal>(&bytes).map_err(|e| Error::new(Kind::BadPayload, format!("its seal: {e}")))?,
+        ),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io_error(dir.display(), e)),
+    };
+    verify.verify(&manifest_json, seal.as_ref()).map_err(|why| Error::new(Kind::BadPayload, why))?;
+    let manifest: Manifest =
+        serde_json::from_slice(&manifest_json).map_err(|e| Error::new(Kind::BadPayload, format!("its manifest: {e}")))?;
+    manifest.validate()?;
+    payload::verify_tree(dir, &manifest, &[payload::MANIFEST_ENTRY, payload::SEAL_ENTRY, META])?;
+    Ok(manifest)
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {

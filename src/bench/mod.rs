@@ -21,6 +21,7 @@ use crate::board::Tuning;
 use crate::engine::{Engine, Info};
 use crate::error::{io_error, Error, Kind, Result};
 use crate::host;
+use crate::identity::{Identity, Trust, Verifier};
 use crate::migration::restore::{self, restore_from};
 use crate::migration::{checkpoint, criu_error, preflight, resume};
 use crate::payload::Mode;
@@ -45,6 +46,8 @@ pub(crate) struct Options {
     pub fast: bool,
     /// Restore on this peer's agent instead of here (ferry's modes only).
     pub peer: Option<Peer>,
+    /// This host's key, which signs the bench's local payloads as any other.
+    pub signer: Option<std::sync::Arc<Identity>>,
 }
 
 /// Runs every size × repetition × method, then writes every output.
@@ -273,7 +276,8 @@ impl Run<'_> {
         let started = Instant::now();
         let payload = self.options.tuning.work_dir.join("bench.ferry");
         let file = File::create(&payload).map_err(|e| io_error(payload.display(), e))?;
-        let stats = taken.pack_into(BufWriter::with_capacity(self.options.tuning.io_buffer, file))?;
+        let signer = self.options.signer.as_deref().map(|s| s as &dyn crate::payload::Sign);
+        let stats = taken.pack_into(BufWriter::with_capacity(self.options.tuning.io_buffer, file), signer)?;
         measured.set(Phase::Pack, seconds_since(started));
         (measured.raw_bytes, measured.compressed_bytes) = (stats.raw_bytes, stats.compressed_bytes);
         drop(taken);
@@ -282,8 +286,17 @@ impl Run<'_> {
         let started = Instant::now();
         let file = File::open(&payload).map_err(|e| io_error(payload.display(), e))?;
         let input = BufReader::with_capacity(self.options.tuning.io_buffer, file);
-        let options =
-            restore::Options { name: Some(TARGET), fast: self.options.fast, board: self.options.tuning.board.as_ref(), ..Default::default() };
+        // Its own payload, signed by its own key when it has one: verified as
+        // any restore verifies it, so the bench counts what that costs.
+        let verifier = Verifier::new(Trust::default(), self.options.signer.as_deref(), true);
+        let options = restore::Options {
+            name: Some(TARGET),
+            fast: self.options.fast,
+            board: self.options.tuning.board.as_ref(),
+            size_limit: None,
+            allow_host_mismatch: false,
+            verify: &verifier,
+        };
         let report = restore_from(self.engine, &self.options.tuning.work_dir, "restore", input, &options)?;
         measured.set(Phase::Restore, seconds_since(started));
         let [task_dir, _] = resume::task_dirs(&self.info.docker_root_dir, &report.id);

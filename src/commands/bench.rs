@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
-use super::{peer, Context};
+use super::{link, peer, Context};
 use crate::bench::{self, Phase};
 use crate::board::Tuning;
 use crate::error::{Error, Kind, Result};
@@ -40,6 +40,9 @@ pub(crate) struct Args {
     /// file holding the agent's shared token (with --to)
     #[argh(option)]
     pub token_file: Option<PathBuf>,
+    /// plain HTTP, no TLS, payloads unsigned: for a network you trust (logs a warning)
+    #[argh(switch)]
+    pub insecure: bool,
     /// folder for results.csv, results.json, summary.md and the SVG figures
     #[argh(option, default = "PathBuf::from(\"ferry-bench\")")]
     pub out: PathBuf,
@@ -58,6 +61,14 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     }
     let tuning = context.tuning(args.board.as_deref())?;
     let engine = context.engine()?;
+    let link = match &args.to {
+        Some(_) => Some(link(args.token_file.as_deref(), args.insecure)?),
+        None => None,
+    };
+    let signer = match &link {
+        Some(link) => link.signer.clone(),
+        None => super::own_signer()?.map(std::sync::Arc::new),
+    };
     let options = bench::Options {
         sizes,
         repeat: args.repeat,
@@ -67,7 +78,8 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
         image: args.image,
         tuning: Tuning { work_dir: tuning.work_dir.join("bench"), ..tuning },
         fast: context.fast,
-        peer: args.to.as_deref().map(|addr| peer(addr, args.token_file.as_deref(), Duration::from_secs(300))).transpose()?,
+        peer: args.to.as_deref().zip(link.as_ref()).map(|(addr, link)| peer(addr, link, Duration::from_secs(300))),
+        signer,
     };
     let results = bench::run(&engine, &options)?;
     say!("bench: {} runs, results in {}", results.rows.len() / Phase::ALL.len(), args.out.display());

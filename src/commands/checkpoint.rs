@@ -11,7 +11,7 @@ use super::{print_report, Context};
 use crate::error::{io_error, Result};
 use crate::host::{self, PrivateFile};
 use crate::migration::{checkpoint, preflight};
-use crate::payload::Mode;
+use crate::payload::{self, Mode};
 use crate::units::{human_bytes, seconds_since};
 
 #[derive(FromArgs, Debug)]
@@ -74,12 +74,13 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
         None => (Box::new(io::stdout().lock()), None),
     };
 
+    let signer = super::own_signer()?;
     let info = engine.info()?;
     let carryable = preflight::check(&engine, &info, &args.container, args.mode)?;
     let options = checkpoint::Options { tuning: &tuning, leave_running: args.leave_running, fast: context.fast };
     let mut taken = checkpoint::take(&engine, &info, &carryable, &options)?;
     let pack_started = Instant::now();
-    let stats = match taken.pack_into(sink) {
+    let stats = match taken.pack_into(sink, signer.as_ref().map(|s| s as &dyn payload::Sign)) {
         Ok(stats) => stats,
         Err(error) => return Err(taken.give_back(&engine, &info, error)),
     };

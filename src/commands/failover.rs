@@ -7,6 +7,7 @@ use argh::FromArgs;
 
 use super::{print_report, Context};
 use crate::error::{Error, Kind, Result};
+use crate::identity::Verifier;
 use crate::migration::failover::failover;
 use crate::migration::restore::Options;
 use crate::snapshots::Store;
@@ -28,6 +29,10 @@ pub(crate) struct Args {
     /// cap the restored container as this board profile says
     #[argh(option)]
     pub board: Option<String>,
+    /// restore a snapshot that is unsigned (replicated with --insecure) or
+    /// signed by a key this host no longer trusts
+    #[argh(switch)]
+    pub accept_untrusted: bool,
     /// print the report as one JSON object
     #[argh(switch)]
     pub json: bool,
@@ -46,7 +51,15 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
         }
     };
     let engine = context.engine()?;
-    let options = Options { fast: context.fast, board: tuning.board.as_ref(), ..Options::default() };
+    let verifier = Verifier::load(args.accept_untrusted)?;
+    let options = Options {
+        name: None,
+        fast: context.fast,
+        board: tuning.board.as_ref(),
+        size_limit: None,
+        allow_host_mismatch: false,
+        verify: &verifier,
+    };
     let done = failover(&engine, &Store::new(&spool), &args.container, generation, &options)?;
     let line = format!(
         "failed over {} from snapshot {} taken {}s ago on {}: restored in {:.2}s as {}",

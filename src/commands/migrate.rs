@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
-use super::{peer, print_report, Context};
+use super::{link, peer, print_report, Context};
 use crate::error::Result;
 use crate::transfer::migrate::{migrate, Options, ShipImage};
 use crate::units::human_bytes;
@@ -24,6 +24,9 @@ pub(crate) struct Args {
     /// file holding the agent's shared token
     #[argh(option)]
     pub token_file: Option<PathBuf>,
+    /// plain HTTP, no TLS, payloads unsigned: for a network you trust (logs a warning)
+    #[argh(switch)]
+    pub insecure: bool,
     /// send the image when the peer lacks it (auto, default), always, or never
     #[argh(option, default = "ShipImage::Auto")]
     pub ship_image: ShipImage,
@@ -44,7 +47,7 @@ pub(crate) struct Args {
 pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     let tuning = context.tuning(args.board.as_deref())?;
     let engine = context.engine()?;
-    let peer = peer(&args.to, args.token_file.as_deref(), Duration::from_secs(args.timeout))?;
+    let peer = peer(&args.to, &link(args.token_file.as_deref(), args.insecure)?, Duration::from_secs(args.timeout));
     let options = Options { tuning: &tuning, fast: context.fast, ship_image: args.ship_image, keep_source: args.keep_source };
     let report = migrate(&engine, &peer, &args.container, &options)?;
     let line = format!(

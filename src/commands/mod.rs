@@ -14,6 +14,7 @@ pub(crate) mod snapshots;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -21,7 +22,8 @@ use serde::Serialize;
 use crate::board::{Board, Tuning};
 use crate::engine::{self, Engine};
 use crate::error::{Error, Kind, Result};
-use crate::transfer::{self, client::Peer};
+use crate::identity::{self, Identity, Trust};
+use crate::transfer::{self, client::{Link, Peer}};
 
 /// What every command gets from the global options.
 #[derive(Debug, Clone)]
@@ -51,10 +53,69 @@ impl Context {
     }
 }
 
-/// A peer's agent as `--to ADDR --token-file FILE` name it.
-pub(crate) fn peer(addr: &str, token_file: Option<&Path>, timeout: Duration) -> Result<Peer> {
+/// This host's key, to sign what it writes, when it has one; a payload
+/// written without is unsigned, and other hosts restore it only when told to.
+pub(crate) fn own_signer() -> Result<Option<Identity>> {
+    let dir = identity::config_dir();
+    if !dir.join(identity::KEY_FILE).exists() {
+        log::warn!("this host has no key ({}): the payload is UNSIGNED — run `ferry keys init`", dir.display());
+        return Ok(None);
+    }
+    Identity::load(&dir).map(Some)
+}
+
+/// How this host reaches peers, as `--token-file FILE` and `--insecure` say:
+/// mutual TLS with this host's key and trust store, payloads signed by the
+/// key; or, with `--insecure`, plain HTTP and unsigned payloads.
+pub(crate) fn link(token_file: Option<&Path>, insecure: bool) -> Result<Link> {
     let token = token_file.map(transfer::load_token).transpose()?;
-    Ok(Peer::new(addr, token, timeout))
+    if insecure {
+        log::warn!(
+            "--insecure: plain HTTP, peers NOT authenticated, payloads UNSIGNED and readable by anyone on the network"
+        );
+        return Ok(Link { token, ..Link::default() });
+    }
+    let credentials = credentials()?;
+    Ok(Link { token, signer: Some(credentials.identity), ..Link::default() })
+}
+
+/// This host's key and whom it trusts, for mutual TLS: both must be there.
+pub(crate) fn credentials() -> Result<Credentials> {
+    let dir = identity::config_dir();
+    if !dir.join(identity::KEY_FILE).exists() {
+        return Err(Error::new(
+            Kind::Usage,
+            format!(
+                "this host has no key in {}: run `ferry keys init`, then trust each peer with `ferry trust add NAME \
+                 FINGERPRINT` — or pass --insecure on a network you trust",
+                dir.display()
+            ),
+        ));
+    }
+    let identity = Arc::new(Identity::load(&dir)?);
+    let trust = Trust::load(&dir)?;
+    if trust.is_empty() {
+        return Err(Error::new(
+            Kind::Usage,
+            format!(
+                "this host trusts no peer yet: add each peer's fingerprint (`ferry keys show` there) with `ferry trust \
+                 add NAME FINGERPRINT`, or install the fleet CA as {}",
+                dir.join(identity::CA_FILE).display()
+            ),
+        ));
+    }
+    Ok(Credentials { identity, trust })
+}
+
+/// This host's key and trust store, loaded.
+pub(crate) struct Credentials {
+    pub identity: Arc<Identity>,
+    pub trust: Trust,
+}
+
+/// A peer's agent as `--to ADDR` names it, reached over `link`.
+pub(crate) fn peer(addr: &str, link: &Link, timeout: Duration) -> Peer {
+    Peer::new(addr, link, timeout)
 }
 
 /// Prints a command's result: its one-line summary, or with `json` the whole

@@ -9,7 +9,7 @@ use argh::FromArgs;
 
 use super::Context;
 use crate::error::{Error, Kind, Result};
-use crate::transfer::{self, recover::recover};
+use crate::transfer::recover::recover;
 
 #[derive(FromArgs, Debug)]
 /// Settle unfinished migrations: run each app on exactly one host again.
@@ -18,6 +18,9 @@ pub(crate) struct Args {
     /// file holding the peers' shared token
     #[argh(option)]
     pub token_file: Option<PathBuf>,
+    /// plain HTTP, no TLS, payloads unsigned: for a network you trust (logs a warning)
+    #[argh(switch)]
+    pub insecure: bool,
     /// seconds to keep asking a peer that does not answer (default 30)
     #[argh(option, default = "30")]
     pub timeout: u64,
@@ -28,8 +31,8 @@ pub(crate) struct Args {
 
 pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     let engine = context.engine()?;
-    let token = args.token_file.as_deref().map(transfer::load_token).transpose()?;
-    let settled = recover(&engine, &context.work_dir, token, Duration::from_secs(args.timeout))?;
+    let link = super::link(args.token_file.as_deref(), args.insecure)?;
+    let settled = recover(&engine, &context.work_dir, &link, Duration::from_secs(args.timeout))?;
     if args.json {
         say!("{}", serde_json::json!(settled));
     } else {

@@ -11,7 +11,6 @@ use super::Context;
 use crate::error::{Error, Kind, Result};
 use crate::transfer::client::Peer;
 use crate::transfer::replicate::{replicate, Options};
-use crate::transfer;
 use crate::units::parse_duration;
 
 #[derive(FromArgs, Debug)]
@@ -33,6 +32,9 @@ pub(crate) struct Args {
     /// file holding the agents' shared token
     #[argh(option)]
     pub token_file: Option<PathBuf>,
+    /// plain HTTP, no TLS, payloads unsigned: for a network you trust (logs a warning)
+    #[argh(switch)]
+    pub insecure: bool,
     /// this host's agent, HOST:PORT, which peers ask before failing over (needed for their --failover-after)
     #[argh(option, long = "self")]
     pub self_agent: Option<String>,
@@ -58,10 +60,9 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
         libc::signal(libc::SIGINT, request_stop as *const () as libc::sighandler_t);
     }
     let engine = context.engine()?;
-    let token = args.token_file.as_deref().map(transfer::load_token).transpose()?;
+    let link = super::link(args.token_file.as_deref(), args.insecure)?;
     let timeout = Duration::from_secs(args.timeout);
-    let peers =
-        args.to.split(',').filter(|a| !a.trim().is_empty()).map(|addr| Peer::new(addr.trim(), token.clone(), timeout)).collect();
+    let peers = args.to.split(',').filter(|a| !a.trim().is_empty()).map(|addr| Peer::new(addr.trim(), &link, timeout)).collect();
     // Replicate keeps no board profile of its own: the global work dir and default buffers.
     let tuning = context.tuning(None)?;
     let options = Options {
@@ -72,6 +73,7 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
         self_agent: args.self_agent,
         tuning: &tuning,
         fast: context.fast,
+        signer: link.signer.as_deref().map(|s| s as &dyn crate::payload::Sign),
     };
     replicate(&engine, options, &STOP)
 }

@@ -8,6 +8,7 @@ use argh::FromArgs;
 
 use super::{print_report, Context};
 use crate::error::{Error, Kind, Result};
+use crate::identity::Verifier;
 use crate::migration::restore::{restore_from, Options};
 use crate::units::{human_bytes, short_id};
 
@@ -28,6 +29,10 @@ pub(crate) struct Args {
     /// features this host lacks (the app may crash: for experts)
     #[argh(switch)]
     pub allow_host_mismatch: bool,
+    /// restore a payload that is unsigned or signed by a key this host does
+    /// not trust (one whose signature does not verify is always refused)
+    #[argh(switch)]
+    pub accept_untrusted: bool,
     /// print the summary as one JSON object
     #[argh(switch)]
     pub json: bool,
@@ -45,12 +50,14 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
         Box::new(file)
     };
     let tuning = context.tuning(args.board.as_deref())?;
+    let verifier = Verifier::load(args.accept_untrusted)?;
     let options = Options {
         name: args.name.as_deref(),
         fast: context.fast,
         board: tuning.board.as_ref(),
         size_limit: None,
         allow_host_mismatch: args.allow_host_mismatch,
+        verify: &verifier,
     };
     let input = BufReader::with_capacity(tuning.io_buffer, input);
     let report = restore_from(&engine, &tuning.work_dir, "restore", input, &options)?;

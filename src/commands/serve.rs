@@ -6,7 +6,9 @@ use std::time::Duration;
 use argh::FromArgs;
 
 use super::Context;
-use crate::error::{Error, Kind, Result};
+use crate::error::Result;
+use crate::identity::Verifier;
+use crate::transfer::client::Link;
 use crate::transfer::agent::{Agent, Settings};
 use crate::transfer::{self, server};
 use crate::units::{parse_duration, parse_size};
@@ -18,10 +20,13 @@ pub(crate) struct Args {
     /// address to listen on, e.g. 0.0.0.0:7070
     #[argh(option)]
     pub listen: String,
-    /// file holding the shared token peers must present
+    /// file holding a shared token peers must present besides their
+    /// certificate (a second factor; required with --insecure unless
+    /// anyone on the network may use the agent)
     #[argh(option)]
     pub token_file: Option<PathBuf>,
-    /// run without a token (trusted networks only; logs a warning)
+    /// plain HTTP without TLS: peers are not authenticated and unsigned
+    /// payloads are accepted (trusted networks only; logs a warning)
     #[argh(switch)]
     pub insecure: bool,
     /// folder where received payloads are unpacked (default: the work dir)
@@ -44,26 +49,31 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
-    let token = match (&args.token_file, args.insecure) {
-        (Some(path), _) => Some(transfer::load_token(path)?),
-        (None, true) => {
-            log::warn!("serving WITHOUT a token (--insecure): anyone who reaches {} can run containers here", args.listen);
-            None
-        }
-        (None, false) => {
-            return Err(Error::new(
-                Kind::Usage,
-                "ferry serve needs --token-file FILE (a shared secret peers present), or --insecure on a trusted network",
-            ));
-        }
+    let token = args.token_file.as_deref().map(transfer::load_token).transpose()?;
+    let credentials = if args.insecure {
+        log::warn!(
+            "serving over plain HTTP (--insecure): peers are not authenticated, payloads cross the network readable \
+             and unsigned payloads are accepted{}",
+            if token.is_none() { format!(" — and WITHOUT a token anyone who reaches {} can run containers here", args.listen) } else { String::new() }
+        );
+        None
+    } else {
+        Some(super::credentials()?)
+    };
+    let verifier = match &credentials {
+        Some(credentials) => Verifier::new(credentials.trust.clone(), Some(&credentials.identity), false),
+        None => Verifier::load(true)?,
     };
     let tuning = context.tuning(args.board.as_deref())?;
     let engine = context.engine()?;
     if let Some(board) = &tuning.board {
         log::info!("board {}: containers capped at {} MiB and {} CPUs", board.name, board.memory_mib, board.cpus);
     }
+    let link = Link { token: token.clone(), signer: credentials.as_ref().map(|c| c.identity.clone()), ..Link::default() };
     let settings = Settings {
         token,
+        verifier,
+        link,
         spool: args.spool.unwrap_or_else(|| tuning.work_dir.clone()),
         max_payload: args.max_payload,
         fast: context.fast,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
-use super::{peer, Context};
+use super::{link, peer, Context};
 use crate::error::Result;
 use crate::host;
 use crate::snapshots::{SnapshotInfo, Store};
@@ -21,6 +21,9 @@ pub(crate) struct Args {
     /// file holding the agent's shared token (with --peer)
     #[argh(option)]
     pub token_file: Option<PathBuf>,
+    /// plain HTTP, no TLS, payloads unsigned: for a network you trust (logs a warning)
+    #[argh(switch)]
+    pub insecure: bool,
     /// the local spool (default: the work dir)
     #[argh(option)]
     pub spool: Option<PathBuf>,
@@ -31,7 +34,7 @@ pub(crate) struct Args {
 
 pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     let snapshots: Vec<SnapshotInfo> = match &args.peer {
-        Some(addr) => peer(addr, args.token_file.as_deref(), Duration::from_secs(30))?.snapshots()?,
+        Some(addr) => peer(addr, &link(args.token_file.as_deref(), args.insecure)?, Duration::from_secs(30)).snapshots()?,
         None => Store::new(args.spool.as_deref().unwrap_or(&context.work_dir)).list(),
     };
     if args.json {

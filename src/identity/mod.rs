@@ -32,6 +32,9 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Kind, Result};
 
+mod verifier;
+pub(crate) use verifier::Verifier;
+
 pub(crate) const DEFAULT_DIR: &str = "/etc/ferry";
 pub(crate) const KEY_FILE: &str = "key.pem";
 pub(crate) const CERT_FILE: &str = "cert.pem";
@@ -70,6 +73,11 @@ impl Fingerprint {
 
     pub(crate) fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The 64 hex digits alone, for names of files and keys.
+    pub(crate) fn hex(&self) -> &str {
+        &self.0["sha256:".len()..]
     }
 }
 

@@ -67,10 +67,10 @@ impl Taken {
         self.job.keep()
     }
 
-    /// Streams the payload into `sink`.
-    pub(crate) fn pack_into(&mut self, sink: impl Write) -> Result<payload::PackStats> {
+    /// Streams the payload into `sink`, sealed by `signer` when given.
+    pub(crate) fn pack_into(&mut self, sink: impl Write, signer: Option<&dyn payload::Sign>) -> Result<payload::PackStats> {
         log::info!("packing {} files", self.files.len());
-        Ok(payload::pack(&mut self.manifest, &self.files, sink, self.lz4_block)?)
+        Ok(payload::pack(&mut self.manifest, &self.files, sink, self.lz4_block, signer)?)
     }
 
     /// After a failed delivery: starts the source again if the checkpoint
@@ -359,9 +359,9 @@ mod tests {
         assert!(taken.manifest.container.image_tags[0].starts_with("ferry-commit/web:"));
 
         let mut packed = Vec::new();
-        taken.pack_into(&mut packed).unwrap();
+        taken.pack_into(&mut packed, None).unwrap();
         let dest = work.path().join("unpacked");
-        let unpacked = payload::unpack(packed.as_slice(), &dest, "x86_64", None).unwrap();
+        let unpacked = payload::unpack(packed.as_slice(), &dest, "x86_64", None, &payload::Unchecked).unwrap();
         assert_eq!(unpacked.manifest.container.config.cmd, Some(vec!["/counter".to_string()]));
         assert_eq!(std::fs::read(dest.join(payload::IMAGE_ENTRY)).unwrap(), b"the saved image");
     }

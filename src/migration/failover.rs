@@ -23,7 +23,7 @@ pub(crate) fn failover(
             format!("a container named '{container}' already runs on this host — nothing to fail over"),
         ));
     }
-    let checkout = store.checkout(container, generation)?;
+    let checkout = store.checkout(container, generation, options.verify)?;
     let info = engine.info()?;
     log::info!("failing {container} over from snapshot {} (taken {}s ago)", checkout.info.id, host::unix_now().saturating_sub(checkout.info.taken_unix));
     let restored = restore_unpacked(engine, &info, checkout.path(), &checkout.manifest, options)?;

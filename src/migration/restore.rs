@@ -18,7 +18,7 @@ use crate::payload::{self, images, Manifest, Mode};
 use crate::units::{seconds_since, short_id};
 
 /// How to restore, beside what the payload says.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone)]
 pub(crate) struct Options<'a> {
     /// The new container's name, instead of the checkpointed one's.
     pub name: Option<&'a str>,
@@ -32,6 +32,28 @@ pub(crate) struct Options<'a> {
     /// Restore even if the source's page size or CPU features say this host
     /// cannot run it (for experts: the restore may fail, or the app crash).
     pub allow_host_mismatch: bool,
+    /// Decides whether the payload's seal (or lack of one) is acceptable.
+    pub verify: &'a dyn payload::Verify,
+}
+
+impl std::fmt::Debug for Options<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("name", &self.name)
+            .field("fast", &self.fast)
+            .field("board", &self.board)
+            .field("size_limit", &self.size_limit)
+            .field("allow_host_mismatch", &self.allow_host_mismatch)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The payload's own tests check the format, not trust.
+#[cfg(test)]
+impl Default for Options<'_> {
+    fn default() -> Self {
+        Options { name: None, fast: false, board: None, size_limit: None, allow_host_mismatch: false, verify: &payload::Unchecked }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -71,11 +93,14 @@ pub(crate) fn restore_from(
         .map_err(|e| io_error(format!("cannot use the work dir {}", work_dir.display()), e))?;
     let started = Instant::now();
     let limit = options.size_limit.as_ref().map(|l| l.bytes);
-    let unpacked = payload::unpack(input, job.path(), &info.architecture, limit).map_err(|e| match (&e, &options.size_limit) {
+    let unpacked = payload::unpack(input, job.path(), &info.architecture, limit, options.verify).map_err(|e| match (&e, &options.size_limit) {
         (payload::Error::TooLarge { .. }, Some(limit)) => Error::from(e).context(&limit.why),
         _ => Error::from(e),
     })?;
     let unpack_secs = seconds_since(started);
+    if let Some(signer) = &unpacked.signer {
+        log::info!("the payload is signed by {} ({})", signer.name, signer.fingerprint);
+    }
     let mut restored = restore_unpacked(engine, &info, job.path(), &unpacked.manifest, options)?;
     restored.unpack_secs = unpack_secs;
     restored.raw_bytes = unpacked.raw_bytes;

@@ -13,7 +13,10 @@ use serde_json::Value;
 use super::{Error, Result, CHECKPOINT_DIR, IMAGE_ENTRY, ROOTFS_DIR};
 
 /// Bumped whenever a reader of the previous version would misread a payload.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+///
+/// 2: `manifest.sig` may follow the manifest (see `seal.rs`); format 1
+/// payloads, which never have one, are still read.
+pub(crate) const FORMAT_VERSION: u32 = 2;
 
 /// The largest manifest ferry reads; a checkpoint of thousands of files stays far below.
 pub(crate) const MANIFEST_LIMIT: u64 = 4 * 1024 * 1024;

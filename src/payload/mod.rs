@@ -4,6 +4,7 @@
 //! lz4 frame (64 KiB blocks)
 //! └─ tar
 //!    ├─ manifest.json          what was packed, from where, and the SHA-256 of every entry
+//!    ├─ manifest.sig           the source host's signature of manifest.json (format 2, seal.rs)
 //!    ├─ checkpoint/…           CRIU's image files (criu mode)
 //!    ├─ rootfs/N.tar           files the app added or changed, as Docker's archive API gave them
 //!    └─ image.tar              the committed image, as `docker save` gave it (commit mode)
@@ -16,6 +17,7 @@
 pub(crate) mod images;
 mod manifest;
 mod pack;
+mod seal;
 mod unpack;
 
 use std::fmt;
@@ -27,7 +29,10 @@ pub(crate) use manifest::{
     is_name, normalize_arch, SnapshotTag,
 };
 pub(crate) use pack::{pack, PackStats};
-pub(crate) use unpack::unpack;
+#[cfg(any(test, fuzzing))]
+pub(crate) use seal::Unchecked;
+pub(crate) use seal::{Seal, Sign, Signer, Verify, SEAL_ENTRY};
+pub(crate) use unpack::{unpack, verify_tree};
 
 /// Archive path of the manifest, always the first entry.
 pub(crate) const MANIFEST_ENTRY: &str = "manifest.json";
@@ -58,6 +63,8 @@ pub(crate) enum Error {
     TooLarge { bytes: u64, limit: u64 },
     /// A CRIU image is malformed or asks for more than this host grants.
     Image { image: String, detail: String },
+    /// The payload's seal is missing, unreadable, untrusted or does not verify.
+    Signature(String),
 }
 
 impl fmt::Display for Error {
@@ -84,6 +91,7 @@ impl fmt::Display for Error {
                 write!(f, "payload unpacks to {bytes} bytes, more than the {limit} bytes allowed here")
             }
             Error::Image { image, detail } => write!(f, "{image}: {detail}"),
+            Error::Signature(detail) => write!(f, "payload refused: {detail}"),
         }
     }
 }

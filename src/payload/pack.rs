@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use lz4_flex::frame::{FrameEncoder, FrameInfo};
 
+use super::seal::{Sign, SEAL_ENTRY};
 use super::{sha256_hex, Counting, Entry, Error, Manifest, Result, MANIFEST_ENTRY};
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -17,7 +18,8 @@ pub(crate) struct PackStats {
 }
 
 /// Packs `files` (archive path, file on disk) behind a manifest that lists
-/// their sizes and digests, and writes the payload to `output`.
+/// their sizes and digests, sealed by `signer` when given, and writes the
+/// payload to `output`.
 ///
 /// Each file is read twice: once to hash it (the manifest goes first), once to
 /// pack it. The second read comes from the page cache; memory stays at a few
@@ -27,7 +29,9 @@ pub(crate) fn pack(
     files: &[(String, PathBuf)],
     output: impl Write,
     block: lz4_flex::frame::BlockSize,
+    signer: Option<&dyn Sign>,
 ) -> Result<PackStats> {
+    manifest.format = super::FORMAT_VERSION;
     manifest.entries.clear();
     for (archive_path, disk_path) in files {
         let file = open(disk_path)?;
@@ -50,6 +54,13 @@ pub(crate) fn pack(
         .append_data(&mut header, MANIFEST_ENTRY, manifest_json.as_slice())
         .map_err(|source| io_error(output_name, source))?;
     let mut raw_bytes = manifest_json.len() as u64;
+    if let Some(signer) = signer {
+        let seal = serde_json::to_vec(&signer.seal(&manifest_json))
+            .map_err(|e| Error::Manifest(format!("cannot encode the seal: {e}")))?;
+        let mut header = entry_header(seal.len() as u64, manifest.created_unix);
+        builder.append_data(&mut header, SEAL_ENTRY, seal.as_slice()).map_err(|source| io_error(output_name, source))?;
+        raw_bytes += seal.len() as u64;
+    }
 
     for ((archive_path, disk_path), entry) in files.iter().zip(&manifest.entries) {
         let file = open(disk_path)?;

@@ -61,7 +61,7 @@ fn packed(scratch: &Path) -> (Vec<u8>, Vec<(String, PathBuf)>) {
     let mut manifest = manifest();
     manifest.rootfs.archives.push(RootfsArchive { entry: "rootfs/0.tar".into(), target_dir: "/data".into() });
     let mut out = Vec::new();
-    let stats = pack(&mut manifest, &files, &mut out, LZ4_BLOCK).unwrap();
+    let stats = pack(&mut manifest, &files, &mut out, LZ4_BLOCK, None).unwrap();
     assert_eq!(stats.compressed_bytes, out.len() as u64);
     assert!(stats.raw_bytes > 1 << 20);
     (out, files)
@@ -72,7 +72,7 @@ fn round_trip_restores_every_byte() {
     let scratch = Scratch::new("roundtrip");
     let (payload, files) = packed(scratch.path());
     let dest = scratch.path().join("dest");
-    let unpacked = unpack(payload.as_slice(), &dest, "x86_64", None).unwrap();
+    let unpacked = unpack(payload.as_slice(), &dest, "x86_64", None, &Unchecked).unwrap();
     assert_eq!(unpacked.manifest.entries.len(), files.len());
     assert_eq!(unpacked.compressed_bytes, payload.len() as u64);
     for (name, original) in &files {
@@ -85,13 +85,13 @@ fn round_trip_restores_every_byte() {
 fn unpack_accepts_engine_spellings_of_the_same_arch() {
     let scratch = Scratch::new("arch-alias");
     let (payload, _) = packed(scratch.path());
-    unpack(payload.as_slice(), &scratch.path().join("dest"), "amd64", None).unwrap();
+    unpack(payload.as_slice(), &scratch.path().join("dest"), "amd64", None, &Unchecked).unwrap();
 }
 
 fn assert_refused(payload: &[u8], host_arch: &str, expect: &str) {
     let scratch = Scratch::new(&format!("refuse-{}", expect.len()));
     let dest = scratch.path().join("dest");
-    let error = unpack(payload, &dest, host_arch, None).expect_err("payload accepted");
+    let error = unpack(payload, &dest, host_arch, None, &Unchecked).expect_err("payload accepted");
     assert!(error.to_string().contains(expect), "{error}");
     assert!(!dest.exists(), "a refused payload left {} behind", dest.display());
 }
@@ -213,7 +213,7 @@ fn oversized_payload_is_refused_before_writing() {
     let scratch = Scratch::new("limit");
     let (payload, _) = packed(scratch.path());
     let dest = scratch.path().join("dest");
-    let error = unpack(payload.as_slice(), &dest, "x86_64", Some(1000)).unwrap_err();
+    let error = unpack(payload.as_slice(), &dest, "x86_64", Some(1000), &Unchecked).unwrap_err();
     assert!(error.to_string().contains("more than the 1000 bytes allowed"), "{error}");
     assert!(!dest.exists());
 }
@@ -238,7 +238,8 @@ fn fuzz_seeds_are_what_pack_writes_and_unpack_accepts() {
     manifest.rootfs.archives.push(RootfsArchive { entry: "rootfs/0.tar".into(), target_dir: "/data".into() });
     manifest.rootfs.deleted.push("/tmp/gone".into());
     let mut payload = Vec::new();
-    pack(&mut manifest, &files, &mut payload, LZ4_BLOCK).unwrap();
+    // Sealed, so that the fuzzer starts from a payload with a seal entry too.
+    pack(&mut manifest, &files, &mut payload, LZ4_BLOCK, Some(&FixedSigner)).unwrap();
     let manifest_json = serde_json::to_vec_pretty(&manifest).unwrap();
 
     let corpus = repo.join("tests/fuzz/corpus");
@@ -255,5 +256,122 @@ fn fuzz_seeds_are_what_pack_writes_and_unpack_accepts() {
             assert!(&committed == bytes, "{} is stale: FERRY_UPDATE_FUZZ_SEEDS=1 cargo test fuzz_seeds", path.display());
         }
     }
-    unpack(seeds[0].1.as_slice(), &scratch.path().join("dest"), "x86_64", Some(64 << 20)).unwrap();
+    unpack(seeds[0].1.as_slice(), &scratch.path().join("dest"), "x86_64", Some(64 << 20), &Unchecked).unwrap();
+}
+
+/// Signs with a fixed "signature": the payload module only carries seals.
+struct FixedSigner;
+
+impl Sign for FixedSigner {
+    fn seal(&self, manifest_json: &[u8]) -> Seal {
+        Seal::new(b"certificate", &manifest_json[..8])
+    }
+}
+
+/// Accepts only a seal whose "signature" is the manifest's first 8 bytes,
+/// and records what it was shown.
+#[derive(Default)]
+struct Recording {
+    shown: std::cell::RefCell<Vec<(Vec<u8>, Option<Seal>)>>,
+}
+
+impl Verify for Recording {
+    fn verify(&self, manifest_json: &[u8], seal: Option<&Seal>) -> std::result::Result<Option<Signer>, String> {
+        self.shown.borrow_mut().push((manifest_json.to_vec(), seal.cloned()));
+        let (_, signature) = seal.ok_or("no seal")?.decode()?;
+        if signature != manifest_json[..8] {
+            return Err("wrong signature".into());
+        }
+        Ok(Some(Signer { name: "fixed".into(), fingerprint: "sha256:00".into() }))
+    }
+}
+
+#[test]
+fn a_sealed_payload_is_shown_to_the_verifier_before_anything_is_written() {
+    let scratch = Scratch::new("sealed");
+    let (_, files) = packed(scratch.path());
+    let mut manifest = manifest();
+    let mut payload = Vec::new();
+    pack(&mut manifest, &files, &mut payload, LZ4_BLOCK, Some(&FixedSigner)).unwrap();
+
+    let verifier = Recording::default();
+    let unpacked = unpack(payload.as_slice(), &scratch.path().join("ok"), "x86_64", None, &verifier).unwrap();
+    assert_eq!(unpacked.signer.as_ref().map(|s| s.name.as_str()), Some("fixed"));
+    let shown = verifier.shown.borrow();
+    assert_eq!(shown.len(), 1);
+    assert_eq!(shown[0].0, unpacked.manifest_json, "the verifier sees the manifest's bytes as they came");
+    assert_eq!(serde_json::from_slice::<Manifest>(&shown[0].0).unwrap().entries.len(), files.len());
+    assert_eq!(unpacked.seal, shown[0].1);
+
+    // Unsealed: the same verifier refuses, and nothing is left.
+    let mut plain = Vec::new();
+    pack(&mut manifest, &files, &mut plain, LZ4_BLOCK, None).unwrap();
+    let dest = scratch.path().join("refused");
+    let error = unpack(plain.as_slice(), &dest, "x86_64", None, &Recording::default()).unwrap_err();
+    assert!(error.to_string().contains("payload refused: no seal"), "{error}");
+    assert!(!dest.exists());
+}
+
+#[test]
+fn an_edited_manifest_fails_its_seal() {
+    let scratch = Scratch::new("sealed-edited");
+    let (_, files) = packed(scratch.path());
+    let mut manifest = manifest();
+    let mut payload = Vec::new();
+    pack(&mut manifest, &files, &mut payload, LZ4_BLOCK, Some(&FixedSigner)).unwrap();
+    // The manifest edited after signing: its first bytes change, the seal does not.
+    let edited = rewrite_manifest(&payload, |json| { json.splice(0..1, *b"{ "); });
+    let dest = scratch.path().join("dest");
+    let error = unpack(edited.as_slice(), &dest, "x86_64", None, &Recording::default()).unwrap_err();
+    assert!(error.to_string().contains("wrong signature"), "{error}");
+    assert!(!dest.exists());
+}
+
+#[test]
+fn a_format_1_payload_restores_and_never_carries_a_seal() {
+    let scratch = Scratch::new("sealed-v1");
+    let (_, files) = packed(scratch.path());
+    let mut manifest = manifest();
+    let mut payload = Vec::new();
+    pack(&mut manifest, &files, &mut payload, LZ4_BLOCK, None).unwrap();
+    let as_v1 = |json: &mut Vec<u8>| {
+        let text = String::from_utf8(json.clone()).unwrap();
+        assert!(text.contains("\"format\": 2"), "ferry writes format 2: {text}");
+        *json = text.replace("\"format\": 2", "\"format\": 1").into_bytes();
+    };
+    // What an older ferry wrote (format 1, no seal) still unpacks.
+    let old = rewrite_manifest(&payload, as_v1);
+    let unpacked = unpack(old.as_slice(), &scratch.path().join("old"), "x86_64", None, &Unchecked).unwrap();
+    assert_eq!((unpacked.manifest.format, unpacked.seal), (1, None));
+    // A seal behind a format 1 manifest is no payload ferry writes.
+    let mut sealed = Vec::new();
+    pack(&mut manifest, &files, &mut sealed, LZ4_BLOCK, Some(&FixedSigner)).unwrap();
+    let forged = rewrite_manifest(&sealed, as_v1);
+    let dest = scratch.path().join("forged");
+    let error = unpack(forged.as_slice(), &dest, "x86_64", None, &Unchecked).unwrap_err();
+    assert!(error.to_string().contains("manifest.sig"), "{error}");
+    assert!(!dest.exists());
+}
+
+/// The payload with its manifest's bytes changed by `edit`, every other
+/// entry (the seal included) as it was.
+fn rewrite_manifest(payload: &[u8], edit: impl Fn(&mut Vec<u8>)) -> Vec<u8> {
+    let mut archive = tar::Archive::new(lz4_flex::frame::FrameDecoder::new(payload));
+    let mut out = tar::Builder::new(Vec::new());
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().to_string_lossy().into_owned();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
+        if path == MANIFEST_ENTRY {
+            edit(&mut bytes);
+        }
+        let mut header = entry.header().clone();
+        header.set_size(bytes.len() as u64);
+        header.set_cksum();
+        out.append(&header, bytes.as_slice()).unwrap();
+    }
+    let mut encoder = FrameEncoder::with_frame_info(FrameInfo::new(), Vec::new());
+    encoder.write_all(&out.into_inner().unwrap()).unwrap();
+    encoder.finish().unwrap()
 }

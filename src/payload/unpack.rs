@@ -10,11 +10,17 @@ use lz4_flex::frame::FrameDecoder;
 use sha2::Digest;
 
 use super::manifest::{check_entry_path, normalize_arch, MANIFEST_LIMIT};
+use super::seal::{Seal, Signer, Verify, SEAL_ENTRY, SEAL_LIMIT};
 use super::{hex, Counting, Error, Manifest, Result, MANIFEST_ENTRY};
 
 #[derive(Debug)]
 pub(crate) struct Unpacked {
     pub manifest: Manifest,
+    /// The manifest's bytes as they came, which the seal signs.
+    pub manifest_json: Vec<u8>,
+    pub seal: Option<Seal>,
+    /// Who signed it, when the verifier knew them.
+    pub signer: Option<Signer>,
     /// Bytes read from the input.
     pub compressed_bytes: u64,
     /// Bytes of every entry, manifest included.
@@ -23,29 +29,36 @@ pub(crate) struct Unpacked {
 
 /// Unpacks a payload into `dest`, which must not exist yet.
 ///
-/// Refuses, before writing any entry, a payload of another format version or
-/// CPU architecture than `host_arch`, or one whose entries would need more
-/// than `max_raw_bytes`. Refuses any entry that is not a plain file or folder
+/// Refuses, before writing any entry, a payload that `verify` refuses (its
+/// seal, or the lack of one), of another format version or CPU architecture
+/// than `host_arch`, or one whose entries would need more than
+/// `max_raw_bytes`. Refuses any entry that is not a plain file or folder
 /// under the format's folders, that the manifest does not list, or whose size
 /// or SHA-256 differ from it. On any error `dest` is removed: a payload is
 /// either unpacked whole and verified, or not at all.
-pub(crate) fn unpack(input: impl Read, dest: &Path, host_arch: &str, max_raw_bytes: Option<u64>) -> Result<Unpacked> {
+pub(crate) fn unpack(
+    input: impl Read,
+    dest: &Path,
+    host_arch: &str,
+    max_raw_bytes: Option<u64>,
+    verify: &dyn Verify,
+) -> Result<Unpacked> {
     // The payload holds the app's memory: only root may read it.
     crate::host::create_private_dir(dest).map_err(|source| Error::Io { path: dest.to_path_buf(), source })?;
-    let result = unpack_into(input, dest, host_arch, max_raw_bytes);
+    let result = unpack_into(input, dest, host_arch, max_raw_bytes, verify);
     if result.is_err() {
         let _ = fs::remove_dir_all(dest);
     }
     result
 }
 
-fn unpack_into(input: impl Read, dest: &Path, host_arch: &str, max_raw_bytes: Option<u64>) -> Result<Unpacked> {
+fn unpack_into(input: impl Read, dest: &Path, host_arch: &str, max_raw_bytes: Option<u64>, verify: &dyn Verify) -> Result<Unpacked> {
     let mut counted = Counting::new(input);
     let decoder = FrameDecoder::new(&mut counted);
     let mut archive = tar::Archive::new(decoder);
     let mut entries = archive.entries().map_err(corrupt)?;
 
-    let manifest = {
+    let (manifest, manifest_json) = {
         let mut first = match entries.next() {
             Some(entry) => entry.map_err(corrupt)?,
             None => return Err(Error::Corrupt("empty stream: no manifest".into())),
@@ -76,8 +89,25 @@ fn unpack_into(input: impl Read, dest: &Path, host_arch: &str, max_raw_bytes: Op
         {
             return Err(Error::TooLarge { bytes: manifest.raw_size(), limit });
         }
-        manifest
+        (manifest, text)
     };
+
+    // The seal, if any, comes second; whether the payload may be used at all
+    // is decided here, before a byte of it is written.
+    let mut next = entries.next().transpose().map_err(corrupt)?;
+    let mut seal = None;
+    if let Some(second) = next.as_mut()
+        && entry_path(second)? == SEAL_ENTRY
+    {
+        if manifest.format < 2 || !second.header().entry_type().is_file() || second.size() > SEAL_LIMIT {
+            return Err(Error::Unsafe { entry: SEAL_ENTRY.into(), reason: "not a seal ferry writes".into() });
+        }
+        let mut text = Vec::new();
+        second.read_to_end(&mut text).map_err(corrupt)?;
+        seal = Some(serde_json::from_slice::<Seal>(&text).map_err(|e| Error::Signature(format!("its seal is unreadable: {e}")))?);
+        next = None;
+    }
+    let signer = verify.verify(&manifest_json, seal.as_ref()).map_err(Error::Signature)?;
 
     let mut expected: BTreeMap<&str, &super::Entry> =
         manifest.entries.iter().map(|e| (e.path.as_str(), e)).collect();
@@ -91,7 +121,7 @@ fn unpack_into(input: impl Read, dest: &Path, host_arch: &str, max_raw_bytes: Op
     let raw_bytes = manifest.raw_size();
     let mut buffer = vec![0u8; 64 * 1024];
 
-    for entry in entries {
+    for entry in next.map(Ok).into_iter().chain(entries) {
         let mut entry = entry.map_err(corrupt)?;
         let path = entry_path(&entry)?;
         let kind = entry.header().entry_type();
@@ -144,7 +174,7 @@ fn unpack_into(input: impl Read, dest: &Path, host_arch: &str, max_raw_bytes: Op
     // Read the tar padding and the lz4 end mark too: a stream is only whole
     // once its frame ends, and an HTTP body must be read to its end.
     io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(corrupt)?;
-    Ok(Unpacked { manifest, compressed_bytes: counted.count, raw_bytes })
+    Ok(Unpacked { manifest, manifest_json, seal, signer, compressed_bytes: counted.count, raw_bytes })
 }
 
 fn entry_path<R: Read>(entry: &tar::Entry<'_, R>) -> Result<String> {
@@ -175,4 +205,33 @@ fn copy_hashing(reader: &mut impl Read, file: &mut File, buffer: &mut [u8], targ
 /// Errors while reading the stream mean the stream is bad, whatever io::Error says.
 fn corrupt(error: io::Error) -> Error {
     Error::Corrupt(error.to_string())
+}
+
+/// Checks a payload unpacked earlier and kept on disk: `dir` holds exactly
+/// the files `manifest` lists (and the `besides` names at its top), at their
+/// sizes and SHA-256 — what a stored snapshot must still be before it is
+/// restored, since a disk can be altered after it was verified.
+pub(crate) fn verify_tree(dir: &Path, manifest: &Manifest, besides: &[&str]) -> Result<()> {
+    let files = crate::host::list_files(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+    let mut expected: BTreeMap<&str, &super::Entry> = manifest.entries.iter().map(|e| (e.path.as_str(), e)).collect();
+    for (relative, path) in &files {
+        if besides.contains(&relative.as_str()) {
+            continue;
+        }
+        let Some(listed) = expected.remove(relative.as_str()) else {
+            return Err(Error::Unsafe { entry: relative.clone(), reason: "on disk but not listed in the manifest".into() });
+        };
+        let file = File::open(path).map_err(|source| Error::Io { path: path.clone(), source })?;
+        let (size, sha256) = super::sha256_hex(file).map_err(|source| Error::Io { path: path.clone(), source })?;
+        if size != listed.size || sha256 != listed.sha256 {
+            return Err(Error::Checksum {
+                entry: relative.clone(),
+                detail: format!("{size} bytes with SHA-256 {sha256} on disk, manifest says {} bytes with {}", listed.size, listed.sha256),
+            });
+        }
+    }
+    match expected.keys().next() {
+        Some(missing) => Err(Error::Corrupt(format!("entry {missing} listed in the manifest is missing on disk"))),
+        None => Ok(()),
+    }
 }

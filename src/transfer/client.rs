@@ -1,6 +1,7 @@
 //! The client side of the peer protocol: one typed call per route.
 
 use std::io::Read;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -12,31 +13,47 @@ use super::{
     MIGRATIONS, MIGRATION_HEADER, RESTORE, SNAPSHOTS,
 };
 use crate::error::{Error, Kind, Result};
+use crate::identity::Identity;
+use crate::payload;
+
+/// How this host reaches its peers: the same for every peer of one command.
+#[derive(Clone, Default)]
+pub(crate) struct Link {
+    /// The shared token, sent as a bearer token (a second factor over TLS).
+    pub token: Option<String>,
+    /// This host's key: payloads sent to peers are signed with it.
+    pub signer: Option<Arc<Identity>>,
+}
 
 /// A ferry agent on another host.
 pub(crate) struct Peer {
     addr: String,
-    token: Option<String>,
+    link: Link,
     timeout: Duration,
     agent: Agent,
 }
 
 impl Peer {
     /// `timeout` bounds how long one answer may take to start coming back.
-    pub(crate) fn new(addr: &str, token: Option<String>, timeout: Duration) -> Peer {
+    pub(crate) fn new(addr: &str, link: &Link, timeout: Duration) -> Peer {
         let config = Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(10)))
             .timeout_recv_response(Some(timeout))
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
             .build();
-        Peer { addr: addr.to_string(), token, timeout, agent: Agent::new_with_config(config) }
+        Peer { addr: addr.to_string(), link: link.clone(), timeout, agent: Agent::new_with_config(config) }
+    }
+
+    /// What signs the payloads sent to this peer, if anything.
+    pub(crate) fn signer(&self) -> Option<&dyn payload::Sign> {
+        self.link.signer.as_deref().map(|s| s as &dyn payload::Sign)
     }
 
     /// The same peer, for short questions that must not wait long (status,
     /// abort): five seconds per answer.
     pub(crate) fn quick(&self) -> Peer {
-        Peer::new(&self.addr, self.token.clone(), Duration::from_secs(5).min(self.timeout))
+        Peer::new(&self.addr, &self.link, Duration::from_secs(5).min(self.timeout))
     }
 
     /// How long one answer may take to start coming back.
@@ -58,7 +75,7 @@ impl Peer {
 
     fn request(&self, method: &str, path: &str) -> ureq::http::request::Builder {
         let mut builder = ureq::http::Request::builder().method(method).uri(format!("http://{}{path}", self.addr));
-        if let Some(token) = &self.token {
+        if let Some(token) = &self.link.token {
             builder = builder.header("Authorization", format!("Bearer {token}"));
         }
         builder

@@ -26,14 +26,22 @@ const START_SETTLES_SECS: u64 = 60;
 
 impl Agent {
     /// Unpacks into the ledger's folder for `id`, verifies, and prepares.
-    pub(super) fn receive_and_prepare(&self, body: &mut dyn Read, name: Option<&str>, free: u64, id: &str) -> Handled<(RestoreReport, Prepared)> {
-        let options = restore::Options { name, ..self.restore_options(Some(self.size_limit(free))) };
+    pub(super) fn receive_and_prepare(
+        &self,
+        body: &mut dyn Read,
+        name: Option<&str>,
+        free: u64,
+        id: &str,
+        caller: Option<&crate::identity::Peer>,
+    ) -> Handled<(RestoreReport, Prepared)> {
+        let verifier = self.settings.verifier.from_peer(caller.map(|c| &c.fingerprint));
+        let options = restore::Options { name, verify: &verifier, ..self.restore_options(Some(self.size_limit(free))) };
         let dir = self.ledger.payload_dir(id);
         let info = self.engine.info()?;
         let started = Instant::now();
         let body = BufReader::with_capacity(self.settings.tuning.io_buffer, body);
         let limit = options.size_limit.as_ref().map(|l| l.bytes);
-        let unpacked = payload::unpack(body, &dir, &info.architecture, limit).map_err(|e| match (&e, &options.size_limit) {
+        let unpacked = payload::unpack(body, &dir, &info.architecture, limit, options.verify).map_err(|e| match (&e, &options.size_limit) {
             (payload::Error::TooLarge { .. }, Some(limit)) => Error::from(e).context(&limit.why),
             _ => Error::from(e),
         })?;
@@ -57,8 +65,9 @@ impl Agent {
     }
 
     /// Starts migration `id`'s prepared container. Answers its report; a
-    /// commit repeated after the app runs answers the same report.
-    pub(crate) fn commit(&self, id: &str) -> Handled<RestoreReport> {
+    /// commit repeated after the app runs answers the same report. `caller`
+    /// (the peer that prepared it: ids are scoped per peer) may remove it later.
+    pub(crate) fn commit(&self, id: &str, caller: Option<&crate::identity::Peer>) -> Handled<RestoreReport> {
         let (prepared, expires) = {
             let _ledger = self.ledger_lock.lock().unwrap_or_else(|p| p.into_inner());
             let record = self.known(id)?;
@@ -83,7 +92,7 @@ impl Agent {
         // waits for this answer with its app down.
         match result {
             Ok(restored) => {
-                self.restored.lock().unwrap_or_else(|p| p.into_inner()).insert(restored.container.clone(), restored.id.clone());
+                self.record_restored(&restored.container, &restored.id, caller);
                 let mut report = RestoreReport::from(restored);
                 report.peak_rss_kib = host::peak_rss_kib();
                 self.ledger.set(id, Outcome::Restored { report: report.clone() }, Some(prepared), expires)?;
@@ -188,7 +197,7 @@ impl Agent {
         match state {
             Ok(state) if state.running => {
                 let report = RestoreReport { container: prepared.container.clone(), id: prepared.id.clone(), mode: prepared.mode.as_str().into(), ..RestoreReport::default() };
-                self.restored.lock().unwrap_or_else(|p| p.into_inner()).insert(prepared.container.clone(), prepared.id.clone());
+                self.record_restored(&prepared.container, &prepared.id, None);
                 let _ = self.ledger.set(id, Outcome::Restored { report }, Some(prepared), record.expires_unix);
             }
             _ if host::unix_now().saturating_sub(record.updated_unix) < START_SETTLES_SECS => {}

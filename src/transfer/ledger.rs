@@ -37,8 +37,14 @@ pub(crate) struct Ledger {
 
 /// Migration ids are the client's; they name files here, so only a short
 /// run of letters, digits and dashes is accepted.
-pub(crate) fn valid_id(id: &str) -> bool {
+pub(crate) fn valid_client_id(id: &str) -> bool {
     (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// An id as the ledger keeps it: the client's, or over TLS the caller's
+/// fingerprint (64 hex digits), a dash and the client's.
+pub(crate) fn valid_id(id: &str) -> bool {
+    (1..=129).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 impl Ledger {

@@ -305,7 +305,7 @@ fn send_payload(
     let (answer, (packed, secs)) = thread::scope(|scope| {
         let packer = scope.spawn(|| {
             let sink = Progress::new(BufWriter::with_capacity(io_buffer, payload_writer), "sent");
-            let stats = taken.pack_into(sink);
+            let stats = taken.pack_into(sink, peer.signer());
             (stats, seconds_since(started))
         });
         let answer = peer.prepare(&mut payload_reader, name, migration);

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::client::Peer;
+use super::client::{Link, Peer};
 use super::journal::{Entry, Journal, Phase};
 use super::migrate::{settle, Settled};
 use crate::engine::Engine;
@@ -35,11 +35,11 @@ pub(crate) struct Settlement {
 
 /// Settles every entry in the journal under `work_dir`, asking each peer for
 /// at most `within`. Fails with `OutcomeUnknown` if a peer could not be asked.
-pub(crate) fn recover(engine: &Engine, work_dir: &std::path::Path, token: Option<String>, within: Duration) -> Result<Vec<Settlement>> {
+pub(crate) fn recover(engine: &Engine, work_dir: &std::path::Path, link: &Link, within: Duration) -> Result<Vec<Settlement>> {
     let journal = Journal::new(work_dir);
     let mut settled = Vec::new();
     for entry in journal.list() {
-        let peer = Peer::new(&entry.peer, token.clone(), Duration::from_secs(30));
+        let peer = Peer::new(&entry.peer, link, Duration::from_secs(30));
         let (runs, detail) = match settle_one(engine, &peer, &entry, within) {
             Ok(done) => done,
             Err(error) => ("unknown", error.to_string()),

@@ -33,6 +33,8 @@ pub(crate) struct Options<'a> {
     pub self_agent: Option<String>,
     pub tuning: &'a Tuning,
     pub fast: bool,
+    /// Signs every snapshot (None: unsigned, for peers run with --insecure).
+    pub signer: Option<&'a dyn crate::payload::Sign>,
 }
 
 /// One peer and whether a snapshot is on its way to it.
@@ -79,7 +81,7 @@ pub(crate) fn replicate(engine: &Engine, options: Options<'_>, stop: &AtomicBool
         let round = Instant::now();
         stop_if_failed_over(engine, &targets, container)?;
         let tag = SnapshotTag { generation: generation + 1, source_agent: options.self_agent.clone() };
-        match snapshot(engine, container, options.tuning, options.fast, &state_dir, tag) {
+        match snapshot(engine, container, (options.tuning, options.fast, options.signer), &state_dir, tag) {
             Ok(Some(file)) => {
                 generation += 1;
                 std::fs::write(&generation_file, generation.to_string()).map_err(|e| io_error(generation_file.display(), e))?;
@@ -109,8 +111,7 @@ fn read_generation(path: &Path) -> u64 {
 fn snapshot(
     engine: &Engine,
     container: &str,
-    tuning: &Tuning,
-    fast: bool,
+    (tuning, fast, signer): (&Tuning, bool, Option<&dyn crate::payload::Sign>),
     state_dir: &Path,
     tag: SnapshotTag,
 ) -> Result<Option<Arc<SnapshotFile>>> {
@@ -128,7 +129,7 @@ fn snapshot(
     let path = state_dir.join(format!("{container}-{generation}.ferry"));
     let file = Arc::new(SnapshotFile(path.clone()));
     let sink = BufWriter::with_capacity(tuning.io_buffer, File::create(&path).map_err(|e| io_error(path.display(), e))?);
-    let stats = taken.pack_into(sink)?;
+    let stats = taken.pack_into(sink, signer)?;
     log::info!(
         "snapshot {generation} of {container}: app frozen {:.3}s ({}), {} to send",
         taken.frozen_secs,

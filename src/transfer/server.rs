@@ -9,6 +9,8 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::agent::{Agent, Handled, WithStatus};
+use super::ledger::valid_client_id;
+use crate::identity::Peer;
 use super::http::{self, Method, Request};
 use super::{
     authorized, ErrorBody, ABORT, COMMIT, CONTAINERS, FAILOVERS, HEALTH, IMAGES, INFO, MIGRATIONS, MIGRATION_HEADER, RESTORE,
@@ -75,34 +77,51 @@ fn handle(agent: &Agent, mut request: Request) {
     }
 }
 
-/// An authorized request → its handler.
+/// An authorized request → its handler. Over TLS, each handler is told the
+/// calling peer: payloads must carry its signature, and it may remove, commit
+/// or abort only what it sent (migration ids are scoped to it).
 fn route(agent: &Agent, request: &mut Request, method: &Method, path: &str, query: &str) -> Handled<Reply> {
     let declared = request.body_length();
+    let caller = request.peer().cloned();
+    let caller = caller.as_ref();
     match (method, path) {
         (Method::Get, INFO) => agent.info().map(Reply::json),
         (Method::Post, IMAGES) => agent.load_image(request.as_reader()).map(Reply::json),
         (Method::Post, RESTORE) => {
-            let migration = header(request, MIGRATION_HEADER);
+            let migration = header(request, MIGRATION_HEADER).map(|id| scoped(&id, caller)).transpose()?;
             let name = query_value(query, "name");
             let prepare_only = query_value(query, "prepare").as_deref() == Some("1");
-            agent.restore(request.as_reader(), declared, name.as_deref(), migration.as_deref(), prepare_only).map(Reply::json)
+            agent.restore(request.as_reader(), declared, name.as_deref(), migration.as_deref(), prepare_only, caller).map(Reply::json)
         }
         (Method::Post, p) if p.starts_with(MIGRATIONS) && p.ends_with(COMMIT) => {
-            agent.commit(&p[MIGRATIONS.len()..p.len() - COMMIT.len()]).map(Reply::json)
+            agent.commit(&scoped(&p[MIGRATIONS.len()..p.len() - COMMIT.len()], caller)?, caller).map(Reply::json)
         }
         (Method::Post, p) if p.starts_with(MIGRATIONS) && p.ends_with(ABORT) => {
-            agent.abort(&p[MIGRATIONS.len()..p.len() - ABORT.len()]).map(Reply::json)
+            agent.abort(&scoped(&p[MIGRATIONS.len()..p.len() - ABORT.len()], caller)?).map(Reply::json)
         }
-        (Method::Get, p) if p.starts_with(MIGRATIONS) => agent.outcome(&p[MIGRATIONS.len()..]).map(Reply::json),
+        (Method::Get, p) if p.starts_with(MIGRATIONS) => agent.outcome(&scoped(&p[MIGRATIONS.len()..], caller)?).map(Reply::json),
         (Method::Post, SNAPSHOTS) => {
             let keep = query_value(query, "keep");
-            agent.receive_snapshot(request.as_reader(), declared, keep.as_deref()).map(Reply::json)
+            agent.receive_snapshot(request.as_reader(), declared, keep.as_deref(), caller).map(Reply::json)
         }
         (Method::Get, SNAPSHOTS) => Ok(Reply::json(agent.store.list())),
         (Method::Get, FAILOVERS) => Ok(Reply::json(agent.failovers())),
-        (Method::Delete, p) if p.starts_with(CONTAINERS) => agent.remove_restored(&p[CONTAINERS.len()..]).map(Reply::json),
+        (Method::Delete, p) if p.starts_with(CONTAINERS) => agent.remove_restored(&p[CONTAINERS.len()..], caller).map(Reply::json),
         _ => Err(Error::new(Kind::NotFound, format!("no such endpoint: {method} {path}")).with_status(404)),
     }
+}
+
+/// A client's migration id as the ledger keeps it: over TLS, prefixed with
+/// the caller's fingerprint, so one peer can neither see, commit nor abort
+/// another's migration.
+fn scoped(id: &str, caller: Option<&Peer>) -> Handled<String> {
+    if !valid_client_id(id) {
+        return Err(Error::new(Kind::Usage, "the migration id must be 1 to 64 letters, digits or dashes").into());
+    }
+    Ok(match caller {
+        Some(peer) => format!("{}-{id}", peer.fingerprint.hex()),
+        None => id.to_string(),
+    })
 }
 
 struct Reply {

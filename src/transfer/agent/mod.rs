@@ -15,6 +15,7 @@ use crate::board::Tuning;
 use crate::engine::Engine;
 use crate::error::{io_error, Error, Kind};
 use crate::host;
+use crate::identity::{Peer, Verifier};
 use crate::migration::restore::{self, SizeLimit};
 use crate::payload;
 use crate::snapshots::Store;
@@ -24,6 +25,11 @@ use crate::units::human_bytes;
 /// How `ferry serve` was asked to run.
 pub(crate) struct Settings {
     pub token: Option<String>,
+    /// Which payloads and snapshots are accepted (their seals); per request
+    /// narrowed to the calling peer's own signature.
+    pub verifier: Verifier,
+    /// How this agent calls other agents (the watchdog's health checks).
+    pub link: super::client::Link,
     pub spool: PathBuf,
     pub max_payload: Option<u64>,
     /// Whether restores may use the fast, symlinked placement.
@@ -44,9 +50,10 @@ pub(crate) struct Agent {
     pub store: Store,
     /// One restore (or failover) at a time: each may need the whole spool.
     pub(super) restore_lock: Mutex<()>,
-    /// The containers this agent restored (name → full id), the only ones it
-    /// removes, by the id it recorded: a name can since mean another container.
-    pub(super) restored: Mutex<BTreeMap<String, String>>,
+    /// The containers this agent restored (name → full id and the peer that
+    /// sent it), the only ones it removes, by the id it recorded (a name can
+    /// since mean another container), and only for the peer that sent it.
+    pub(super) restored: Mutex<BTreeMap<String, (String, Option<Peer>)>>,
     /// Every handover's state, on disk.
     pub(super) ledger: Ledger,
     /// Held across each read-modify-write of a ledger record, so that a
@@ -136,6 +143,7 @@ impl Agent {
             board: self.settings.tuning.board.as_ref(),
             size_limit,
             allow_host_mismatch: false,
+            verify: &self.settings.verifier,
         }
     }
 
@@ -176,6 +184,9 @@ impl Agent {
     /// said), one at a time, and creates its container. With a `migration` id
     /// every step is recorded on disk; with `prepare_only` the container is
     /// not started until [`Agent::commit`].
+    /// `caller` is the peer on the other end (None without TLS): the payload
+    /// must be signed by it.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn restore(
         &self,
         body: &mut dyn Read,
@@ -183,6 +194,7 @@ impl Agent {
         name: Option<&str>,
         migration: Option<&str>,
         prepare_only: bool,
+        caller: Option<&Peer>,
     ) -> Handled<RestoreReport> {
         if let Some(name) = name
             && !payload::is_name(name)
@@ -211,7 +223,7 @@ impl Agent {
         };
         let free = self.spool_room(declared)?;
         let Some(id) = migration else {
-            return self.receive_and_restore(body, name, free);
+            return self.receive_and_restore(body, name, free, caller);
         };
         {
             let _ledger = self.ledger_lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -221,7 +233,7 @@ impl Agent {
             }
             self.ledger.set(id, Outcome::Running, None, 0)?;
         }
-        let result = self.receive_and_prepare(body, name, free, id);
+        let result = self.receive_and_prepare(body, name, free, id, caller);
         let _ledger = self.ledger_lock.lock().unwrap_or_else(|p| p.into_inner());
         let (report, prepared) = match result {
             Ok(done) => done,
@@ -242,7 +254,7 @@ impl Agent {
         if prepare_only {
             return Ok(report);
         }
-        self.commit(id)
+        self.commit(id, caller)
     }
 
     /// The spool's free bytes, once a body of `declared` bytes is known to
@@ -290,17 +302,30 @@ impl Agent {
         }
     }
 
-    fn receive_and_restore(&self, body: &mut dyn Read, name: Option<&str>, free: u64) -> Handled<RestoreReport> {
-        let options = restore::Options { name, ..self.restore_options(Some(self.size_limit(free))) };
+    fn receive_and_restore(&self, body: &mut dyn Read, name: Option<&str>, free: u64, caller: Option<&Peer>) -> Handled<RestoreReport> {
+        let verifier = self.settings.verifier.from_peer(caller.map(|c| &c.fingerprint));
+        let options = restore::Options { name, verify: &verifier, ..self.restore_options(Some(self.size_limit(free))) };
         let body = BufReader::with_capacity(self.settings.tuning.io_buffer, body);
         let restored = restore::restore_from(&self.engine, &self.settings.spool, "receive", body, &options)?;
-        self.restored.lock().unwrap_or_else(|p| p.into_inner()).insert(restored.container.clone(), restored.id.clone());
+        self.record_restored(&restored.container, &restored.id, caller);
         Ok(restored.into())
     }
 
+    /// Remembers a container this agent started for `caller`.
+    pub(super) fn record_restored(&self, name: &str, id: &str, caller: Option<&Peer>) {
+        self.restored.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), (id.to_string(), caller.cloned()));
+    }
+
     /// Stores a snapshot, verified, keeping the newest `keep` of its container
-    /// (3 when the client does not say).
-    pub(crate) fn receive_snapshot(&self, body: &mut dyn Read, declared: Option<u64>, keep: Option<&str>) -> Handled<SnapshotInfo> {
+    /// (3 when the client does not say). Only the peer that sent a
+    /// container's first snapshot here may send more of it.
+    pub(crate) fn receive_snapshot(
+        &self,
+        body: &mut dyn Read,
+        declared: Option<u64>,
+        keep: Option<&str>,
+        caller: Option<&Peer>,
+    ) -> Handled<SnapshotInfo> {
         let keep = match keep {
             Some(text) => text.parse::<usize>().ok().filter(|&n| n >= 1).ok_or_else(|| {
                 Error::new(Kind::Usage, format!("keep={text} is not a count of snapshots (1 or more)"))
@@ -311,18 +336,29 @@ impl Agent {
         let info = self.engine.info()?;
         let limit = self.size_limit(free).bytes;
         let body = BufReader::with_capacity(self.settings.tuning.io_buffer, body);
-        let stored = self.store.receive(body, &info.architecture, limit, keep)?;
+        let verifier = self.settings.verifier.from_peer(caller.map(|c| &c.fingerprint));
+        let sender = caller.map(|c| c.fingerprint.to_string());
+        let stored = self.store.receive(body, &info.architecture, limit, keep, &verifier, sender.as_deref())?;
         log::info!("stored snapshot {} ({} bytes) from {}", stored.id, stored.compressed_bytes, stored.source_host);
         Ok(stored)
     }
 
-    /// Removes a container this agent restored, and only those.
-    pub(crate) fn remove_restored(&self, name: &str) -> Handled<serde_json::Value> {
+    /// Removes a container this agent restored, and only for the peer that sent it.
+    pub(crate) fn remove_restored(&self, name: &str, caller: Option<&Peer>) -> Handled<serde_json::Value> {
         let mut restored = self.restored.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(id) = restored.get(name).cloned() else {
+        let Some((id, sender)) = restored.get(name).cloned() else {
             return Err(Error::new(Kind::Refused, format!("'{name}' was not restored by this agent: it removes only what it restored"))
                 .with_status(403));
         };
+        if let Some(sender) = &sender
+            && caller.is_none_or(|c| c.fingerprint != sender.fingerprint)
+        {
+            return Err(Error::new(
+                Kind::Refused,
+                format!("'{name}' was sent by {}: only that peer may remove it", sender.name),
+            )
+            .with_status(403));
+        }
         match self.engine.remove_container(&id, true) {
             Err(e) if crate::engine::is_not_found(&e) => log::info!("{name} ({}) was already removed", crate::units::short_id(&id)),
             other => other?,

