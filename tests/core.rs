@@ -86,7 +86,7 @@ fn leave_running_checkpoint_to_stdout_and_restore_from_stdin() {
     let payload = scratch.path("stdout.ferry");
     std::fs::write(&payload, &out.stdout).unwrap();
 
-    let status = std::process::Command::new(ferry_bin())
+    let status = ferry_command(ENGINE_A)
         .args(["--docker-socket", ENGINE_A, "--work-dir"])
         .arg(scratch.work_dir())
         .args(["-q", "restore", "-", "--name", &restored])

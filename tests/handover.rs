@@ -235,7 +235,7 @@ fn a_migrate_killed_mid_transfer_is_recovered_on_exactly_one_host() {
     // 2 MiB/s: the 16 MiB payload takes about 8 s to cross.
     let proxy = Partition::start(&hosts.agent_b.addr, None, Some(2 << 20));
     let token = hosts.token.to_str().unwrap().to_string();
-    let mut migrate = std::process::Command::new(ferry_bin())
+    let mut migrate = ferry_command(ENGINE_A)
         .args(["--docker-socket", ENGINE_A, "--work-dir"])
         .arg(hosts.scratch.work_dir())
         .args(["migrate", &name, "--to", &proxy.addr, "--token-file", &token])
@@ -259,20 +259,11 @@ fn a_migrate_killed_mid_transfer_is_recovered_on_exactly_one_host() {
     assert!(left_on_source(&hosts).is_empty(), "nothing left: {:?}", left_on_source(&hosts));
 }
 
-/// Raw HTTP to an agent: (status, body).
+/// Raw HTTPS to an agent as host A (its certificate and the token): (status, body).
 fn http(addr: &str, token: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    let status = answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    (status, answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+    let authorization = format!("Bearer {token}");
+    let headers = [&[("Authorization", authorization.as_str())], headers].concat();
+    https(addr, ClientCert::Dir(&keys().a), method, path, &headers, body).expect("the agent answers")
 }
 
 #[test]

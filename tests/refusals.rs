@@ -60,53 +60,84 @@ fn bad_payloads_are_refused_and_leave_nothing() {
     let bytes = std::fs::read(&good).unwrap();
     let before = all_containers(ENGINE_A);
 
-    let restore = |name: &str, payload: &[u8]| {
+    let restore = |name: &str, payload: &[u8], extra: &[&str]| {
         let path = scratch.path(name);
         std::fs::write(&path, payload).unwrap();
-        ferry(ENGINE_A, &work, &["restore", path.to_str().unwrap(), "--name", &target])
+        ferry(ENGINE_A, &work, &[&["restore", path.to_str().unwrap(), "--name", &target], extra].concat())
     };
-    let cases: Vec<(&str, Vec<u8>, i32, &str)> = vec![
-        ("truncated", bytes[..bytes.len() / 2].to_vec(), BAD_PAYLOAD, "truncated or corrupt"),
-        ("flipped", flip(&bytes, bytes.len() / 2), BAD_PAYLOAD, "payload"),
+    // A payload signed by a third host's key, which A does not trust.
+    let stranger = scratch.path("keys-c");
+    keys_init(&stranger, "host-c");
+    let foreign = scratch.path("foreign.ferry");
+    let out = ferry_command(ENGINE_A)
+        .env("FERRY_CONFIG_DIR", &stranger)
+        .args(["--docker-socket", ENGINE_A, "--work-dir"])
+        .arg(&work)
+        .args(["checkpoint", &source, "--leave-running", "-o", foreign.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let foreign = std::fs::read(&foreign).unwrap();
+    // Edited manifests lose their seal (the payload becomes unsigned) so that
+    // the checks behind the signature are reached with --accept-untrusted.
+    let untrusted: &[&str] = &["--accept-untrusted"];
+    let cases: Vec<(&str, Vec<u8>, &[&str], i32, &str)> = vec![
+        ("unsigned", repack(&bytes, |_| {}, None, false), &[], BAD_PAYLOAD, "it is not signed"),
+        ("stranger", foreign.clone(), &[], BAD_PAYLOAD, "is not trusted here"),
+        (
+            "edited-sealed",
+            repack(&bytes, |m| m["container"]["config"]["Env"] = serde_json::json!(["EVIL=1"]), None, true),
+            untrusted,
+            BAD_PAYLOAD,
+            "its signature does not verify",
+        ),
+        ("truncated", bytes[..bytes.len() / 2].to_vec(), &[], BAD_PAYLOAD, "truncated or corrupt"),
+        ("flipped", flip(&bytes, bytes.len() / 2), &[], BAD_PAYLOAD, "payload"),
         (
             "dotdot",
-            repack(&bytes, |_| {}, Some("checkpoint/../../../../tmp/ferry-escaped")),
+            repack(&bytes, |_| {}, Some("checkpoint/../../../../tmp/ferry-escaped"), false),
+            untrusted,
             BAD_PAYLOAD,
             "'..' would leave the destination",
         ),
         (
             "arch",
-            repack(&bytes, |m| m["source"]["arch"] = "aarch64".into(), None),
+            repack(&bytes, |m| m["source"]["arch"] = "aarch64".into(), None, false),
+            untrusted,
             BAD_PAYLOAD,
             "made on aarch64",
         ),
         (
             "image",
-            repack(&bytes, |m| m["container"]["image_id"] = format!("sha256:{}", "0".repeat(64)).into(), None),
+            repack(&bytes, |m| m["container"]["image_id"] = format!("sha256:{}", "0".repeat(64)).into(), None, false),
+            untrusted,
             NOT_FOUND,
             "is not on this host",
         ),
         (
             "format",
-            repack(&bytes, |m| m["format"] = 99.into(), None),
+            repack(&bytes, |m| m["format"] = 99.into(), None, false),
+            untrusted,
             BAD_PAYLOAD,
             "format 99 is newer than this ferry understands",
         ),
         (
             "page-size",
-            repack(&bytes, |m| m["source"]["cpu"]["page_size"] = 16384.into(), None),
+            repack(&bytes, |m| m["source"]["cpu"]["page_size"] = 16384.into(), None, false),
+            untrusted,
             BAD_PAYLOAD,
             "16 KiB pages",
         ),
         (
             "newer-cpu",
-            repack(&bytes, |m| m["source"]["cpu"]["hwcap"] = u64::MAX.into(), None),
+            repack(&bytes, |m| m["source"]["cpu"]["hwcap"] = u64::MAX.into(), None, false),
+            untrusted,
             BAD_PAYLOAD,
             "features the target CPU lacks",
         ),
     ];
-    for (name, payload, code, message) in cases {
-        let out = restore(name, &payload);
+    for (name, payload, extra, code, message) in cases {
+        let out = restore(name, &payload, extra);
         assert_eq!(out.status.code(), Some(code), "{name}: {}", stderr(&out));
         assert!(stderr(&out).contains(message), "{name}: stderr lacks {message:?}: {}", stderr(&out));
         assert_eq!(all_containers(ENGINE_A), before, "{name}: a container was left behind");
@@ -117,9 +148,14 @@ fn bad_payloads_are_refused_and_leave_nothing() {
 
     let out = ferry(ENGINE_A, &work, &["restore", scratch.path("absent.ferry").to_str().unwrap()]);
     expect_failure(&out, NOT_FOUND, "cannot read the payload");
-    // The good payload still restores: the refusals were about the damage.
+    // The good payload still restores: the refusals were about the damage;
+    // and the stranger's, when the operator accepts it knowingly.
     ferry_ok(ENGINE_A, &work, &["restore", good.to_str().unwrap(), "--name", &target]);
     assert!(is_running(ENGINE_A, &target));
+    let out = restore("stranger-accepted", &foreign, &["--accept-untrusted", "--name", "ferry-e2e-bad-foreign"]);
+    containers.track("ferry-e2e-bad-foreign");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(is_running(ENGINE_A, "ferry-e2e-bad-foreign"));
 }
 
 #[test]
@@ -152,7 +188,8 @@ fn a_peer_whose_cpu_could_not_run_the_app_is_refused_before_the_freeze() {
             );
         }
     });
-    let out = ferry(ENGINE_A, &scratch.work_dir(), &["migrate", &source, "--to", &peer, "--token-file", token.to_str().unwrap()]);
+    // A fake agent speaks plain HTTP: the client is told so.
+    let out = ferry(ENGINE_A, &scratch.work_dir(), &["migrate", &source, "--to", &peer, "--insecure", "--token-file", token.to_str().unwrap()]);
     expect_failure(&out, REFUSED, "16 KiB pages");
     assert!(is_running(ENGINE_A, &source), "refused before the freeze: the app keeps running");
     wait_for_count(ENGINE_A, &source, counted + 1, std::time::Duration::from_secs(10));
@@ -164,8 +201,9 @@ fn flip(bytes: &[u8], at: usize) -> Vec<u8> {
     damaged
 }
 
-/// Rewrites a payload: edits its manifest, optionally adds one raw-named entry.
-fn repack(bytes: &[u8], edit: impl Fn(&mut serde_json::Value), extra: Option<&str>) -> Vec<u8> {
+/// Rewrites a payload: edits its manifest, optionally adds one raw-named
+/// entry, and keeps or drops its seal.
+fn repack(bytes: &[u8], edit: impl Fn(&mut serde_json::Value), extra: Option<&str>, keep_seal: bool) -> Vec<u8> {
     let mut archive = tar::Archive::new(lz4_flex::frame::FrameDecoder::new(bytes));
     let mut builder = tar::Builder::new(lz4_flex::frame::FrameEncoder::new(Vec::new()));
     for (index, entry) in archive.entries().unwrap().enumerate() {
@@ -191,7 +229,7 @@ fn repack(bytes: &[u8], edit: impl Fn(&mut serde_json::Value), extra: Option<&st
                 evil.set_cksum();
                 builder.append(&evil, &b"owned"[..]).unwrap();
             }
-        } else {
+        } else if keep_seal || entry.path().unwrap().to_str() != Some("manifest.sig") {
             builder.append(&header, &mut entry).unwrap();
         }
     }

@@ -40,7 +40,7 @@ impl Replication for TwoHosts {
 
     /// `ferry replicate` on A, in the background.
     fn replicate(&self, name: &str, to: &str, extra: &[&str]) -> Child {
-        Command::new(ferry_bin())
+        ferry_command(ENGINE_A)
             .args(["--docker-socket", ENGINE_A, "--work-dir"])
             .arg(self.scratch.path("work-a"))
             .args(["replicate", name, "--to", to, "--every", EVERY, "--token-file"])

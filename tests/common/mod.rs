@@ -5,6 +5,10 @@
 //! sets the host up, starts the engines and runs them with `--ignored`.
 #![allow(dead_code)]
 
+mod tls;
+#[allow(unused_imports)]
+pub use tls::{https, keys, keys_init, trust, ClientCert, Keys};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::thread;
@@ -86,6 +90,7 @@ pub fn docker_ok(socket: &str, args: &[&str]) -> String {
 /// Runs ferry against one engine with its own work dir.
 pub fn ferry(socket: &str, work_dir: &Path, args: &[&str]) -> Output {
     Command::new(ferry_bin())
+        .env("FERRY_CONFIG_DIR", config_dir(socket))
         .arg("--docker-socket")
         .arg(socket)
         .arg("--work-dir")
@@ -231,6 +236,7 @@ pub fn containerd_leftovers() -> usize {
 /// root and runc state are at the standard paths).
 pub fn ferry_on_b(work_dir: &Path, args: &[&str]) -> Output {
     Command::new("nsenter")
+        .env("FERRY_CONFIG_DIR", &keys().b)
         .arg(format!("--mount=/proc/{}/ns/mnt", engine_b_pid()))
         .arg("--")
         .arg(ferry_bin())
@@ -239,6 +245,19 @@ pub fn ferry_on_b(work_dir: &Path, args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("nsenter runs ferry")
+}
+
+/// The config folder (key, certificate, trusted peers) of the host whose
+/// engine is at `socket`.
+pub fn config_dir(socket: &str) -> &'static Path {
+    if socket == ENGINE_B { &keys().b } else { &keys().a }
+}
+
+/// A ferry command for the host of `socket`, with its config folder.
+pub fn ferry_command(socket: &str) -> Command {
+    let mut command = Command::new(ferry_bin());
+    command.env("FERRY_CONFIG_DIR", config_dir(socket));
+    command
 }
 
 pub fn engine_b_pid() -> String {
@@ -264,6 +283,12 @@ impl AgentProcess {
 
     /// The same, listening on `addr`.
     pub fn start_at(on_b: bool, addr: &str, spool: &Path, token_file: &Path, extra: &[&str]) -> AgentProcess {
+        let config = if on_b { &keys().b } else { &keys().a };
+        AgentProcess::start_as(on_b, addr, config, spool, token_file, extra)
+    }
+
+    /// The same, with the key and trust store in `config` instead of its host's.
+    pub fn start_as(on_b: bool, addr: &str, config: &Path, spool: &Path, token_file: &Path, extra: &[&str]) -> AgentProcess {
         let addr = addr.to_string();
         let mut command = if on_b {
             let mut c = Command::new("nsenter");
@@ -275,20 +300,26 @@ impl AgentProcess {
             c.args(["--docker-socket", ENGINE_A]);
             c
         };
+        command.env("FERRY_CONFIG_DIR", config);
         command.arg("--work-dir").arg(spool).args(["serve", "--listen", &addr, "--token-file"]).arg(token_file).args(extra);
         command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
         let child = command.spawn().expect("ferry serve starts");
         let agent = AgentProcess { addr, child };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !agent.healthy() {
+        while std::net::TcpStream::connect(&agent.addr).is_err() {
             assert!(Instant::now() < deadline, "agent on {} did not come up", agent.addr);
             thread::sleep(Duration::from_millis(50));
         }
         agent
     }
 
+    /// Whether it answers /health: over TLS with A's certificate (which
+    /// both agents trust), or over plain HTTP for an `--insecure` agent.
     pub fn healthy(&self) -> bool {
         use std::io::{Read, Write};
+        if let Ok((status, _)) = https(&self.addr, ClientCert::Dir(&keys().a), "GET", "/health", &[], b"") {
+            return status == 200;
+        }
         let Ok(mut stream) = std::net::TcpStream::connect(&self.addr) else { return false };
         let _ = write!(stream, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         let mut answer = String::new();
@@ -361,6 +392,50 @@ pub fn flipping_proxy(target: &str, offset: u64) -> String {
     addr
 }
 
+
+/// A TCP proxy to `target` that records every byte in both directions.
+pub struct RecordingProxy {
+    pub addr: String,
+    pub recorded: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl RecordingProxy {
+    pub fn start(target: &str) -> RecordingProxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let recorded = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let target = target.to_string();
+        let log = recorded.clone();
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = std::net::TcpStream::connect(&target) else { continue };
+                for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                    let log = log.clone();
+                    thread::spawn(move || {
+                        let mut buffer = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match std::io::Read::read(&mut from, &mut buffer) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            log.lock().unwrap().extend_from_slice(&buffer[..n]);
+                            if std::io::Write::write_all(&mut to, &buffer[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        RecordingProxy { addr, recorded }
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        self.recorded.lock().unwrap().clone()
+    }
+}
 
 /// Engines A and B with an agent each, one token, and the containers a test
 /// made on either, removed at the end.
