@@ -54,7 +54,7 @@ impl Context {
 /// A peer's agent as `--to ADDR --token-file FILE` name it.
 pub(crate) fn peer(addr: &str, token_file: Option<&Path>, timeout: Duration) -> Result<Peer> {
     let token = token_file.map(transfer::load_token).transpose()?;
-    Ok(Peer::new(addr, token, timeout))
+    Ok(Peer::new(addr, token, timeout, None))
 }
 
 /// Prints a command's result: its one-line summary, or with `json` the whole

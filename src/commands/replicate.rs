@@ -61,7 +61,7 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     let token = args.token_file.as_deref().map(transfer::load_token).transpose()?;
     let timeout = Duration::from_secs(args.timeout);
     let peers =
-        args.to.split(',').filter(|a| !a.trim().is_empty()).map(|addr| Peer::new(addr.trim(), token.clone(), timeout)).collect();
+        args.to.split(',').filter(|a| !a.trim().is_empty()).map(|addr| Peer::new(addr.trim(), token.clone(), timeout, None)).collect();
     // Replicate keeps no board profile of its own: the global work dir and default buffers.
     let tuning = context.tuning(None)?;
     let options = Options {

@@ -39,7 +39,7 @@ pub(crate) fn recover(engine: &Engine, work_dir: &std::path::Path, token: Option
     let journal = Journal::new(work_dir);
     let mut settled = Vec::new();
     for entry in journal.list() {
-        let peer = Peer::new(&entry.peer, token.clone(), Duration::from_secs(30));
+        let peer = Peer::new(&entry.peer, token.clone(), Duration::from_secs(30), None);
         let (runs, detail) = match settle_one(engine, &peer, &entry, within) {
             Ok(done) => done,
             Err(error) => ("unknown", error.to_string()),

@@ -40,7 +40,7 @@ pub(super) fn watch_for_failover(agent: &Agent, after: Duration) {
             if agent.engine.inspect_container(container).is_ok_and(|c| c.state.running) {
                 continue;
             }
-            if Peer::new(source, agent.settings.token.clone(), Duration::from_secs(3)).healthy() {
+            if Peer::new(source, agent.settings.token.clone(), Duration::from_secs(3), None).healthy() {
                 continue;
             }
             let Ok(_one_at_a_time) = agent.restore_lock.lock() else { continue };

@@ -219,7 +219,7 @@ fn an_endless_header_line_is_cut_at_the_limit() {
 #[test]
 fn ferrys_client_reads_the_401_instead_of_a_broken_pipe() {
     let addr = start(limits());
-    let peer = crate::transfer::client::Peer::new(&addr.to_string(), Some("not-the-token-at-all".into()), Duration::from_secs(5));
+    let peer = crate::transfer::client::Peer::new(&addr.to_string(), Some("not-the-token-at-all".into()), Duration::from_secs(5), None);
     // Far more than the sockets' buffers hold: without `Expect`, the
     // client would still be writing when the agent closes.
     let payload = vec![0u8; 32 << 20];

@@ -17,6 +17,7 @@
 //! The agent side is [`Acceptor`] (used by `http::Server`); the source side is
 //! [`connector::TlsConnector`], a ureq connector over ureq's TCP one.
 
+pub(crate) mod connector;
 
 use std::fmt;
 use std::io::{self, Write};
