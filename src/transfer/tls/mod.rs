@@ -18,6 +18,8 @@
 //! [`connector::TlsConnector`], a ureq connector over ureq's TCP one.
 
 pub(crate) mod connector;
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
 use std::io::{self, Write};
