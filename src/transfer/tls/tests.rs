@@ -329,3 +329,18 @@ fn handshake_in_memory(client: &mut ClientConnection, server: &mut ServerConnect
     panic!("the handshake did not complete");
 }
 
+
+#[test]
+fn loading_says_what_is_missing() {
+    let dir = TempDir::new("tls-load");
+    let error = Tls::load(dir.path()).unwrap_err().to_string();
+    assert!(error.contains("ferry keys init"), "{error}");
+    let host = self_signed("host", &["127.0.0.1"]);
+    std::fs::write(dir.path().join(identity::KEY_FILE), host.key.serialize_pem()).unwrap();
+    std::fs::write(dir.path().join(identity::CERT_FILE), &host.cert_pem).unwrap();
+    let error = Tls::load(dir.path()).unwrap_err().to_string();
+    assert!(error.contains("ferry trust add NAME sha256:") && error.contains(identity::CA_FILE), "{error}");
+    std::fs::write(dir.path().join(identity::TRUST_FILE), format!("peer {}\n", self_signed("peer", &[]).fingerprint())).unwrap();
+    let tls = Tls::load(dir.path()).unwrap();
+    assert!(tls.acceptor().is_ok() && tls.client_config().is_ok());
+}
