@@ -14,7 +14,6 @@ pub(crate) mod snapshots;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -22,7 +21,8 @@ use serde::Serialize;
 use crate::board::{Board, Tuning};
 use crate::engine::{self, Engine};
 use crate::error::{Error, Kind, Result};
-use crate::identity::{self, Identity, Trust};
+use crate::identity::{self, Identity};
+use crate::transfer::tls::Tls;
 use crate::transfer::{self, client::{Link, Peer}};
 
 /// What every command gets from the global options.
@@ -75,12 +75,12 @@ pub(crate) fn link(token_file: Option<&Path>, insecure: bool) -> Result<Link> {
         );
         return Ok(Link { token, ..Link::default() });
     }
-    let credentials = credentials()?;
-    Ok(Link { token, signer: Some(credentials.identity), ..Link::default() })
+    let tls = credentials()?;
+    Ok(Link { token, signer: Some(tls.identity().clone()), tls: Some(tls.client_config()?) })
 }
 
 /// This host's key and whom it trusts, for mutual TLS: both must be there.
-pub(crate) fn credentials() -> Result<Credentials> {
+pub(crate) fn credentials() -> Result<Tls> {
     let dir = identity::config_dir();
     if !dir.join(identity::KEY_FILE).exists() {
         return Err(Error::new(
@@ -92,25 +92,7 @@ pub(crate) fn credentials() -> Result<Credentials> {
             ),
         ));
     }
-    let identity = Arc::new(Identity::load(&dir)?);
-    let trust = Trust::load(&dir)?;
-    if trust.is_empty() {
-        return Err(Error::new(
-            Kind::Usage,
-            format!(
-                "this host trusts no peer yet: add each peer's fingerprint (`ferry keys show` there) with `ferry trust \
-                 add NAME FINGERPRINT`, or install the fleet CA as {}",
-                dir.join(identity::CA_FILE).display()
-            ),
-        ));
-    }
-    Ok(Credentials { identity, trust })
-}
-
-/// This host's key and trust store, loaded.
-pub(crate) struct Credentials {
-    pub identity: Arc<Identity>,
-    pub trust: Trust,
+    Tls::load(&dir)
 }
 
 /// A peer's agent as `--to ADDR` names it, reached over `link`.

@@ -61,7 +61,7 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
         Some(super::credentials()?)
     };
     let verifier = match &credentials {
-        Some(credentials) => Verifier::new(credentials.trust.clone(), Some(&credentials.identity), false),
+        Some(tls) => Verifier::new(tls.trust().clone(), Some(tls.identity()), false),
         None => Verifier::load(true)?,
     };
     let tuning = context.tuning(args.board.as_deref())?;
@@ -69,7 +69,12 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     if let Some(board) = &tuning.board {
         log::info!("board {}: containers capped at {} MiB and {} CPUs", board.name, board.memory_mib, board.cpus);
     }
-    let link = Link { token: token.clone(), signer: credentials.as_ref().map(|c| c.identity.clone()), ..Link::default() };
+    let link = Link {
+        token: token.clone(),
+        signer: credentials.as_ref().map(|tls| tls.identity().clone()),
+        tls: credentials.as_ref().map(|tls| tls.client_config()).transpose()?,
+    };
+    let acceptor = credentials.as_ref().map(|tls| tls.acceptor()).transpose()?;
     let settings = Settings {
         token,
         verifier,
@@ -81,5 +86,5 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
         failover_after: args.failover_after,
         handover_timeout: args.handover_timeout,
     };
-    server::serve(&Agent::new(engine, settings), &args.listen)
+    server::serve(&Agent::new(engine, settings), &args.listen, acceptor)
 }

@@ -71,10 +71,6 @@ impl Fingerprint {
         (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| Fingerprint(format!("sha256:{hex}")))
     }
 
-    pub(crate) fn as_str(&self) -> &str {
-        &self.0
-    }
-
     /// The 64 hex digits alone, for names of files and keys.
     pub(crate) fn hex(&self) -> &str {
         &self.0["sha256:".len()..]

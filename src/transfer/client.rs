@@ -6,12 +6,15 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use ureq::http::Response;
+use ureq::unversioned::resolver::DefaultResolver;
+use ureq::unversioned::transport::{Connector, TcpConnector};
 use ureq::{Agent, Body, SendBody};
 
 use super::{
     ErrorBody, Failover, Outcome, PeerInfo, RestoreReport, SnapshotInfo, ABORT, COMMIT, CONTAINERS, FAILOVERS, IMAGES, INFO,
     MIGRATIONS, MIGRATION_HEADER, RESTORE, SNAPSHOTS,
 };
+use super::tls::connector::{self, TlsConnector};
 use crate::error::{Error, Kind, Result};
 use crate::identity::Identity;
 use crate::payload;
@@ -23,6 +26,8 @@ pub(crate) struct Link {
     pub token: Option<String>,
     /// This host's key: payloads sent to peers are signed with it.
     pub signer: Option<Arc<Identity>>,
+    /// Mutual TLS with this config (`https://`), or plain HTTP when None.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// A ferry agent on another host.
@@ -35,6 +40,8 @@ pub(crate) struct Peer {
 
 impl Peer {
     /// `timeout` bounds how long one answer may take to start coming back.
+    /// With the link's TLS config every call is made over TLS 1.3 with this
+    /// host's certificate, to an agent the config's verifier trusts.
     pub(crate) fn new(addr: &str, link: &Link, timeout: Duration) -> Peer {
         let config = Agent::config_builder()
             .http_status_as_error(false)
@@ -42,7 +49,14 @@ impl Peer {
             .timeout_recv_response(Some(timeout))
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
             .build();
-        Peer { addr: addr.to_string(), link: link.clone(), timeout, agent: Agent::new_with_config(config) }
+        let agent = match &link.tls {
+            Some(tls) => {
+                let connector = ().chain(TcpConnector::default()).chain(TlsConnector { config: tls.clone() });
+                Agent::with_parts(config, connector, DefaultResolver::default())
+            }
+            None => Agent::new_with_config(config),
+        };
+        Peer { addr: addr.to_string(), link: link.clone(), timeout, agent }
     }
 
     /// What signs the payloads sent to this peer, if anything.
@@ -65,6 +79,11 @@ impl Peer {
         &self.addr
     }
 
+    fn url(&self, path: &str) -> String {
+        let scheme = if self.link.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.addr)
+    }
+
     /// An upload: the agent reads no body before it has accepted the request
     /// (token, lock, size), and answers a refusal by closing. Asking for
     /// `100 Continue` first lets this side read that refusal instead of
@@ -74,7 +93,7 @@ impl Peer {
     }
 
     fn request(&self, method: &str, path: &str) -> ureq::http::request::Builder {
-        let mut builder = ureq::http::Request::builder().method(method).uri(format!("http://{}{path}", self.addr));
+        let mut builder = ureq::http::Request::builder().method(method).uri(self.url(path));
         if let Some(token) = &self.link.token {
             builder = builder.header("Authorization", format!("Bearer {token}"));
         }
@@ -100,7 +119,12 @@ impl Peer {
     }
 
     fn transport_error(&self, what: &str, error: ureq::Error) -> Error {
+        if let Some(why) = connector::describe(&error) {
+            return Error::new(Kind::Peer, format!("{what} failed: the agent at {} {why}", self.addr));
+        }
         let detail = match &error {
+            // A TLS agent's alert read as an HTTP answer.
+            ureq::Error::Protocol(_) if self.link.tls.is_none() => format!("{error} — does the agent require TLS?"),
             ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
                 "connection refused — is `ferry serve` running there?".to_string()
             }
@@ -192,7 +216,7 @@ impl Peer {
 
     /// Whether the agent answers its health check within a short time.
     pub(crate) fn healthy(&self) -> bool {
-        let Ok(request) = ureq::http::Request::get(format!("http://{}{}", self.addr, super::HEALTH)).body(()) else {
+        let Ok(request) = ureq::http::Request::get(self.url(super::HEALTH)).body(()) else {
             return false;
         };
         let config = self.agent.configure_request(request).timeout_global(Some(Duration::from_secs(3))).build();

@@ -35,6 +35,7 @@ pub(crate) mod migrate;
 pub(crate) mod recover;
 pub(crate) mod replicate;
 pub(crate) mod server;
+pub(crate) mod tls;
 mod watchdog;
 
 use std::fs;

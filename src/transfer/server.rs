@@ -24,9 +24,13 @@ const HANDOVER_TIDY: std::time::Duration = std::time::Duration::from_secs(2);
 const DRAIN_LIMIT: u64 = 64 << 30;
 
 /// Serves until the listener fails. Each connection has its own thread.
-pub(crate) fn serve(agent: &Agent, listen: &str) -> Result<()> {
-    let server = http::Server::bind(listen, http::Limits::default())
+/// With `tls` every connection is mutual TLS 1.3; without, plain HTTP.
+pub(crate) fn serve(agent: &Agent, listen: &str, tls: Option<std::sync::Arc<super::tls::Acceptor>>) -> Result<()> {
+    let mut server = http::Server::bind(listen, http::Limits::default())
         .map_err(|e| Error::new(Kind::Usage, format!("cannot listen on {listen}: {e}")))?;
+    if let Some(acceptor) = tls {
+        server = server.with_tls(acceptor);
+    }
     agent.clean_spool();
     log::info!("agent listening on {listen}, spool {}", agent.settings.spool.display());
     thread::scope(|scope| {

@@ -34,13 +34,20 @@
 //!
 //! The guard is written against [`Stream`], which plain TCP implements; TLS
 //! (issue 12) implements it for a rustls `StreamOwned` over the accepted
-//! `TcpStream`, whose timeouts then bound the handshake and every read too.
+//! `TcpStream`, whose timeouts then bound every read and write too.
+//!
+//! With TLS ([`Server::with_tls`]) an admitted connection first completes
+//! its handshake, on its own thread, within `head_timeout` as a whole (a
+//! client that stalls it is closed like a slowloris, and is evictable all
+//! along); a connection whose handshake fails is closed without a byte of
+//! HTTP read or written. Each request then names the verified client:
+//! [`Request::peer`].
 
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -48,6 +55,9 @@ use ureq_proto::BodyMode;
 use ureq_proto::http::{self as proto, header};
 use ureq_proto::server::state::{RecvBody, RecvRequest, Send100};
 use ureq_proto::server::{RecvRequestResult, Reply};
+
+use super::tls::Acceptor;
+use crate::identity;
 
 /// What one connection may cost the agent. The defaults suit a 512 MB board.
 #[derive(Debug, Clone)]
@@ -91,7 +101,7 @@ impl Default for Limits {
     }
 }
 
-/// A transport the guard can bound in time: plain TCP now, TLS later.
+/// A transport the guard can bound in time: plain TCP or TLS over it.
 pub(crate) trait Stream: Read + Write + Send {
     fn set_read_timeout(&self, timeout: Duration) -> io::Result<()>;
     fn set_write_timeout(&self, timeout: Duration) -> io::Result<()>;
@@ -141,11 +151,19 @@ const BODY_BUFFER: usize = 64 << 10;
 pub(crate) struct Server {
     listener: TcpListener,
     limits: Limits,
+    tls: Option<Arc<Acceptor>>,
 }
 
 impl Server {
+    /// A listener for plain TCP, until [`Server::with_tls`].
     pub(crate) fn bind(listen: &str, limits: Limits) -> io::Result<Server> {
-        Ok(Server { listener: TcpListener::bind(listen)?, limits })
+        Ok(Server { listener: TcpListener::bind(listen)?, limits, tls: None })
+    }
+
+    /// Every connection must complete a mutually authenticated TLS handshake.
+    pub(crate) fn with_tls(mut self, acceptor: Arc<Acceptor>) -> Server {
+        self.tls = Some(acceptor);
+        self
     }
 
     #[cfg(test)]
@@ -174,15 +192,37 @@ impl Server {
                     log::debug!("refused a connection from {peer}: too many open");
                     continue;
                 };
-                let limits = &self.limits;
+                let (limits, tls) = (&self.limits, self.tls.as_deref());
                 let spawned = thread::Builder::new().name("ferry-http".into()).spawn_scoped(scope, move || {
-                    serve_connection(Box::new(stream), peer, limits, &ticket, handler);
+                    let Some((stream, verified)) = secure(stream, peer, tls, limits) else { return };
+                    serve_connection(stream, peer, verified, limits, &ticket, handler);
                 });
                 if let Err(error) = spawned {
                     log::warn!("cannot start a thread for {peer}: {error}");
                 }
             }
         })
+    }
+}
+
+/// The connection as the guard reads it: plain, or after a TLS handshake
+/// within `head_timeout`, with the client it verified. None when the
+/// handshake failed (the connection is then closed).
+fn secure(stream: TcpStream, peer: SocketAddr, tls: Option<&Acceptor>, limits: &Limits) -> Option<(Box<dyn Stream>, Option<identity::Peer>)> {
+    let Some(acceptor) = tls else { return Some((Box::new(stream), None)) };
+    match acceptor.accept(stream, limits.head_timeout) {
+        Ok((stream, verified)) => {
+            log::debug!("TLS connection from {peer}: {} ({})", verified.name, verified.fingerprint);
+            Some((Box::new(stream), Some(verified)))
+        }
+        Err(refused) => {
+            if refused.notable {
+                log::info!("refused a TLS connection from {peer}: {}", refused.reason);
+            } else {
+                log::debug!("a TLS handshake from {peer} did not complete: {}", refused.reason);
+            }
+            None
+        }
     }
 }
 
@@ -296,6 +336,8 @@ pub(crate) struct Connection {
     read_timeout: Option<Duration>,
     /// Set when the connection must not carry another request.
     closing: bool,
+    /// The client its TLS handshake verified; None on plain TCP.
+    verified: Option<identity::Peer>,
 }
 
 /// Why no request could be read.
@@ -400,12 +442,13 @@ impl Connection {
 fn serve_connection(
     stream: Box<dyn Stream>,
     peer: SocketAddr,
+    verified: Option<identity::Peer>,
     limits: &Limits,
     ticket: &Ticket<'_>,
     handler: &(dyn Fn(Request<'_>) + Sync),
 ) {
     let mut connection =
-        Connection { stream, input: vec![0; limits.head_bytes], start: 0, end: 0, read_timeout: None, closing: false };
+        Connection { stream, input: vec![0; limits.head_bytes], start: 0, end: 0, read_timeout: None, closing: false, verified };
     let mut first = true;
     while !connection.closing {
         if !first {
@@ -477,11 +520,6 @@ pub(crate) struct Request<'c> {
 }
 
 impl Request<'_> {
-    /// The peer the TLS handshake authenticated; None on plain TCP.
-    pub(crate) fn peer(&self) -> Option<&crate::identity::Peer> {
-        None
-    }
-
     pub(crate) fn method(&self) -> Method {
         match *self.head.method() {
             proto::Method::GET => Method::Get,
@@ -499,6 +537,11 @@ impl Request<'_> {
     /// A header's value, if present and text.
     pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.head.headers().get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The client the TLS handshake verified; None on plain TCP (`--insecure`).
+    pub(crate) fn peer(&self) -> Option<&identity::Peer> {
+        self.connection.verified.as_ref()
     }
 
     /// The body's declared length; None when it is chunked.
