@@ -32,6 +32,14 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Kind, Result};
 
+pub(crate) mod keys;
+#[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
+mod tests;
+pub(crate) mod trusted;
+pub(crate) mod validity;
+
 pub(crate) const DEFAULT_DIR: &str = "/etc/ferry";
 pub(crate) const KEY_FILE: &str = "key.pem";
 pub(crate) const CERT_FILE: &str = "cert.pem";
@@ -41,6 +49,16 @@ pub(crate) const CA_FILE: &str = "ca.pem";
 /// The config folder: `$FERRY_CONFIG_DIR`, else `/etc/ferry`.
 pub(crate) fn config_dir() -> PathBuf {
     std::env::var_os("FERRY_CONFIG_DIR").filter(|v| !v.is_empty()).map_or_else(|| PathBuf::from(DEFAULT_DIR), PathBuf::from)
+}
+
+/// Creates the config folder, 0755: the certificate and trust store in it are public.
+pub(crate) fn create_config_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .map_err(|e| crate::error::io_error(format!("cannot create {}", dir.display()), e))
 }
 
 /// `sha256:` and the hex SHA-256 of a SubjectPublicKeyInfo.
@@ -300,11 +318,16 @@ pub(crate) fn parse_pinned(text: &str) -> std::result::Result<Vec<Pinned>, Strin
 }
 
 /// The subject's common name, if the certificate has a plain one.
-fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
+pub(crate) fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
+    let parsed = webpki::EndEntityCert::try_from(cert).ok()?;
+    name_cn(parsed.subject())
+}
+
+/// The common name in a DER distinguished name (a certificate's subject or
+/// issuer), if it has a plain one that is a ferry name.
+pub(crate) fn name_cn(subject: &[u8]) -> Option<String> {
     // id-at-commonName (2.5.4.3), then a UTF8String or PrintableString.
     const CN: [u8; 5] = [0x06, 0x03, 0x55, 0x04, 0x03];
-    let parsed = webpki::EndEntityCert::try_from(cert).ok()?;
-    let subject = parsed.subject();
     let at = subject.windows(CN.len()).position(|w| w == CN)? + CN.len();
     let (tag, len) = (*subject.get(at)?, *subject.get(at + 1)? as usize);
     if !(tag == 0x0c || tag == 0x13) || len >= 0x80 {
