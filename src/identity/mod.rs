@@ -239,23 +239,41 @@ impl Trust {
         };
         if let Some(pin) = self.pinned.iter().find(|p| p.fingerprint == fingerprint) {
             // The pin vouches for the key; the certificate must still be in
-            // its validity period and signed by whoever issued it, so a
-            // self-signed certificate is its own anchor.
-            let anchor = webpki::anchor_from_trusted_cert(cert).map_err(|e| format!("unusable certificate: {e:?}"))?;
-            let issuer_anchor;
-            let anchors: Vec<_> = if parsed.issuer() == parsed.subject() {
-                vec![anchor]
-            } else {
-                // Issued by someone else (e.g. the fleet CA): accept it when
-                // the CA is configured and vouches for it too; else the pin
-                // alone, after the validity check below against itself.
-                issuer_anchor = self.ca_anchors()?;
-                issuer_anchor
-            };
+            // its validity period. A self-signed certificate is its own
+            // anchor, which checks its dates, signature and key usage.
             let intermediates: Vec<CertificateDer<'_>> = intermediates.to_vec();
-            parsed
-                .verify_for_usage(webpki::ALL_VERIFICATION_ALGS, &anchors, &intermediates, now, key_usage, None, None)
-                .map_err(|e| format!("the certificate of pinned peer {} is not valid: {e:?}", pin.name))?;
+            if parsed.issuer() == parsed.subject() {
+                let anchor = webpki::anchor_from_trusted_cert(cert).map_err(|e| format!("unusable certificate: {e:?}"))?;
+                parsed
+                    .verify_for_usage(webpki::ALL_VERIFICATION_ALGS, &[anchor], &intermediates, now, key_usage, None, None)
+                    .map_err(|e| format!("the certificate of pinned peer {} is not valid: {e:?}", pin.name))?;
+                return Ok(Peer { name: pin.name.clone(), fingerprint });
+            }
+            // Issued by someone else (the fleet CA after `ferry keys
+            // install-cert`): accepted when the CA is configured here and
+            // vouches for it; else on the pin alone once its dates are
+            // checked, since peers that pinned the self-signed certificate
+            // must go on trusting the same key in its CA-issued one.
+            let anchors = self.ca_anchors()?;
+            let vouched = !anchors.is_empty()
+                && parsed
+                    .verify_for_usage(webpki::ALL_VERIFICATION_ALGS, &anchors, &intermediates, now, key_usage, None, None)
+                    .is_ok();
+            if !vouched {
+                let now_secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+                match validity::Validity::of(cert) {
+                    Some(v) if v.contains(now_secs) => {}
+                    Some(v) => {
+                        return Err(format!(
+                            "the certificate of pinned peer {} is not valid now: it is valid from {} to {}",
+                            pin.name,
+                            validity::utc(v.not_before),
+                            validity::utc(v.not_after)
+                        ));
+                    }
+                    None => return Err(format!("the certificate of pinned peer {} has unreadable dates", pin.name)),
+                }
+            }
             return Ok(Peer { name: pin.name.clone(), fingerprint });
         }
         if self.ca.is_empty() {

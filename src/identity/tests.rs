@@ -118,6 +118,21 @@ fn identify_accepts_a_cert_of_the_fleet_ca_and_refuses_another_ca() {
 }
 
 #[test]
+fn a_pinned_key_stays_trusted_when_a_ca_issues_its_certificate() {
+    // `ferry keys install-cert` swaps a self-signed certificate for a
+    // CA-issued one with the same key: peers that pinned the key and have no
+    // ca.pem must go on trusting it, within the new certificate's validity.
+    let fleet = testing::ca("fleet");
+    let edge = testing::self_signed("edge-4", &[], -1..30);
+    let trust = pinning(&[("edge-4", &edge)]);
+    let renewed = testing::issued_for(&fleet, &edge.key, "edge-4", -1..30);
+    assert_eq!(renewed.fingerprint(), edge.fingerprint());
+    assert_eq!(trust.identify(&renewed.cert, &[], now(), Usage::Agent).unwrap().name, "edge-4");
+    let expired = testing::issued_for(&fleet, &edge.key, "edge-4", -10..-1);
+    assert!(trust.identify(&expired.cert, &[], now(), Usage::Agent).is_err());
+}
+
+#[test]
 fn check_name_accepts_a_san_and_refuses_another_name() {
     let edge = testing::self_signed("edge-5", &["192.168.1.5"], -1..30);
     Trust::check_name(&edge.cert, &ServerName::try_from("192.168.1.5").unwrap()).unwrap();
