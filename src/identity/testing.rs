@@ -29,9 +29,10 @@ impl TestCert {
         Pinned { name: name.to_string(), fingerprint: self.fingerprint() }
     }
 
-    /// Writes its key and certificate as `dir`'s key.pem and cert.pem.
+    /// Writes its key (0600, as `ferry keys init` does) and certificate as
+    /// `dir`'s key.pem and cert.pem.
     pub(crate) fn install(&self, dir: &Path) {
-        std::fs::write(dir.join(KEY_FILE), self.key.serialize_pem()).unwrap();
+        crate::host::write_durably_as(dir, KEY_FILE, self.key.serialize_pem().as_bytes(), 0o600).unwrap();
         std::fs::write(dir.join(CERT_FILE), &self.pem).unwrap();
     }
 
