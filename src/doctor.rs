@@ -1,16 +1,25 @@
 //! Host checks: can this machine checkpoint and restore containers?
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
+use rustls::pki_types::UnixTime;
 use serde::Serialize;
 
 use crate::engine::{self, Engine};
 use crate::host;
+use crate::identity::validity::{Validity, utc};
+use crate::identity::{self, Identity, Pinned, Trust, Usage};
 
 /// Below this much free space in the work dir, a checkpoint of a board-sized
 /// container (128 MiB of memory) may not fit.
 const MIN_FREE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// A certificate that expires within this many days is worth a warning: time
+/// to renew it before migrations start failing.
+const EXPIRY_WARNING_DAYS: u64 = 30;
 
 #[derive(Debug, Serialize)]
 pub(crate) struct Check {
@@ -31,7 +40,7 @@ fn check(name: &'static str, required: bool, result: Result<String, (String, Str
     }
 }
 
-pub(crate) fn run_checks(socket: &Path, work_dir: &Path) -> Vec<Check> {
+pub(crate) fn run_checks(socket: &Path, work_dir: &Path, config_dir: &Path) -> Vec<Check> {
     let mut checks = Vec::new();
     let engine = Engine::connect(socket);
     checks.push(check(
@@ -86,7 +95,100 @@ pub(crate) fn run_checks(socket: &Path, work_dir: &Path) -> Vec<Check> {
     checks.push(check("work dir", true, work_dir_check(work_dir)));
     let arch = info.as_ref().map(|i| i.architecture.clone()).unwrap_or_else(|| std::env::consts::ARCH.to_string());
     checks.push(check("arch", false, Ok(arch)));
+    checks.extend(identity_checks(config_dir));
     checks
+}
+
+/// This host's key, certificate and trust store (issue 12): `serve` and
+/// `migrate` need them unless --insecure. A host without a key at all gets
+/// one warning; a key that is there but unusable fails.
+fn identity_checks(dir: &Path) -> Vec<Check> {
+    let key_path = dir.join(identity::KEY_FILE);
+    let mode = match std::fs::metadata(&key_path) {
+        Ok(metadata) => metadata.permissions().mode() & 0o7777,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return vec![check(
+                "tls key",
+                false,
+                Err((
+                    format!("this host has no key ({} is missing)", key_path.display()),
+                    "run `ferry keys init`: serve and migrate need it unless --insecure".into(),
+                )),
+            )];
+        }
+        Err(e) => {
+            return vec![check("tls key", true, Err((format!("cannot stat {}: {e}", key_path.display()), "run ferry doctor as root".into())))];
+        }
+    };
+    let mut checks = vec![check(
+        "tls key",
+        true,
+        if mode & 0o077 == 0 {
+            Ok(format!("{} is readable by its owner only ({mode:04o})", key_path.display()))
+        } else {
+            Err((
+                format!("{} is open to group or others (mode {mode:04o}): the key may have leaked", key_path.display()),
+                format!("chmod 600 {}, and consider `ferry keys init --force` for a new key", key_path.display()),
+            ))
+        },
+    )];
+    let identity = Identity::load(dir);
+    checks.push(check(
+        "tls cert",
+        true,
+        match &identity {
+            Ok(identity) => Ok(format!("cert.pem is for this key, {}", identity.fingerprint)),
+            Err(e) => Err((
+                e.message.clone(),
+                "`ferry keys install-cert FILE` with the certificate issued for this key, or `ferry keys init --force`".into(),
+            )),
+        },
+    ));
+    let trust = Trust::load(dir);
+    if let Ok(identity) = &identity {
+        let ca = trust.as_ref().map(|t| t.ca.clone()).unwrap_or_default();
+        checks.push(expiry_check(identity, ca, UnixTime::now()));
+    }
+    // An unreadable trust store fails; an empty one only warns.
+    checks.push(check(
+        "tls trust",
+        trust.is_err(),
+        match &trust {
+            Ok(trust) if trust.is_empty() => Err((
+                "no peer is trusted: this host can neither send to nor accept from another".into(),
+                "`ferry trust add NAME FINGERPRINT` for each peer, or install the fleet CA as ca.pem".into(),
+            )),
+            Ok(trust) => Ok(format!(
+                "{} pinned peer{}{}",
+                trust.pinned.len(),
+                if trust.pinned.len() == 1 { "" } else { "s" },
+                if trust.ca.is_empty() { "" } else { " and the fleet CA" }
+            )),
+            Err(e) => Err((e.message.clone(), "fix or remove the file it names (`ferry trust list` reads it)".into())),
+        },
+    ));
+    checks
+}
+
+/// Whether this host's own certificate is usable now and in a month, asked of
+/// the same [`Trust::identify`] peers run (with this host's key pinned), so
+/// the answer covers what they check: dates, key usage, the CA's signature.
+fn expiry_check(identity: &Identity, ca: Vec<rustls::pki_types::CertificateDer<'static>>, now: UnixTime) -> Check {
+    let own = Trust { pinned: vec![Pinned { name: "this host".into(), fingerprint: identity.fingerprint.clone() }], ca };
+    let usable_at = |at: UnixTime| {
+        [Usage::Agent, Usage::Source].into_iter().try_for_each(|usage| own.identify(&identity.cert, &[], at, usage).map(drop))
+    };
+    let expires = Validity::of(&identity.cert).map_or_else(|| "on an unreadable date".into(), |v| utc(v.not_after));
+    let fix = "`ferry keys init --force` for a new key and certificate (then `ferry trust add` it on the peers), or \
+               `ferry keys install-cert` one the fleet CA renewed"
+        .to_string();
+    let soon = UnixTime::since_unix_epoch(Duration::from_secs(now.as_secs() + EXPIRY_WARNING_DAYS * 86_400));
+    let (ok, required, detail) = match (usable_at(now), usable_at(soon)) {
+        (Err(why), _) => (false, true, format!("the certificate is not usable now (it expires {expires}): {why}")),
+        (Ok(()), Err(_)) => (false, false, format!("the certificate expires {expires}, within {EXPIRY_WARNING_DAYS} days")),
+        (Ok(()), Ok(())) => (true, true, format!("the certificate is valid until {expires}")),
+    };
+    Check { name: "tls expiry", ok, required, detail, fix: if ok { String::new() } else { fix } }
 }
 
 fn criu_check() -> Result<String, (String, String)> {
@@ -192,4 +294,64 @@ fn work_dir_check(work_dir: &Path) -> Result<String, (String, String)> {
 fn kernel_version(release: &str) -> (u32, u32) {
     let mut parts = release.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse().ok());
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::keys::{self, NewKey};
+    use crate::identity::testing;
+    use crate::testing::TempDir;
+
+    fn statuses(checks: &[Check]) -> Vec<(&'static str, &'static str)> {
+        checks.iter().map(|c| (c.name, if c.ok { "ok" } else if c.required { "fail" } else { "warn" })).collect()
+    }
+
+    #[test]
+    fn no_key_is_one_warning() {
+        let dir = TempDir::new("doctor-no-key");
+        let checks = identity_checks(dir.path());
+        assert_eq!(statuses(&checks), [("tls key", "warn")]);
+        assert!(checks[0].fix.contains("ferry keys init"), "{}", checks[0].fix);
+    }
+
+    #[test]
+    fn a_new_key_passes_and_an_empty_trust_store_warns() {
+        let dir = TempDir::new("doctor-new-key");
+        keys::init(dir.path(), &NewKey { name: "edge-1", sans: &[], days: 3650, force: false }).unwrap();
+        let checks = identity_checks(dir.path());
+        assert_eq!(statuses(&checks), [("tls key", "ok"), ("tls cert", "ok"), ("tls expiry", "ok"), ("tls trust", "warn")]);
+        assert!(checks[3].fix.contains("ferry trust add"), "{}", checks[3].fix);
+    }
+
+    #[test]
+    fn a_key_others_can_read_fails() {
+        let dir = TempDir::new("doctor-open-key");
+        keys::init(dir.path(), &NewKey { name: "edge-1", sans: &[], days: 3650, force: false }).unwrap();
+        let key_path = dir.path().join(identity::KEY_FILE);
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let checks = identity_checks(dir.path());
+        assert_eq!(statuses(&checks)[0], ("tls key", "fail"));
+        assert!(checks[0].fix.contains("chmod 600"), "{}", checks[0].fix);
+    }
+
+    #[test]
+    fn an_expiring_certificate_warns_and_an_expired_one_fails() {
+        let dir = TempDir::new("doctor-expiry");
+        testing::self_signed("edge-1", &[], -1..10).install(dir.path());
+        assert_eq!(statuses(&identity_checks(dir.path()))[2], ("tls expiry", "warn"));
+        testing::self_signed("edge-1", &[], -10..-1).install(dir.path());
+        assert_eq!(statuses(&identity_checks(dir.path()))[2], ("tls expiry", "fail"));
+    }
+
+    #[test]
+    fn a_ca_issued_certificate_is_checked_against_the_ca() {
+        let dir = TempDir::new("doctor-ca");
+        let fleet = testing::ca("fleet");
+        fleet.install_as_ca(dir.path());
+        testing::issued_by(&fleet, "edge-1", &[], -1..365).install(dir.path());
+        let checks = identity_checks(dir.path());
+        assert_eq!(statuses(&checks), [("tls key", "ok"), ("tls cert", "ok"), ("tls expiry", "ok"), ("tls trust", "ok")]);
+        assert!(checks[3].detail.contains("fleet CA"), "{}", checks[3].detail);
+    }
 }

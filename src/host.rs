@@ -198,6 +198,28 @@ pub(crate) fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<
     fs::File::open(dir)?.sync_all()
 }
 
+/// Like [`write_durably`], but the file is `mode` from its first byte, whatever
+/// the umask: a private key must never be readable by others, not even while
+/// it is being written, and a certificate must be readable by all.
+pub(crate) fn write_durably_as(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let partial = dir.join(format!(".{name}.partial-{}", std::process::id()));
+    let _ = fs::remove_file(&partial);
+    let written = (|| {
+        let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(mode & 0o600).open(&partial)?;
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&partial, dir.join(name))?;
+        fs::File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&partial);
+    }
+    written
+}
+
 /// Creates a folder only root can enter: checkpoints hold the app's memory,
 /// its secrets included.
 pub(crate) fn create_private_dir(path: &Path) -> io::Result<()> {

@@ -82,6 +82,8 @@ enum Command {
     Bench(commands::bench::Args),
     Migrate(commands::migrate::Args),
     Recover(commands::recover::Args),
+    Keys(commands::keys::Args),
+    Trust(commands::trust::Args),
 }
 
 fn main() -> ExitCode {
@@ -148,6 +150,8 @@ fn try_main(cli: Cli) -> Result<(), Error> {
         Command::Bench(args) => commands::bench::run(&context, args),
         Command::Migrate(args) => commands::migrate::run(&context, args),
         Command::Recover(args) => commands::recover::run(&context, args),
+        Command::Keys(args) => commands::keys::run(args),
+        Command::Trust(args) => commands::trust::run(args),
     }
 }
 

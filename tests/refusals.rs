@@ -81,7 +81,9 @@ fn bad_payloads_are_refused_and_leave_nothing() {
     // Edited manifests lose their seal (the payload becomes unsigned) so that
     // the checks behind the signature are reached with --accept-untrusted.
     let untrusted: &[&str] = &["--accept-untrusted"];
-    let cases: Vec<(&str, Vec<u8>, &[&str], i32, &str)> = vec![
+    // (label, payload, extra restore flags, exit code, message)
+    type Case<'a> = (&'a str, Vec<u8>, &'a [&'a str], i32, &'a str);
+    let cases: Vec<Case> = vec![
         ("unsigned", repack(&bytes, |_| {}, None, false), &[], BAD_PAYLOAD, "it is not signed"),
         ("stranger", foreign.clone(), &[], BAD_PAYLOAD, "is not trusted here"),
         (

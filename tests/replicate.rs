@@ -234,3 +234,41 @@ fn incoming_bytes(spool: &Path) -> u64 {
             .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".incoming")).count() as u64)
             .unwrap_or(0)
 }
+
+#[test]
+#[ignore = "needs two real engines + CRIU: run `make test`"]
+fn a_snapshot_altered_on_the_peers_disk_is_never_used() {
+    let mut hosts = TwoHosts::new("altered-snapshot", &[]);
+    let name = "ferry-e2e-altered";
+    let sum = hosts.counter(name, 8);
+    let mut replicate = hosts.replicate(name, &hosts.agent_b.addr.clone(), &["--keep", "3"]);
+    hosts.wait_for_snapshots(name, 2);
+    let last_on_a = hosts.kill_a(&mut replicate, name);
+    let stored = hosts.stored(name);
+    let newest = *stored.last().unwrap();
+    // One bit of the newest snapshot's memory image flipped on B's disk.
+    let snapshot = hosts.spool_b().join("snapshots").join(name).join(format!("{newest:020}"));
+    let pages = std::fs::read_dir(snapshot.join("checkpoint"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("pages-"))
+        .expect("a pages image");
+    let mut bytes = std::fs::read(&pages).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x04;
+    std::fs::write(&pages, bytes).unwrap();
+
+    let out = ferry_on_b(&hosts.spool_b(), &["failover", name, "--snapshot", &format!("{name}@{newest}")]);
+    expect_failure(&out, BAD_PAYLOAD, "altered on disk");
+    assert!(!exists(ENGINE_B, name), "nothing was created from the altered snapshot");
+    assert!(!hosts.stored(name).contains(&newest), "the altered snapshot is set aside, never listed again");
+
+    // The normal case: the next failover takes the newest intact snapshot.
+    let out = ferry_on_b(&hosts.spool_b(), &["failover", name]);
+    assert!(out.status.success(), "failover failed: {}", stderr(&out));
+    latest_count(ENGINE_B, name);
+    let first = first_count(ENGINE_B, name);
+    assert!(first <= last_on_a + 1, "B resumed at {first}, A was at {last_on_a}");
+    assert_eq!(memory_check(ENGINE_B, name), sum, "memory checksum changed");
+}

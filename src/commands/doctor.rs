@@ -18,7 +18,7 @@ pub(crate) struct Args {
 
 pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     let socket = engine::socket_path(context.docker_socket.as_deref()).map_err(|m| Error::new(Kind::Usage, m))?;
-    let checks = run_checks(&socket, &context.work_dir);
+    let checks = run_checks(&socket, &context.work_dir, &crate::identity::config_dir());
     if args.json {
         say!("{}", serde_json::json!(checks));
     } else {

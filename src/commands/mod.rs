@@ -5,12 +5,14 @@ pub(crate) mod boards;
 pub(crate) mod checkpoint;
 pub(crate) mod doctor;
 pub(crate) mod failover;
+pub(crate) mod keys;
 pub(crate) mod migrate;
 pub(crate) mod recover;
 pub(crate) mod replicate;
 pub(crate) mod restore;
 pub(crate) mod serve;
 pub(crate) mod snapshots;
+pub(crate) mod trust;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

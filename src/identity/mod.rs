@@ -32,6 +32,13 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Kind, Result};
 
+pub(crate) mod keys;
+#[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
+mod tests;
+pub(crate) mod trusted;
+pub(crate) mod validity;
 mod verifier;
 pub(crate) use verifier::Verifier;
 
@@ -44,6 +51,16 @@ pub(crate) const CA_FILE: &str = "ca.pem";
 /// The config folder: `$FERRY_CONFIG_DIR`, else `/etc/ferry`.
 pub(crate) fn config_dir() -> PathBuf {
     std::env::var_os("FERRY_CONFIG_DIR").filter(|v| !v.is_empty()).map_or_else(|| PathBuf::from(DEFAULT_DIR), PathBuf::from)
+}
+
+/// Creates the config folder, 0755: the certificate and trust store in it are public.
+pub(crate) fn create_config_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .map_err(|e| crate::error::io_error(format!("cannot create {}", dir.display()), e))
 }
 
 /// `sha256:` and the hex SHA-256 of a SubjectPublicKeyInfo.
@@ -69,6 +86,11 @@ impl Fingerprint {
         let hex = text.trim().strip_prefix("sha256:").or_else(|| text.trim().strip_prefix("SHA256:"))?;
         let hex: String = hex.chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
         (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| Fingerprint(format!("sha256:{hex}")))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
     }
 
     /// The 64 hex digits alone, for names of files and keys.
@@ -225,23 +247,41 @@ impl Trust {
         };
         if let Some(pin) = self.pinned.iter().find(|p| p.fingerprint == fingerprint) {
             // The pin vouches for the key; the certificate must still be in
-            // its validity period and signed by whoever issued it, so a
-            // self-signed certificate is its own anchor.
-            let anchor = webpki::anchor_from_trusted_cert(cert).map_err(|e| format!("unusable certificate: {e:?}"))?;
-            let issuer_anchor;
-            let anchors: Vec<_> = if parsed.issuer() == parsed.subject() {
-                vec![anchor]
-            } else {
-                // Issued by someone else (e.g. the fleet CA): accept it when
-                // the CA is configured and vouches for it too; else the pin
-                // alone, after the validity check below against itself.
-                issuer_anchor = self.ca_anchors()?;
-                issuer_anchor
-            };
+            // its validity period. A self-signed certificate is its own
+            // anchor, which checks its dates, signature and key usage.
             let intermediates: Vec<CertificateDer<'_>> = intermediates.to_vec();
-            parsed
-                .verify_for_usage(webpki::ALL_VERIFICATION_ALGS, &anchors, &intermediates, now, key_usage, None, None)
-                .map_err(|e| format!("the certificate of pinned peer {} is not valid: {e:?}", pin.name))?;
+            if parsed.issuer() == parsed.subject() {
+                let anchor = webpki::anchor_from_trusted_cert(cert).map_err(|e| format!("unusable certificate: {e:?}"))?;
+                parsed
+                    .verify_for_usage(webpki::ALL_VERIFICATION_ALGS, &[anchor], &intermediates, now, key_usage, None, None)
+                    .map_err(|e| format!("the certificate of pinned peer {} is not valid: {e:?}", pin.name))?;
+                return Ok(Peer { name: pin.name.clone(), fingerprint });
+            }
+            // Issued by someone else (the fleet CA after `ferry keys
+            // install-cert`): accepted when the CA is configured here and
+            // vouches for it; else on the pin alone once its dates are
+            // checked, since peers that pinned the self-signed certificate
+            // must go on trusting the same key in its CA-issued one.
+            let anchors = self.ca_anchors()?;
+            let vouched = !anchors.is_empty()
+                && parsed
+                    .verify_for_usage(webpki::ALL_VERIFICATION_ALGS, &anchors, &intermediates, now, key_usage, None, None)
+                    .is_ok();
+            if !vouched {
+                let now_secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+                match validity::Validity::of(cert) {
+                    Some(v) if v.contains(now_secs) => {}
+                    Some(v) => {
+                        return Err(format!(
+                            "the certificate of pinned peer {} is not valid now: it is valid from {} to {}",
+                            pin.name,
+                            validity::utc(v.not_before),
+                            validity::utc(v.not_after)
+                        ));
+                    }
+                    None => return Err(format!("the certificate of pinned peer {} has unreadable dates", pin.name)),
+                }
+            }
             return Ok(Peer { name: pin.name.clone(), fingerprint });
         }
         if self.ca.is_empty() {
@@ -304,11 +344,16 @@ pub(crate) fn parse_pinned(text: &str) -> std::result::Result<Vec<Pinned>, Strin
 }
 
 /// The subject's common name, if the certificate has a plain one.
-fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
+pub(crate) fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
+    let parsed = webpki::EndEntityCert::try_from(cert).ok()?;
+    name_cn(parsed.subject())
+}
+
+/// The common name in a DER distinguished name (a certificate's subject or
+/// issuer), if it has a plain one that is a ferry name.
+pub(crate) fn name_cn(subject: &[u8]) -> Option<String> {
     // id-at-commonName (2.5.4.3), then a UTF8String or PrintableString.
     const CN: [u8; 5] = [0x06, 0x03, 0x55, 0x04, 0x03];
-    let parsed = webpki::EndEntityCert::try_from(cert).ok()?;
-    let subject = parsed.subject();
     let at = subject.windows(CN.len()).position(|w| w == CN)? + CN.len();
     let (tag, len) = (*subject.get(at)?, *subject.get(at + 1)? as usize);
     if !(tag == 0x0c || tag == 0x13) || len >= 0x80 {

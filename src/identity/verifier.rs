@@ -48,7 +48,7 @@ impl Verifier {
 
     /// The same policy, for a payload that came from the peer with `fingerprint`:
     /// it must be that peer's own signature, not one it relays.
-    pub(crate) fn from_peer(&self, fingerprint: Option<&Fingerprint>) -> Verifier {
+    pub(crate) fn for_peer(&self, fingerprint: Option<&Fingerprint>) -> Verifier {
         Verifier { expect: fingerprint.cloned(), ..self.clone() }
     }
 }

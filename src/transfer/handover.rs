@@ -34,7 +34,7 @@ impl Agent {
         id: &str,
         caller: Option<&crate::identity::Peer>,
     ) -> Handled<(RestoreReport, Prepared)> {
-        let verifier = self.settings.verifier.from_peer(caller.map(|c| &c.fingerprint));
+        let verifier = self.settings.verifier.for_peer(caller.map(|c| &c.fingerprint));
         let options = restore::Options { name, verify: &verifier, ..self.restore_options(Some(self.size_limit(free))) };
         let dir = self.ledger.payload_dir(id);
         let info = self.engine.info()?;

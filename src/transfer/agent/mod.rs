@@ -303,7 +303,7 @@ impl Agent {
     }
 
     fn receive_and_restore(&self, body: &mut dyn Read, name: Option<&str>, free: u64, caller: Option<&Peer>) -> Handled<RestoreReport> {
-        let verifier = self.settings.verifier.from_peer(caller.map(|c| &c.fingerprint));
+        let verifier = self.settings.verifier.for_peer(caller.map(|c| &c.fingerprint));
         let options = restore::Options { name, verify: &verifier, ..self.restore_options(Some(self.size_limit(free))) };
         let body = BufReader::with_capacity(self.settings.tuning.io_buffer, body);
         let restored = restore::restore_from(&self.engine, &self.settings.spool, "receive", body, &options)?;
@@ -336,7 +336,7 @@ impl Agent {
         let info = self.engine.info()?;
         let limit = self.size_limit(free).bytes;
         let body = BufReader::with_capacity(self.settings.tuning.io_buffer, body);
-        let verifier = self.settings.verifier.from_peer(caller.map(|c| &c.fingerprint));
+        let verifier = self.settings.verifier.for_peer(caller.map(|c| &c.fingerprint));
         let sender = caller.map(|c| c.fingerprint.to_string());
         let stored = self.store.receive(body, &info.architecture, limit, keep, &verifier, sender.as_deref())?;
         log::info!("stored snapshot {} ({} bytes) from {}", stored.id, stored.compressed_bytes, stored.source_host);

@@ -1,0 +1,252 @@
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use rustls::pki_types::{ServerName, UnixTime};
+
+use super::keys::{self, NewKey};
+use super::testing::{self, TestCert};
+use super::validity::{Validity, utc};
+use super::*;
+use crate::error::Kind;
+use crate::testing::TempDir;
+
+fn now() -> UnixTime {
+    UnixTime::now()
+}
+
+fn pinning(certs: &[(&str, &TestCert)]) -> Trust {
+    Trust { pinned: certs.iter().map(|(name, cert)| cert.pinned_as(name)).collect(), ca: Vec::new() }
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn init(dir: &Path, name: &str, sans: &[String], force: bool) -> Result<Fingerprint> {
+    keys::init(dir, &NewKey { name, sans, days: 3650, force })
+}
+
+#[test]
+fn init_makes_a_key_that_loads_with_its_fingerprint() {
+    let dir = TempDir::new("identity-init");
+    let config = dir.path().join("etc-ferry");
+    let fingerprint = init(&config, "edge-1", &["10.0.0.7".into(), "edge-1.lan".into()], false).unwrap();
+    let identity = Identity::load(&config).unwrap();
+    assert_eq!(identity.fingerprint, fingerprint);
+    // The fingerprint is the SHA-256 of the SPKI, as openssl computes it.
+    let spki = webpki::EndEntityCert::try_from(&identity.cert).unwrap().subject_public_key_info().as_ref().to_vec();
+    assert_eq!(fingerprint.as_str(), format!("sha256:{}", crate::payload::hex(&Sha256::digest(&spki))));
+    assert_eq!(common_name(&identity.cert).as_deref(), Some("edge-1"));
+    assert_eq!(mode(&config.join(KEY_FILE)), 0o600);
+    assert_eq!(mode(&config.join(CERT_FILE)), 0o644);
+    assert_eq!(mode(&config), 0o755);
+    // Its own pin identifies it both ways, under every name it was given.
+    let trust = Trust { pinned: vec![Pinned { name: "edge-1".into(), fingerprint }], ca: Vec::new() };
+    for usage in [Usage::Agent, Usage::Source] {
+        assert_eq!(trust.identify(&identity.cert, &[], now(), usage).unwrap().name, "edge-1");
+    }
+    for name in ["edge-1", "edge-1.lan", "10.0.0.7"] {
+        Trust::check_name(&identity.cert, &ServerName::try_from(name).unwrap()).unwrap();
+    }
+    let validity = Validity::of(&identity.cert).unwrap();
+    let now_secs = crate::host::unix_now() as i64;
+    assert!(validity.contains(now_secs));
+    assert!((validity.not_after - now_secs - 3650 * 86_400).abs() < 60, "{}", utc(validity.not_after));
+}
+
+#[test]
+fn init_refuses_to_replace_a_key_without_force() {
+    let dir = TempDir::new("identity-init-twice");
+    let first = init(dir.path(), "edge-1", &[], false).unwrap();
+    let error = init(dir.path(), "edge-1", &[], false).unwrap_err();
+    assert_eq!(error.kind, Kind::Usage);
+    assert!(error.message.contains("key.pem") && error.message.contains("--force"), "{error}");
+    assert_eq!(Identity::load(dir.path()).unwrap().fingerprint, first);
+    let second = init(dir.path(), "edge-1", &[], true).unwrap();
+    assert_ne!(first, second);
+    assert_eq!(Identity::load(dir.path()).unwrap().fingerprint, second);
+    assert_eq!(mode(&dir.path().join(KEY_FILE)), 0o600);
+}
+
+#[test]
+fn init_refuses_bad_names_and_days() {
+    let dir = TempDir::new("identity-init-bad");
+    assert_eq!(init(dir.path(), "-edge", &[], false).unwrap_err().kind, Kind::Usage);
+    assert_eq!(init(dir.path(), "edge", &["a b".into()], false).unwrap_err().kind, Kind::Usage);
+    let error = keys::init(dir.path(), &NewKey { name: "edge", sans: &[], days: 0, force: false }).unwrap_err();
+    assert!(error.message.contains("--days"), "{error}");
+    assert!(!dir.path().join(KEY_FILE).exists());
+}
+
+#[test]
+fn identify_accepts_a_pinned_self_signed_cert_and_refuses_an_unpinned_one() {
+    let edge = testing::self_signed("edge-1", &[], -1..30);
+    let stranger = testing::self_signed("edge-1", &[], -1..30);
+    let trust = pinning(&[("edge-1", &edge)]);
+    let peer = trust.identify(&edge.cert, &[], now(), Usage::Agent).unwrap();
+    assert_eq!(peer, Peer { name: "edge-1".into(), fingerprint: edge.fingerprint() });
+    let refused = trust.identify(&stranger.cert, &[], now(), Usage::Agent).unwrap_err();
+    assert!(refused.contains("ferry trust add"), "{refused}");
+}
+
+#[test]
+fn identify_refuses_a_pinned_cert_out_of_its_validity() {
+    let expired = testing::self_signed("edge-1", &[], -10..-1);
+    let trust = pinning(&[("edge-1", &expired)]);
+    assert!(trust.identify(&expired.cert, &[], now(), Usage::Source).is_err());
+    let current = testing::self_signed("edge-2", &[], -1..10);
+    let trust = pinning(&[("edge-2", &current)]);
+    let in_a_month = UnixTime::since_unix_epoch(Duration::from_secs(now().as_secs() + 30 * 86_400));
+    assert!(trust.identify(&current.cert, &[], now(), Usage::Source).is_ok());
+    assert!(trust.identify(&current.cert, &[], in_a_month, Usage::Source).is_err());
+}
+
+#[test]
+fn identify_accepts_a_cert_of_the_fleet_ca_and_refuses_another_ca() {
+    let fleet = testing::ca("fleet");
+    let other = testing::ca("fleet");
+    let dir = TempDir::new("identity-ca");
+    fleet.install_as_ca(dir.path());
+    let trust = Trust::load(dir.path()).unwrap();
+    let ours = testing::issued_by(&fleet, "edge-3", &["10.0.0.3"], -1..30);
+    let theirs = testing::issued_by(&other, "edge-3", &["10.0.0.3"], -1..30);
+    let peer = trust.identify(&ours.cert, &[], now(), Usage::Agent).unwrap();
+    assert_eq!(peer, Peer { name: "edge-3".into(), fingerprint: ours.fingerprint() });
+    assert!(trust.identify(&theirs.cert, &[], now(), Usage::Agent).is_err());
+    let expired = testing::issued_by(&fleet, "edge-3", &[], -10..-1);
+    assert!(trust.identify(&expired.cert, &[], now(), Usage::Agent).is_err());
+}
+
+#[test]
+fn a_pinned_key_stays_trusted_when_a_ca_issues_its_certificate() {
+    // `ferry keys install-cert` swaps a self-signed certificate for a
+    // CA-issued one with the same key: peers that pinned the key and have no
+    // ca.pem must go on trusting it, within the new certificate's validity.
+    let fleet = testing::ca("fleet");
+    let edge = testing::self_signed("edge-4", &[], -1..30);
+    let trust = pinning(&[("edge-4", &edge)]);
+    let renewed = testing::issued_for(&fleet, &edge.key, "edge-4", -1..30);
+    assert_eq!(renewed.fingerprint(), edge.fingerprint());
+    assert_eq!(trust.identify(&renewed.cert, &[], now(), Usage::Agent).unwrap().name, "edge-4");
+    let expired = testing::issued_for(&fleet, &edge.key, "edge-4", -10..-1);
+    assert!(trust.identify(&expired.cert, &[], now(), Usage::Agent).is_err());
+}
+
+#[test]
+fn check_name_accepts_a_san_and_refuses_another_name() {
+    let edge = testing::self_signed("edge-5", &["192.168.1.5"], -1..30);
+    Trust::check_name(&edge.cert, &ServerName::try_from("192.168.1.5").unwrap()).unwrap();
+    Trust::check_name(&edge.cert, &ServerName::try_from("edge-5").unwrap()).unwrap();
+    assert!(Trust::check_name(&edge.cert, &ServerName::try_from("192.168.1.6").unwrap()).is_err());
+    assert!(Trust::check_name(&edge.cert, &ServerName::try_from("edge-6").unwrap()).is_err());
+}
+
+#[test]
+fn verify_signed_accepts_the_pinned_key_only() {
+    let dir = TempDir::new("identity-sign");
+    let edge = testing::self_signed("edge-6", &[], -1..30);
+    edge.install(dir.path());
+    let identity = Identity::load(dir.path()).unwrap();
+    let message = b"manifest sha256:00";
+    let signature = identity.sign(message);
+    let trust = pinning(&[("edge-6", &edge)]);
+    assert_eq!(trust.verify_signed(message, &identity.cert, &signature).unwrap().name, "edge-6");
+    let mut flipped = signature.clone();
+    flipped[7] ^= 1;
+    assert!(trust.verify_signed(message, &identity.cert, &flipped).is_err());
+    assert!(trust.verify_signed(b"manifest sha256:01", &identity.cert, &signature).is_err());
+
+    let other_dir = TempDir::new("identity-sign-other");
+    let stranger = testing::self_signed("edge-6", &[], -1..30);
+    stranger.install(other_dir.path());
+    let stranger = Identity::load(other_dir.path()).unwrap();
+    let refused = trust.verify_signed(message, &stranger.cert, &stranger.sign(message)).unwrap_err();
+    assert!(refused.contains("not trusted"), "{refused}");
+}
+
+#[test]
+fn load_refuses_a_cert_for_another_key() {
+    let dir = TempDir::new("identity-mismatch");
+    let edge = testing::self_signed("edge-7", &[], -1..30);
+    let other = testing::self_signed("edge-7", &[], -1..30);
+    edge.install(dir.path());
+    fs::write(dir.path().join(CERT_FILE), &other.pem).unwrap();
+    let error = Identity::load(dir.path()).unwrap_err();
+    assert!(error.message.contains("another key"), "{error}");
+}
+
+#[test]
+fn install_cert_takes_a_ca_issued_cert_for_this_key_only() {
+    let dir = TempDir::new("identity-install");
+    let fingerprint = init(dir.path(), "edge-8", &[], false).unwrap();
+    let fleet = testing::ca("fleet");
+    let csr = keys::csr(dir.path(), None, &[]).unwrap();
+    assert!(csr.starts_with("-----BEGIN CERTIFICATE REQUEST-----"), "{csr}");
+    let request = rustls::pki_types::CertificateSigningRequestDer::from_pem_slice(csr.as_bytes()).unwrap();
+    let key = rcgen::KeyPair::from_pem(&fs::read_to_string(dir.path().join(KEY_FILE)).unwrap()).unwrap();
+    let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+    assert!(request.as_ref().windows(spki.len()).any(|w| w == spki), "the request is for another key");
+    let issued = testing::issued_for(&fleet, &key, "edge-8", -1..30);
+    let issued_path = dir.path().join("issued.pem");
+    fs::write(&issued_path, &issued.pem).unwrap();
+    let self_signed = fs::read(dir.path().join(CERT_FILE)).unwrap();
+
+    let wrong = testing::issued_by(&fleet, "edge-8", &[], -1..30);
+    let wrong_path = dir.path().join("wrong.pem");
+    fs::write(&wrong_path, &wrong.pem).unwrap();
+    let error = keys::install_cert(dir.path(), &wrong_path).unwrap_err();
+    assert!(error.message.contains("not this host's key"), "{error}");
+
+    assert_eq!(keys::install_cert(dir.path(), &issued_path).unwrap(), fingerprint);
+    assert_eq!(fs::read(dir.path().join("cert.pem.old")).unwrap(), self_signed);
+    let identity = Identity::load(dir.path()).unwrap();
+    assert_eq!(keys::Summary::of(&identity).issuer.as_deref(), Some("fleet"));
+    assert_eq!(common_name(&identity.cert).as_deref(), Some("edge-8"));
+    assert_eq!(mode(&dir.path().join(CERT_FILE)), 0o644);
+}
+
+#[test]
+fn trust_edits_keep_comments_and_round_trip() {
+    let dir = TempDir::new("identity-trust");
+    let a = testing::self_signed("a", &[], -1..30).fingerprint();
+    let b = testing::self_signed("b", &[], -1..30).fingerprint();
+    fs::write(dir.path().join(TRUST_FILE), "# rack 2\nold-1 sha256:".to_string() + &"0".repeat(64) + "  # retired soon\n").unwrap();
+    trusted::add(dir.path(), "edge-a", a.as_str()).unwrap();
+    trusted::add(dir.path(), "edge-b", &b.as_str().to_uppercase()).unwrap();
+    let names: Vec<String> = Trust::load(dir.path()).unwrap().pinned.into_iter().map(|p| p.name).collect();
+    assert_eq!(names, ["old-1", "edge-a", "edge-b"]);
+    assert_eq!(mode(&dir.path().join(TRUST_FILE)), 0o644);
+
+    let duplicate = trusted::add(dir.path(), "edge-a", b.as_str()).unwrap_err();
+    assert!(duplicate.message.contains("ferry trust remove edge-a"), "{duplicate}");
+    assert_eq!(trusted::add(dir.path(), "edge c", a.as_str()).unwrap_err().kind, Kind::Usage);
+    assert_eq!(trusted::add(dir.path(), "edge-c", "sha256:abc").unwrap_err().kind, Kind::Usage);
+
+    trusted::remove(dir.path(), "old-1").unwrap();
+    assert_eq!(trusted::remove(dir.path(), "old-1").unwrap_err().kind, Kind::NotFound);
+    let text = fs::read_to_string(dir.path().join(TRUST_FILE)).unwrap();
+    assert_eq!(text, format!("# rack 2\nedge-a {a}\nedge-b {b}\n"));
+}
+
+#[test]
+fn a_new_trust_file_starts_with_a_comment() {
+    let dir = TempDir::new("identity-trust-new");
+    let a = testing::self_signed("a", &[], -1..30).fingerprint();
+    trusted::add(&dir.path().join("etc"), "edge-a", a.as_str()).unwrap();
+    let text = fs::read_to_string(dir.path().join("etc").join(TRUST_FILE)).unwrap();
+    assert!(text.starts_with('#') && text.ends_with(&format!("\nedge-a {a}\n")), "{text}");
+}
+
+#[test]
+fn validity_reads_utc_and_generalized_times() {
+    let edge = testing::self_signed("edge-9", &[], -1..30);
+    let validity = Validity::of(&edge.cert).unwrap();
+    assert_eq!(validity.not_after - validity.not_before, 31 * 86_400);
+    // rcgen writes GeneralizedTime from 2050 on.
+    let late = testing::self_signed("edge-9", &[], -1..(365 * 40));
+    assert!(Validity::of(&late.cert).unwrap().not_after > 2_524_608_000);
+    assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+    assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
+    assert_eq!(utc(4_102_444_799), "2099-12-31 23:59:59 UTC");
+    assert!(Validity::of(b"\x30\x03\x02\x01\x00").is_none());
+}
