@@ -4,7 +4,9 @@
 #   cross/check-static.sh TRIPLE…
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BUDGET=$((1536 * 1024))   # 1.5 MiB per binary
+# 3.0 MiB per binary: 1.5 MiB before TLS (issue 12) — rustls, ring and the
+# certificate code cost about 0.7 MiB on aarch64.
+BUDGET=$((3072 * 1024))
 status=0
 for triple in "$@"; do
   bin="target/$triple/release/ferry"

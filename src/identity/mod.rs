@@ -224,6 +224,16 @@ impl Trust {
         Ok(Trust { pinned, ca })
     }
 
+    /// The same trust, and this host's own key pinned as "NAME (this host)":
+    /// a host trusts itself, for its own payload files and its own tools
+    /// (curl with its certificate, `ferry snapshots --peer` on itself).
+    pub(crate) fn with_own(mut self, own: &Identity) -> Trust {
+        if !self.pinned.iter().any(|p| p.fingerprint == own.fingerprint) {
+            self.pinned.push(Pinned { name: format!("{} (this host)", crate::host::hostname()), fingerprint: own.fingerprint.clone() });
+        }
+        self
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.pinned.is_empty() && self.ca.is_empty()
     }

@@ -6,7 +6,7 @@
 
 use rustls::pki_types::CertificateDer;
 
-use super::{Fingerprint, Identity, Pinned, Trust};
+use super::{Fingerprint, Identity, Trust};
 use crate::payload::{Seal, Sign, Signer, Verify};
 
 impl Sign for Identity {
@@ -28,12 +28,11 @@ pub(crate) struct Verifier {
 impl Verifier {
     /// Trusts `trust` and this host's own key, if it has one (its own
     /// checkpoint files restore without ceremony).
-    pub(crate) fn new(mut trust: Trust, own: Option<&Identity>, accept_untrusted: bool) -> Verifier {
-        if let Some(own) = own
-            && !trust.pinned.iter().any(|p| p.fingerprint == own.fingerprint)
-        {
-            trust.pinned.push(Pinned { name: format!("{} (this host)", crate::host::hostname()), fingerprint: own.fingerprint.clone() });
-        }
+    pub(crate) fn new(trust: Trust, own: Option<&Identity>, accept_untrusted: bool) -> Verifier {
+        let trust = match own {
+            Some(own) => trust.with_own(own),
+            None => trust,
+        };
         Verifier { trust, accept_untrusted, expect: None }
     }
 

@@ -7,7 +7,10 @@ with `ferry migrate` (through real agents), with the paper's own method
 container's checkpoints dir + docker start --checkpoint), and checkpoints and
 restores it on one host with Podman (`checkpoint --export` / `restore
 --import`), all in the same run. Prints per-phase medians and ferry's peak RSS
-on both sides. Figures, not pass/fail: see ferry bench for the full study.
+on both sides. ferry runs twice per size: over mutual TLS with signed
+payloads (each host a key of its own, trusting the other's), and with
+`--insecure` (plain HTTP, unsigned) for the cost of that safety. Figures, not
+pass/fail: see ferry bench for the full study.
 
 Usage: bench-migrate.py [SIZES_MIB…] [--repeat N]   (default 16 64 128 256, 5)
        bench-migrate.py --soak N [SIZE_MIB]          (`make soak`: N hops A⇄B, default 16 MiB)
@@ -15,6 +18,7 @@ Usage: bench-migrate.py [SIZES_MIB…] [--repeat N]   (default 16 64 128 256, 5)
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -68,15 +72,42 @@ def peak_rss_kib(pid):
     return 0
 
 
-def ferry_rounds(size, repeat, work):
+def identities(work):
+    """Keys for hosts A and B under `work`, each trusting the other: the
+    environment each host's ferry runs with."""
+    envs, prints = {}, {}
+    for host in ("a", "b"):
+        config = os.path.join(work, f"config-{host}")
+        envs[host] = dict(os.environ, FERRY_CONFIG_DIR=config)
+        out = run(FERRY, "keys", "init", "--name", f"bench-{host}", "--san", "127.0.0.1", env=envs[host])
+        prints[host] = out.split()[-1]
+    run(FERRY, "trust", "add", "bench-b", prints["b"], env=envs["a"])
+    run(FERRY, "trust", "add", "bench-a", prints["a"], env=envs["b"])
+    return envs
+
+
+def wait_listening(port):
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"no agent on port {port}")
+
+
+def ferry_rounds(size, repeat, work, insecure=False):
     token = os.path.join(work, "token")
     with open(token, "w") as f:
         f.write("bench-token-0123456789abcdef\n")
     os.chmod(token, 0o600)
+    envs = identities(work)
+    mode = ["--insecure"] if insecure else []
     agent_b = subprocess.Popen(
         b_ns() + [FERRY, "--docker-socket", "/run/dockerb.sock", "--work-dir", os.path.join(work, "spool-b"),
-                  "-q", "serve", "--listen", "127.0.0.1:17192", "--token-file", token])
-    time.sleep(0.5)
+                  "-q", "serve", "--listen", "127.0.0.1:17192", "--token-file", token] + mode, env=envs["b"])
+    wait_listening(17192)
     rows, client_rss = [], 0
     try:
         for _ in range(repeat):
@@ -85,7 +116,7 @@ def ferry_rounds(size, repeat, work):
             docker(A, "run", "-d", "--name", name, IMAGE, "/counter", str(size), "100")
             wait_counting(A, name)
             out = run(FERRY, "--work-dir", os.path.join(work, "spool-a"), "-q", "migrate", name, "--to",
-                      "127.0.0.1:17192", "--token-file", token, "--json")
+                      "127.0.0.1:17192", "--token-file", token, "--json", *mode, env=envs["a"])
             report = json.loads(out)
             # ferry's own VmHWM: `time -v` would count runc, a child of ~10 MiB.
             client_rss = max(client_rss, report["peak_rss_kib"])
@@ -167,12 +198,13 @@ def soak(hops, size):
         with open(token, "w") as f:
             f.write("soak-token-0123456789abcdef\n")
         os.chmod(token, 0o600)
+        envs = identities(work)
         agent_a = subprocess.Popen([FERRY, "--work-dir", os.path.join(work, "spool-a"), "-q", "serve", "--listen",
-                                    "127.0.0.1:17191", "--token-file", token])
+                                    "127.0.0.1:17191", "--token-file", token], env=envs["a"])
         agent_b = subprocess.Popen(b_ns() + [FERRY, "--docker-socket", "/run/dockerb.sock", "--work-dir",
                                              os.path.join(work, "spool-b"), "-q", "serve", "--listen",
-                                             "127.0.0.1:17192", "--token-file", token])
-        time.sleep(0.5)
+                                             "127.0.0.1:17192", "--token-file", token], env=envs["b"])
+        wait_listening(17191), wait_listening(17192)
         name = "ferry-soak"
         rm(A, name), rm(B, name)
         docker(A, "run", "-d", "--name", name, IMAGE, "/counter", str(size), "100")
@@ -189,7 +221,7 @@ def soak(hops, size):
                 result = subprocess.run(base + [FERRY, "--docker-socket", socket, "--work-dir",
                                                 os.path.join(work, "client"), "-q", "migrate", name, "--to",
                                                 f"127.0.0.1:{port}", "--token-file", token, "--json"],
-                                        capture_output=True, text=True)
+                                        capture_output=True, text=True, env=envs["a" if here == A else "b"])
                 if result.returncode != 0:
                     failures.append(f"hop {hop}: {result.stderr.strip()}")
                     continue
@@ -246,10 +278,13 @@ def main():
     for size in sizes:
         with tempfile.TemporaryDirectory(dir="/var/lib") as work:
             ferry, client_rss, agent_rss = ferry_rounds(size, repeat, work)
+        with tempfile.TemporaryDirectory(dir="/var/lib") as work:
+            plain, plain_client_rss, plain_agent_rss = ferry_rounds(size, repeat, work, insecure=True)
             paper = paper_rounds(size, repeat, work)
             podman = podman_rounds(size, repeat, work)
         for method, rows, note in [
-            ("ferry migrate A→B", ferry, f"peak RSS client {client_rss} KiB, agent {agent_rss} KiB"),
+            ("ferry migrate A→B", ferry, f"mutual TLS, signed; peak RSS client {client_rss} KiB, agent {agent_rss} KiB"),
+            ("ferry --insecure A→B", plain, f"plain HTTP; peak RSS client {plain_client_rss} KiB, agent {plain_agent_rss} KiB"),
             ("paper: docker+tar A→B", paper, ""),
             ("podman export/import", podman, "one host"),
         ]:
@@ -261,6 +296,8 @@ def main():
         print(f"{size:>5} {'ferry speed-up':<22} {median(paper, 'total') / median(ferry, 'total'):>7.1f}x over the paper's method"
               + (f", {median(podman, 'total') / median(ferry, 'total'):.1f}x over podman" if podman else ""),
               flush=True)
+        print(f"{size:>5} {'TLS cost':<22} {100 * (median(ferry, 'total') / median(plain, 'total') - 1):>+7.1f}% total, "
+              f"{100 * (median(ferry, 'transfer') / median(plain, 'transfer') - 1):+.1f}% transfer", flush=True)
 
 
 if __name__ == "__main__":

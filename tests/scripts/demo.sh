@@ -16,6 +16,11 @@ cleanup() {
 trap cleanup EXIT
 cleanup
 mkdir -p "$work"
+# A host key of the demo's own (a real host makes one in /etc/ferry with
+# `ferry keys init`): the payload is signed with it, and restore checks that.
+export FERRY_CONFIG_DIR="$work/config"
+echo "== ferry keys init (in $FERRY_CONFIG_DIR, for this demo only)"
+"$ferry" keys init --name ferry-demo
 
 echo "== starting $source: a counter holding 32 MiB of random memory"
 docker run -d --name "$source" ferry-workload:latest /counter 32 200 >/dev/null

@@ -75,7 +75,9 @@ impl Tls {
         Ok(Tls::new(Arc::new(identity), trust))
     }
 
+    /// `trust`, and this host's own key: its agent answers its own tools.
     pub(crate) fn new(identity: Arc<Identity>, trust: Trust) -> Tls {
+        let trust = trust.with_own(&identity);
         Tls { identity, trust: Arc::new(trust) }
     }
 

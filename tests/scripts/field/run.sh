@@ -74,24 +74,40 @@ install_guest() {
   put "$x" "$FIELD_RUN/token" /tmp/ferry-token &&
   g "$x" 'set -e
     install -m 0755 /tmp/ferry /usr/local/bin/ferry
-    install -d -m 0700 /etc/ferry
+    install -d -m 0755 /etc/ferry
     install -m 0600 /tmp/ferry-token /etc/ferry/token
+    # As the unit says: one key per board, made once. Peers dial each other
+    # through the host (10.0.2.2), where both agents are forwarded.
+    [ -s /etc/ferry/key.pem ] || ferry keys init --name "field-'"$x"'" --san 10.0.2.2 --san 127.0.0.1 >/dev/null
     # The unit says: edit --board for the board. These guests are 1-CPU boards
-    # capped like the paper edge node.
-    sed -i "s/--board [^ ]*/--board edge-128m/" /tmp/ferry-serve.service
+    # capped like the paper edge node; the token is the optional second factor.
+    sed -i "s/--board [^ ]*/--board edge-128m/; s|ferry serve |ferry serve --token-file /etc/ferry/token |; s|ferry recover|ferry recover --token-file /etc/ferry/token|" /tmp/ferry-serve.service
     install -m 0644 /tmp/ferry-serve.service /etc/systemd/system/ferry-serve.service
     systemctl daemon-reload
-    systemctl enable --now docker >/dev/null 2>&1
+    systemctl enable --now docker >/dev/null 2>&1'
+}
+# Each board trusts the other's key, then its agent starts (it refuses to
+# start trusting nobody). /health is asked over mutual TLS with the board's
+# own certificate, which its agent trusts.
+start_agent() {
+  local x="$1" other="$2"
+  g "$x" "ferry trust remove field-$other >/dev/null 2>&1; ferry trust add field-$other $(g "$other" ferry keys show | grep -o 'sha256:[0-9a-f]*')" &&
+  g "$x" 'set -e
     systemctl enable --now ferry-serve >/dev/null 2>&1
-    for i in $(seq 60); do curl -fsS http://127.0.0.1:7070/health >/dev/null 2>&1 && break; sleep 1; done
-    curl -fsS http://127.0.0.1:7070/health >/dev/null'
+    health() { curl -fsSk --cert /etc/ferry/cert.pem --key /etc/ferry/key.pem https://127.0.0.1:7070/health; }
+    for i in $(seq 60); do health >/dev/null 2>&1 && break; sleep 1; done
+    health >/dev/null'
 }
 install_guest a & pid_install_a=$!
 install_guest b & pid_install_b=$!
 for x in a b; do
   pid_var="pid_install_$x"
-  if wait "${!pid_var}"; then ok "guest $x: ferry $(g "$x" ferry --version), agent active under systemd ($(g "$x" systemctl is-active ferry-serve))"
-  else fail "guest $x: ferry or its agent could not be installed"; g "$x" journalctl -u ferry-serve --no-pager -n 20 || true; fi
+  wait "${!pid_var}" || fail "guest $x: ferry could not be installed"
+done
+for pair in "a b" "b a"; do
+  set -- $pair
+  if start_agent "$1" "$2"; then ok "guest $1: ferry $(g "$1" ferry --version), trusts guest $2, agent active under systemd ($(g "$1" systemctl is-active ferry-serve))"
+  else fail "guest $1: its agent could not be started"; g "$1" journalctl -u ferry-serve --no-pager -n 20 || true; fi
 done
 timing "install ferry + start agents" "$((SECONDS - t)) s"
 [ ${#failures[@]} -eq 0 ] || exit 1
