@@ -147,11 +147,13 @@ fn counter_on_a(hosts: &mut TwoHosts, name: &str) -> (String, String, u64) {
 
 fn migrate(hosts: &TwoHosts, name: &str, to: &str, timeout: &str) -> std::process::Output {
     let token = hosts.token.to_str().unwrap();
-    ferry(ENGINE_A, &hosts.scratch.work_dir(), &["migrate", name, "--to", to, "--token-file", token, "--timeout", timeout])
+    let args = [&["migrate", name, "--to", to, "--token-file", token, "--timeout", timeout], &hosts.client_flags[..]].concat();
+    ferry(ENGINE_A, &hosts.scratch.work_dir(), &args)
 }
 
 fn recover(hosts: &TwoHosts) -> std::process::Output {
-    ferry(ENGINE_A, &hosts.scratch.work_dir(), &["recover", "--token-file", hosts.token.to_str().unwrap(), "--timeout", "10"])
+    let args = [&["recover", "--token-file", hosts.token.to_str().unwrap(), "--timeout", "10"], &hosts.client_flags[..]].concat();
+    ferry(ENGINE_A, &hosts.scratch.work_dir(), &args)
 }
 
 /// Folders ferry keeps a migration's state in on the source.
@@ -177,7 +179,9 @@ fn carries_on(socket: &str, name: &str, counted: u64, sum: &str) {
 #[test]
 #[ignore = "needs two real engines + CRIU: run `make test`"]
 fn a_lost_commit_answer_leaves_one_copy_and_recover_settles_it() {
-    let mut hosts = TwoHosts::new("lost-commit", &[]);
+    // Plain HTTP: the proxy must read the requests to cut the right one (the
+    // handover's rules do not depend on the transport).
+    let mut hosts = TwoHosts::insecure("lost-commit", &[]);
     let (name, sum, counted) = counter_on_a(&mut hosts, "ferry-e2e-lost-commit");
     let proxy = Partition::start(&hosts.agent_b.addr, Some("/commit"), None);
     let copies = TwoCopies::watch(&name);
@@ -195,7 +199,7 @@ fn a_lost_commit_answer_leaves_one_copy_and_recover_settles_it() {
 
     proxy.heal();
     let hosts_token = hosts.token.to_str().unwrap().to_string();
-    let out = ferry(ENGINE_A, &hosts.scratch.work_dir(), &["recover", "--token-file", &hosts_token]);
+    let out = ferry(ENGINE_A, &hosts.scratch.work_dir(), &["recover", "--token-file", &hosts_token, "--insecure"]);
     assert!(out.status.success(), "recover failed: {}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("runs peer"), "{}", String::from_utf8_lossy(&out.stdout));
     let (samples, both) = copies.finish();
@@ -208,7 +212,8 @@ fn a_lost_commit_answer_leaves_one_copy_and_recover_settles_it() {
 #[test]
 #[ignore = "needs two real engines + CRIU: run `make test`"]
 fn a_partition_before_the_commit_rolls_back_and_the_peer_discards_its_copy() {
-    let mut hosts = TwoHosts::new("lost-prepare", &["--handover-timeout", "3s"]);
+    // Plain HTTP, as above: the proxy cuts the link at the prepare request.
+    let mut hosts = TwoHosts::insecure("lost-prepare", &["--handover-timeout", "3s"]);
     let (name, sum, counted) = counter_on_a(&mut hosts, "ferry-e2e-lost-prepare");
     let proxy = Partition::start(&hosts.agent_b.addr, Some("prepare=1"), None);
     let copies = TwoCopies::watch(&name);

@@ -32,7 +32,7 @@ impl Migration for TwoHosts {
     }
 
     fn migrate_a_to(&self, name: &str, to: &str, extra: &[&str]) -> std::process::Output {
-        let args = [&["migrate", name, "--to", to, "--token-file", self.token.to_str().unwrap()], extra].concat();
+        let args = [&["migrate", name, "--to", to, "--token-file", self.token.to_str().unwrap()], extra, &self.client_flags[..]].concat();
         ferry(ENGINE_A, &self.scratch.work_dir(), &args)
     }
 
@@ -184,8 +184,19 @@ fn unsafe_kill(pid: u32) {
 #[test]
 #[ignore = "needs two real engines + CRIU: run `make test`"]
 fn payload_corrupted_in_flight_is_refused_by_checksum() {
+    // Over TLS a flipped bit fails the record's authentication: the agent
+    // drops the connection and the app runs on A again.
     let mut hosts = TwoHosts::new("corrupt", &[]);
     let (name, sum) = hosts.counter_on_a("ferry-e2e-corrupt", 16, &[]);
+    let counted = latest_count(ENGINE_A, &name);
+    let proxy = flipping_proxy(&hosts.agent_b.addr, 4 << 20);
+    let out = hosts.migrate_a_to(&name, &proxy, &[]);
+    assert_eq!(out.status.code(), Some(PEER), "{}", stderr(&out));
+    hosts.still_on_a_only(&name, counted, &sum);
+    drop(hosts);
+    // Over plain HTTP the payload's own digests catch it.
+    let mut hosts = TwoHosts::insecure("corrupt-plain", &[]);
+    let (name, sum) = hosts.counter_on_a("ferry-e2e-corrupt-plain", 16, &[]);
     let counted = latest_count(ENGINE_A, &name);
     let proxy = flipping_proxy(&hosts.agent_b.addr, 4 << 20);
     let out = hosts.migrate_a_to(&name, &proxy, &[]);

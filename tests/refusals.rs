@@ -154,10 +154,12 @@ fn bad_payloads_are_refused_and_leave_nothing() {
     // and the stranger's, when the operator accepts it knowingly.
     ferry_ok(ENGINE_A, &work, &["restore", good.to_str().unwrap(), "--name", &target]);
     assert!(is_running(ENGINE_A, &target));
-    let out = restore("stranger-accepted", &foreign, &["--accept-untrusted", "--name", "ferry-e2e-bad-foreign"]);
-    containers.track("ferry-e2e-bad-foreign");
+    let accepted = containers.track("ferry-e2e-bad-foreign");
+    let path = scratch.path("stranger-accepted");
+    std::fs::write(&path, &foreign).unwrap();
+    let out = ferry(ENGINE_A, &work, &["restore", path.to_str().unwrap(), "--name", &accepted, "--accept-untrusted"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(is_running(ENGINE_A, "ferry-e2e-bad-foreign"));
+    assert!(is_running(ENGINE_A, &accepted));
 }
 
 #[test]

@@ -190,7 +190,7 @@ fn an_agent_takes_only_payloads_signed_by_the_peer_that_sends_them() {
     };
     // A relays a payload C signed: refused, nothing created.
     let (status, body) = post(&foreign);
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 422, "{body}");
     assert!(body.contains("not by the peer that sent it") && body.contains("\"exit_code\":6"), "{body}");
     assert_eq!(all_containers(ENGINE_B), before, "a container was created");
     // The normal case: A's own.

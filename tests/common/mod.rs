@@ -442,6 +442,9 @@ impl RecordingProxy {
 pub struct TwoHosts {
     pub scratch: Scratch,
     pub token: PathBuf,
+    /// What every client command must add for these agents: `--insecure`
+    /// when they serve plain HTTP.
+    pub client_flags: Vec<&'static str>,
     pub agent_a: AgentProcess,
     pub agent_b: AgentProcess,
     pub on_a: Containers,
@@ -455,6 +458,18 @@ impl TwoHosts {
         let token = token_file(&scratch);
         let agent_a = AgentProcess::start(false, &scratch.path("spool-a"), &token, &[]);
         let agent_b = AgentProcess::start(true, &scratch.path("spool-b"), &token, b_extra);
-        TwoHosts { scratch, token, agent_a, agent_b, on_a: Containers::new(ENGINE_A), on_b: Containers::new(ENGINE_B) }
+        let (on_a, on_b) = (Containers::new(ENGINE_A), Containers::new(ENGINE_B));
+        TwoHosts { scratch, token, client_flags: Vec::new(), agent_a, agent_b, on_a, on_b }
+    }
+
+    /// The same with agents that serve plain HTTP (`--insecure`): for tests
+    /// of what a proxy does to requests it must be able to read.
+    pub fn insecure(label: &str, b_extra: &[&str]) -> TwoHosts {
+        let scratch = Scratch::new(label);
+        let token = token_file(&scratch);
+        let agent_a = AgentProcess::start(false, &scratch.path("spool-a"), &token, &["--insecure"]);
+        let agent_b = AgentProcess::start(true, &scratch.path("spool-b"), &token, &[b_extra, &["--insecure"]].concat());
+        let (on_a, on_b) = (Containers::new(ENGINE_A), Containers::new(ENGINE_B));
+        TwoHosts { scratch, token, client_flags: vec!["--insecure"], agent_a, agent_b, on_a, on_b }
     }
 }
