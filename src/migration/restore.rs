@@ -92,21 +92,28 @@ pub(crate) fn restore_from(
     let job = JobDir::reserve(work_dir, label)
         .map_err(|e| io_error(format!("cannot use the work dir {}", work_dir.display()), e))?;
     let started = Instant::now();
-    let limit = options.size_limit.as_ref().map(|l| l.bytes);
-    let unpacked = payload::unpack(input, job.path(), &info.architecture, limit, options.verify).map_err(|e| match (&e, &options.size_limit) {
-        (payload::Error::TooLarge { .. }, Some(limit)) => Error::from(e).context(&limit.why),
-        _ => Error::from(e),
-    })?;
+    let unpacked = unpack_verified(input, job.path(), &info, options)?;
     let unpack_secs = seconds_since(started);
-    if let Some(signer) = &unpacked.signer {
-        log::info!("the payload is signed by {} ({})", signer.name, signer.fingerprint);
-    }
     let mut restored = restore_unpacked(engine, &info, job.path(), &unpacked.manifest, options)?;
     restored.unpack_secs = unpack_secs;
     restored.raw_bytes = unpacked.raw_bytes;
     restored.compressed_bytes = unpacked.compressed_bytes;
     restored.peak_rss_kib = crate::host::peak_rss_kib();
     Ok(restored)
+}
+
+/// Unpacks a payload into `dest` as `options` allow (its seal, its size),
+/// every entry verified; a refusal for size names where the limit comes from.
+pub(crate) fn unpack_verified(input: impl Read, dest: &Path, info: &Info, options: &Options<'_>) -> Result<payload::Unpacked> {
+    let limit = options.size_limit.as_ref().map(|l| l.bytes);
+    let unpacked = payload::unpack(input, dest, &info.architecture, limit, options.verify).map_err(|e| match (&e, &options.size_limit) {
+        (payload::Error::TooLarge { .. }, Some(limit)) => Error::from(e).context(&limit.why),
+        _ => Error::from(e),
+    })?;
+    if let Some(signer) = &unpacked.signer {
+        log::info!("the payload is signed by {} ({})", signer.name, signer.fingerprint);
+    }
+    Ok(unpacked)
 }
 
 /// Creates and starts a container from a verified, unpacked payload in `dir`.

@@ -32,7 +32,7 @@ pub(crate) use pack::{pack, PackStats};
 #[cfg(any(test, fuzzing))]
 pub(crate) use seal::Unchecked;
 pub(crate) use seal::{Seal, Sign, Signer, Verify, SEAL_ENTRY};
-pub(crate) use unpack::{unpack, verify_tree};
+pub(crate) use unpack::{unpack, verify_tree, Unpacked};
 
 /// Archive path of the manifest, always the first entry.
 pub(crate) const MANIFEST_ENTRY: &str = "manifest.json";

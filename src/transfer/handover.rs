@@ -9,12 +9,11 @@ use std::io::{BufReader, Read};
 use std::time::Instant;
 
 use super::agent::{Agent, Handled, WithStatus};
-use super::ledger::{valid_id, Record};
+use super::ledger::{check_id, Record};
 use super::{Outcome, RestoreReport};
 use crate::error::{Error, Kind};
 use crate::host;
 use crate::migration::restore::{self, Prepared};
-use crate::payload;
 use crate::units::seconds_since;
 
 /// Finished handovers are remembered this long (30 days): a source that
@@ -40,11 +39,7 @@ impl Agent {
         let info = self.engine.info()?;
         let started = Instant::now();
         let body = BufReader::with_capacity(self.settings.tuning.io_buffer, body);
-        let limit = options.size_limit.as_ref().map(|l| l.bytes);
-        let unpacked = payload::unpack(body, &dir, &info.architecture, limit, options.verify).map_err(|e| match (&e, &options.size_limit) {
-            (payload::Error::TooLarge { .. }, Some(limit)) => Error::from(e).context(&limit.why),
-            _ => Error::from(e),
-        })?;
+        let unpacked = restore::unpack_verified(body, &dir, &info, &options)?;
         let unpack_secs = seconds_since(started);
         let started = Instant::now();
         let prepared = restore::prepare(&self.engine, &info, &dir, &unpacked.manifest, &options).inspect_err(|_| {
@@ -109,9 +104,7 @@ impl Agent {
     /// container is removed, and a prepare still arriving will be refused.
     /// Answers the outcome after the attempt (`restored` if it was too late).
     pub(crate) fn abort(&self, id: &str) -> Handled<Outcome> {
-        if !valid_id(id) {
-            return Err(Error::new(Kind::Usage, "the migration id must be 1 to 64 letters, digits or dashes").into());
-        }
+        check_id(id)?;
         let _ledger = self.ledger_lock.lock().unwrap_or_else(|p| p.into_inner());
         let record = self.ledger.get(id);
         match record.as_ref().map(|r| &r.outcome) {
@@ -143,9 +136,7 @@ impl Agent {
     }
 
     fn known(&self, id: &str) -> Handled<Record> {
-        if !valid_id(id) {
-            return Err(Error::new(Kind::Usage, "the migration id must be 1 to 64 letters, digits or dashes").into());
-        }
+        check_id(id)?;
         self.ledger.get(id).ok_or_else(|| Error::new(Kind::NotFound, format!("no migration {id} is known here")).with_status(404))
     }
 

@@ -41,10 +41,18 @@ pub(crate) fn valid_client_id(id: &str) -> bool {
     (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
+/// What a client's migration id must be, as the agent answers it.
+pub(crate) const CLIENT_ID_RULE: &str = "the migration id must be 1 to 64 letters, digits or dashes";
+
 /// An id as the ledger keeps it: the client's, or over TLS the caller's
 /// fingerprint (64 hex digits), a dash and the client's.
 pub(crate) fn valid_id(id: &str) -> bool {
     (1..=129).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// Refuses an id the ledger would not keep (it names files).
+pub(crate) fn check_id(id: &str) -> Result<()> {
+    if valid_id(id) { Ok(()) } else { Err(Error::new(Kind::Usage, CLIENT_ID_RULE)) }
 }
 
 impl Ledger {

@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::agent::{Agent, Handled, WithStatus};
-use super::ledger::valid_client_id;
+use super::ledger::{valid_client_id, CLIENT_ID_RULE};
 use crate::identity::Peer;
 use super::http::{self, Method, Request};
 use super::{
@@ -120,7 +120,7 @@ fn route(agent: &Agent, request: &mut Request, method: &Method, path: &str, quer
 /// another's migration.
 fn scoped(id: &str, caller: Option<&Peer>) -> Handled<String> {
     if !valid_client_id(id) {
-        return Err(Error::new(Kind::Usage, "the migration id must be 1 to 64 letters, digits or dashes").into());
+        return Err(Error::new(Kind::Usage, CLIENT_ID_RULE).into());
     }
     Ok(match caller {
         Some(peer) => format!("{}-{id}", peer.fingerprint.hex()),

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
-use super::ledger::{valid_id, Ledger};
+use super::ledger::{check_id, Ledger};
 use super::{status_for, Failover, Outcome, PeerImage, PeerInfo, RestoreReport, SnapshotInfo};
 use crate::board::Tuning;
 use crate::engine::Engine;
@@ -205,10 +205,8 @@ impl Agent {
             )
             .into());
         }
-        if let Some(id) = migration
-            && !valid_id(id)
-        {
-            return Err(Error::new(Kind::Usage, "the migration id must be 1 to 64 letters, digits or dashes").into());
+        if let Some(id) = migration {
+            check_id(id)?;
         }
         if prepare_only && migration.is_none() {
             return Err(Error::new(Kind::Usage, "prepare=1 needs an X-Ferry-Migration id to commit it by").into());
