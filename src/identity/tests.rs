@@ -237,16 +237,67 @@ fn a_new_trust_file_starts_with_a_comment() {
     assert!(text.starts_with('#') && text.ends_with(&format!("\nedge-a {a}\n")), "{text}");
 }
 
+/// A self-signed host certificate valid between two instants, in seconds
+/// since the Unix epoch.
+fn dated(not_before: u64, not_after: u64) -> Vec<u8> {
+    let at = |secs| std::time::UNIX_EPOCH + Duration::from_secs(secs);
+    let params = keys::host_params("edge-9", &[], at(not_before), at(not_after)).unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    params.self_signed(&key).unwrap().der().to_vec()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 #[test]
-fn validity_reads_utc_and_generalized_times() {
+fn validity_round_trips_a_certificates_dates() {
     let edge = testing::self_signed("edge-9", &[], -1..30);
     let validity = Validity::of(&edge.cert).unwrap();
     assert_eq!(validity.not_after - validity.not_before, 31 * 86_400);
-    // rcgen writes GeneralizedTime from 2050 on.
-    let late = testing::self_signed("edge-9", &[], -1..(365 * 40));
-    assert!(Validity::of(&late.cert).unwrap().not_after > 2_524_608_000);
+    // 2001-02-03 04:05:06 and 2049-12-31 23:59:59: UTCTime, both centuries.
+    let cert = dated(981_173_106, 2_524_607_999);
+    assert!(contains(&cert, b"\x17\x0d010203040506Z") && contains(&cert, b"\x17\x0d491231235959Z"));
+    assert_eq!(Validity::of(&cert), Some(Validity { not_before: 981_173_106, not_after: 2_524_607_999 }));
+    assert_eq!(utc(981_173_106), "2001-02-03 04:05:06 UTC");
+    assert_eq!(utc(2_524_607_999), "2049-12-31 23:59:59 UTC");
     assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
     assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
     assert_eq!(utc(4_102_444_799), "2099-12-31 23:59:59 UTC");
-    assert!(Validity::of(b"\x30\x03\x02\x01\x00").is_none());
+}
+
+#[test]
+fn validity_reads_generalized_time_from_2050_on() {
+    // rcgen writes GeneralizedTime from 2050 on: 2060-01-01 00:00:00 here.
+    let cert = dated(981_173_106, 2_840_140_800);
+    assert!(contains(&cert, b"\x18\x0f20600101000000Z"));
+    let validity = Validity::of(&cert).unwrap();
+    assert_eq!(validity, Validity { not_before: 981_173_106, not_after: 2_840_140_800 });
+    assert_eq!(utc(validity.not_after), "2060-01-01 00:00:00 UTC");
+    assert!(validity.contains(crate::host::unix_now() as i64));
+}
+
+#[test]
+fn validity_of_an_expired_certificate_ends_in_the_past() {
+    let expired = testing::self_signed("edge-9", &[], -10..-1);
+    let validity = Validity::of(&expired.cert).unwrap();
+    let now_secs = crate::host::unix_now() as i64;
+    assert!(!validity.contains(now_secs));
+    assert!((now_secs - validity.not_after - 86_400).abs() < 60, "{}", utc(validity.not_after));
+    assert!(validity.contains(validity.not_before) && validity.contains(validity.not_after));
+}
+
+#[test]
+fn validity_of_garbage_is_none() {
+    let cert = dated(981_173_106, 2_524_607_999);
+    assert!(Validity::of(&cert[..cert.len() - 1]).is_none());
+    assert!(Validity::of(&[cert.as_slice(), b"\0"].concat()).is_none());
+    for garbage in [&b""[..], b"\x30\x03\x02\x01\x00", b"\x30\x80\x00\x00", b"not a certificate", &[0xff; 64]] {
+        assert!(Validity::of(garbage).is_none(), "{garbage:?}");
+    }
+    // A date that is not one: 31 February.
+    let mut bad = cert.clone();
+    let at = bad.windows(13).position(|w| w == b"010203040506Z").unwrap();
+    bad[at..at + 13].copy_from_slice(b"010231040506Z");
+    assert!(Validity::of(&bad).is_none());
 }
