@@ -25,7 +25,7 @@ use crate::engine::{self, Engine};
 use crate::error::{Error, Kind, Result};
 use crate::identity::{self, Identity};
 use crate::transfer::tls::Tls;
-use crate::transfer::{self, client::{Link, Peer}};
+use crate::transfer::{self, client::{Link, Peer}, pace};
 
 /// What every command gets from the global options.
 #[derive(Debug, Clone)]
@@ -95,6 +95,16 @@ pub(crate) fn credentials() -> Result<Tls> {
         ));
     }
     Tls::load(&dir)
+}
+
+/// `--limit-rate RATE`: bytes per second with the usual suffixes (2M is
+/// 2 MiB/s), at least [`pace::MIN_RATE`].
+pub(crate) fn parse_rate(text: &str) -> std::result::Result<u64, String> {
+    let rate = crate::units::parse_size(text)?;
+    if rate < pace::MIN_RATE {
+        return Err(format!("--limit-rate '{text}' is below 1K (bytes per second): a payload of a few MiB would take hours"));
+    }
+    Ok(rate)
 }
 
 /// A peer's agent as `--to ADDR` names it, reached over `link`.
