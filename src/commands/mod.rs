@@ -102,7 +102,7 @@ pub(crate) fn credentials() -> Result<Tls> {
 pub(crate) fn parse_rate(text: &str) -> std::result::Result<u64, String> {
     let rate = crate::units::parse_size(text)?;
     if rate < pace::MIN_RATE {
-        return Err(format!("--limit-rate '{text}' is below 1K (bytes per second): a payload of a few MiB would take hours"));
+        return Err(format!("'{text}' is below 1K bytes per second, at which a payload of a few MiB takes hours"));
     }
     Ok(rate)
 }
@@ -123,5 +123,20 @@ pub(crate) fn print_report(line: &str, report: &impl Serialize, json: bool, stdo
         // A closed stdout (ferry … | head) is no reason to fail a finished migration.
         let _ = writeln!(stdout, "{text}");
         let _ = stdout.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_rate_reads_bytes_per_second_with_suffixes_and_refuses_a_crawl() {
+        assert_eq!(parse_rate("2M").unwrap(), 2 << 20);
+        assert_eq!(parse_rate("512k").unwrap(), 512 << 10);
+        assert_eq!(parse_rate("1024").unwrap(), 1024);
+        assert!(parse_rate("0").unwrap_err().contains("below 1K"));
+        assert!(parse_rate("100").is_err());
+        assert!(parse_rate("fast").is_err());
     }
 }
