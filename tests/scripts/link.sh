@@ -58,6 +58,7 @@ down() {
     fi
     rm -f "$PIDFILE"
   fi
+  rm -f /run/ferry-link.log
   # A device left by an older run (e.g. a veth): remove it by its name.
   ip link del "$HOST_DEV" 2>/dev/null || true
   if [ -n "${LINK_NETNS:-}" ] || [ -s /run/dockerb.pid ]; then
