@@ -44,11 +44,14 @@ bench-core: setup build
 	bash tests/scripts/with-engines.sh a -- bash tests/scripts/bench-core.sh
 
 # The paper's Table 1: ferry migrate A→B next to the paper's docker+tar
-# method and Podman's export/import, per size (SIZES="16 64 128 256").
+# method and Podman's export/import, per size (SIZES="16 64 128 256"); over a
+# shaped link with LINK=RATE:DELAY (e.g. 100mbit:5ms, see tests/scripts/link.sh),
+# else over loopback.
 SIZES ?= 16 64 128 256
+LINK  ?=
 bench-migrate: build
 	bash tests/scripts/setup-host.sh --bench
-	bash tests/scripts/with-engines.sh all -- python3 tests/scripts/bench-migrate.py $(SIZES) --repeat 5
+	bash tests/scripts/with-engines.sh all -- python3 tests/scripts/bench-migrate.py $(SIZES) --repeat 5 $(if $(LINK),--link $(LINK))
 
 # The paper's study on this host: 16–512 MiB, 5 repetitions, CRIU and commit,
 # with the paper's own scripts as baseline; tables and SVG figures in OUT.

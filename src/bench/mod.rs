@@ -259,7 +259,7 @@ impl Run<'_> {
             // The same two-phase handover as `ferry migrate`; the bench's
             // source is thrown away, so it keeps no journal.
             let id = migration_id();
-            let (report, stats, secs) = match hand_over(peer, &mut taken, TARGET, &id, self.options.tuning.io_buffer, || Ok(())) {
+            let (report, stats, secs) = match hand_over(peer, &mut taken, TARGET, &id, (self.options.tuning.io_buffer, None), || Ok(())) {
                 Handover::Done { restored, stats, transfer_secs, .. } => (restored, stats, transfer_secs),
                 Handover::NotStarted(error) | Handover::Unknown(error) => return Err(error),
             };

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
-use super::{link, peer, print_report, Context};
+use super::{link, parse_rate, peer, print_report, Context};
 use crate::error::Result;
 use crate::transfer::migrate::{migrate, Options, ShipImage};
 use crate::units::human_bytes;
@@ -36,6 +36,9 @@ pub(crate) struct Args {
     /// seconds to wait for the peer's answer (default 300)
     #[argh(option, default = "300")]
     pub timeout: u64,
+    /// bytes per second toward the peer, e.g. 2M (= 2 MiB/s): spares the uplink, lengthens the downtime
+    #[argh(option, from_str_fn(parse_rate))]
+    pub limit_rate: Option<u64>,
     /// use this board profile's buffer and lz4 block sizes and work dir
     #[argh(option)]
     pub board: Option<String>,
@@ -48,10 +51,16 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     let tuning = context.tuning(args.board.as_deref())?;
     let engine = context.engine()?;
     let peer = peer(&args.to, &link(args.token_file.as_deref(), args.insecure)?, Duration::from_secs(args.timeout));
-    let options = Options { tuning: &tuning, fast: context.fast, ship_image: args.ship_image, keep_source: args.keep_source };
+    let options = Options {
+        tuning: &tuning,
+        fast: context.fast,
+        ship_image: args.ship_image,
+        keep_source: args.keep_source,
+        limit_rate: args.limit_rate,
+    };
     let report = migrate(&engine, &peer, &args.container, &options)?;
     let line = format!(
-        "migrated {} to {}: save {:.2}s, transfer {:.2}s, resume {:.2}s, total {:.2}s, {} sent ({} raw){}",
+        "migrated {} to {}: save {:.2}s, transfer {:.2}s, resume {:.2}s, total {:.2}s, {} sent ({} raw){}{}",
         report.container,
         report.peer,
         report.save_secs,
@@ -60,7 +69,8 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
         report.total_secs,
         human_bytes(report.bytes_sent),
         human_bytes(report.raw_bytes),
-        if report.image_shipped { format!(", image shipped in {:.2}s", report.image_secs) } else { String::new() }
+        if report.image_shipped { format!(", image shipped in {:.2}s", report.image_secs) } else { String::new() },
+        report.limit_rate_bytes_per_sec.map(|rate| format!(", limited to {}/s", human_bytes(rate))).unwrap_or_default()
     );
     print_report(&line, &report, args.json, false);
     Ok(())

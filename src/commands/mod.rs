@@ -25,7 +25,7 @@ use crate::engine::{self, Engine};
 use crate::error::{Error, Kind, Result};
 use crate::identity::{self, Identity};
 use crate::transfer::tls::Tls;
-use crate::transfer::{self, client::{Link, Peer}};
+use crate::transfer::{self, client::{Link, Peer}, pace};
 
 /// What every command gets from the global options.
 #[derive(Debug, Clone)]
@@ -97,6 +97,16 @@ pub(crate) fn credentials() -> Result<Tls> {
     Tls::load(&dir)
 }
 
+/// `--limit-rate RATE`: bytes per second with the usual suffixes (2M is
+/// 2 MiB/s), at least [`pace::MIN_RATE`].
+pub(crate) fn parse_rate(text: &str) -> std::result::Result<u64, String> {
+    let rate = crate::units::parse_size(text)?;
+    if rate < pace::MIN_RATE {
+        return Err(format!("'{text}' is below 1K bytes per second, at which a payload of a few MiB takes hours"));
+    }
+    Ok(rate)
+}
+
 /// A peer's agent as `--to ADDR` names it, reached over `link`.
 pub(crate) fn peer(addr: &str, link: &Link, timeout: Duration) -> Peer {
     Peer::new(addr, link, timeout)
@@ -113,5 +123,20 @@ pub(crate) fn print_report(line: &str, report: &impl Serialize, json: bool, stdo
         // A closed stdout (ferry … | head) is no reason to fail a finished migration.
         let _ = writeln!(stdout, "{text}");
         let _ = stdout.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_rate_reads_bytes_per_second_with_suffixes_and_refuses_a_crawl() {
+        assert_eq!(parse_rate("2M").unwrap(), 2 << 20);
+        assert_eq!(parse_rate("512k").unwrap(), 512 << 10);
+        assert_eq!(parse_rate("1024").unwrap(), 1024);
+        assert!(parse_rate("0").unwrap_err().contains("below 1K"));
+        assert!(parse_rate("100").is_err());
+        assert!(parse_rate("fast").is_err());
     }
 }

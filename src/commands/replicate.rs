@@ -10,6 +10,7 @@ use argh::FromArgs;
 use super::Context;
 use crate::error::{Error, Kind, Result};
 use crate::transfer::client::Peer;
+use crate::transfer::pace::Pace;
 use crate::transfer::replicate::{replicate, Options};
 use crate::units::parse_duration;
 
@@ -38,6 +39,9 @@ pub(crate) struct Args {
     /// this host's agent, HOST:PORT, which peers ask before failing over (needed for their --failover-after)
     #[argh(option, long = "self")]
     pub self_agent: Option<String>,
+    /// bytes per second toward all peers together, e.g. 2M (= 2 MiB/s): spares the uplink
+    #[argh(option, from_str_fn(super::parse_rate))]
+    pub limit_rate: Option<u64>,
     /// seconds a peer may take to store one snapshot (default 120)
     #[argh(option, default = "120")]
     pub timeout: u64,
@@ -74,6 +78,7 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
         tuning: &tuning,
         fast: context.fast,
         signer: link.signer.as_deref().map(|s| s as &dyn crate::payload::Sign),
+        pace: args.limit_rate.map(Pace::new),
     };
     replicate(&engine, options, &STOP)
 }

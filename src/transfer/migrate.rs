@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use super::client::Peer;
 use super::journal::{Entry, Journal, Phase};
+use super::pace::{Pace, Paced};
 use super::{Outcome, PeerInfo, RestoreReport};
 use crate::board::Tuning;
 use crate::engine::Engine;
@@ -61,6 +62,8 @@ pub(crate) struct Options<'a> {
     pub ship_image: ShipImage,
     /// Leave the stopped source container instead of removing it.
     pub keep_source: bool,
+    /// Bytes per second toward the peer (image and payload), if limited.
+    pub limit_rate: Option<u64>,
 }
 
 /// The paper's Table 1 for one migration.
@@ -85,6 +88,8 @@ pub(crate) struct Report {
     pub total_secs: f64,
     pub bytes_sent: u64,
     pub raw_bytes: u64,
+    /// `--limit-rate`: the pace of the bytes sent to the peer (None: unlimited).
+    pub limit_rate_bytes_per_sec: Option<u64>,
     /// Which checkpoint path ran: `docker-api` or `runc` (see README).
     pub checkpoint_path: &'static str,
     /// ferry's own peak RSS here, and the agent's on the peer.
@@ -115,10 +120,16 @@ pub(crate) fn migrate(engine: &Engine, peer: &Peer, container: &str, options: &O
     if peer_info.busy {
         return Err(Error::new(Kind::Peer, format!("the agent at {} is busy with another restore — try again shortly", peer.addr())));
     }
-    let mut report =
-        Report { container: carryable.inspect.short_name().to_string(), peer: peer.addr().to_string(), ..Report::default() };
+    let mut report = Report {
+        container: carryable.inspect.short_name().to_string(),
+        peer: peer.addr().to_string(),
+        limit_rate_bytes_per_sec: options.limit_rate,
+        ..Report::default()
+    };
+    // One pace for the image and the payload: they share the uplink.
+    let pace = options.limit_rate.map(Pace::new);
     let image_started = Instant::now();
-    report.image_shipped = ship_image(engine, peer, &peer_info, &carryable.inspect.image, options.ship_image)?;
+    report.image_shipped = ship_image(engine, peer, &peer_info, &carryable.inspect.image, options.ship_image, pace.clone())?;
     report.image_secs = seconds_since(image_started);
 
     let journal = Journal::new(&options.tuning.work_dir);
@@ -147,7 +158,7 @@ pub(crate) fn migrate(engine: &Engine, peer: &Peer, container: &str, options: &O
     }
     let name = taken.name.clone();
     let id = entry.id.clone();
-    let handed = hand_over(peer, &mut taken, &name, &id, options.tuning.io_buffer, || {
+    let handed = hand_over(peer, &mut taken, &name, &id, (options.tuning.io_buffer, pace), || {
         entry.phase = Phase::Committing;
         journal.record(&entry)
     });
@@ -206,16 +217,17 @@ pub(crate) enum Handover {
 
 /// Streams a taken checkpoint to the peer's agent, which prepares it; then,
 /// once `before_commit` has recorded that the commit may go out, commits it.
-/// Shared by `migrate` and `bench --to`.
+/// The payload is written through buffers of `io_buffer` bytes, at `pace` if
+/// given. Shared by `migrate` and `bench --to`.
 pub(crate) fn hand_over(
     peer: &Peer,
     taken: &mut Taken,
     name: &str,
     migration: &str,
-    io_buffer: usize,
+    (io_buffer, pace): (usize, Option<Pace>),
     before_commit: impl FnOnce() -> Result<()>,
 ) -> Handover {
-    let (prepared, transfer_secs) = send_payload(peer, taken, name, migration, io_buffer);
+    let (prepared, transfer_secs) = send_payload(peer, taken, name, migration, (io_buffer, pace));
     let committing = Instant::now();
     let prepared = prepared.and_then(|prepared| before_commit().map(|()| prepared));
     let (prepared, stats) = match prepared {
@@ -295,7 +307,7 @@ fn send_payload(
     taken: &mut Taken,
     name: &str,
     migration: &str,
-    io_buffer: usize,
+    (io_buffer, pace): (usize, Option<Pace>),
 ) -> (Result<(RestoreReport, PackStats)>, f64) {
     let (mut payload_reader, payload_writer) = match io::pipe() {
         Ok(pipe) => pipe,
@@ -304,7 +316,7 @@ fn send_payload(
     let started = Instant::now();
     let (answer, (packed, secs)) = thread::scope(|scope| {
         let packer = scope.spawn(|| {
-            let sink = Progress::new(BufWriter::with_capacity(io_buffer, payload_writer), "sent");
+            let sink = Progress::new(BufWriter::with_capacity(io_buffer, Paced::new(payload_writer, pace)), "sent");
             let stats = taken.pack_into(sink, peer.signer());
             (stats, seconds_since(started))
         });
@@ -323,7 +335,14 @@ fn send_payload(
 
 /// Makes sure the peer has the container's image, sending it when needed.
 /// Returns whether it was sent.
-fn ship_image(engine: &Engine, peer: &Peer, peer_info: &PeerInfo, image_id: &str, policy: ShipImage) -> Result<bool> {
+fn ship_image(
+    engine: &Engine,
+    peer: &Peer,
+    peer_info: &PeerInfo,
+    image_id: &str,
+    policy: ShipImage,
+    pace: Option<Pace>,
+) -> Result<bool> {
     let present = peer_info.images.iter().any(|image| image.id == image_id);
     match (policy, present) {
         (ShipImage::Never, false) => {
@@ -344,7 +363,7 @@ fn ship_image(engine: &Engine, peer: &Peer, peer_info: &PeerInfo, image_id: &str
     let tags = engine.inspect_image(image_id)?.repo_tags.unwrap_or_default();
     let names: Vec<&str> = if tags.is_empty() { vec![image_id] } else { tags.iter().map(String::as_str).collect() };
     log::info!("sending the image {} to {}", names.join(", "), peer.addr());
-    let mut saved = engine.image_save(&names)?;
+    let mut saved = Paced::new(engine.image_save(&names)?, pace);
     peer.load_image(&mut saved)?;
     if !peer.info()?.images.iter().any(|image| image.id == image_id) {
         return Err(Error::new(Kind::Peer, format!("the peer {} loaded the image but does not list {image_id}", peer.addr())));

@@ -32,6 +32,7 @@ pub(crate) mod http;
 pub(crate) mod journal;
 mod ledger;
 pub(crate) mod migrate;
+pub(crate) mod pace;
 pub(crate) mod recover;
 pub(crate) mod replicate;
 pub(crate) mod server;

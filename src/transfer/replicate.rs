@@ -15,6 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::client::Peer;
+use super::pace::{Pace, Paced};
 use crate::board::Tuning;
 use crate::engine::Engine;
 use crate::error::{io_error, Error, Kind, Result};
@@ -35,6 +36,8 @@ pub(crate) struct Options<'a> {
     pub fast: bool,
     /// Signs every snapshot (None: unsigned, for peers run with --insecure).
     pub signer: Option<&'a dyn crate::payload::Sign>,
+    /// `--limit-rate`: one pace for every peer, as they share the uplink.
+    pub pace: Option<Pace>,
 }
 
 /// One peer and whether a snapshot is on its way to it.
@@ -85,7 +88,7 @@ pub(crate) fn replicate(engine: &Engine, options: Options<'_>, stop: &AtomicBool
             Ok(Some(file)) => {
                 generation += 1;
                 std::fs::write(&generation_file, generation.to_string()).map_err(|e| io_error(generation_file.display(), e))?;
-                send_to_peers(&targets, file, generation, keep);
+                send_to_peers(&targets, file, generation, keep, options.pace.as_ref());
             }
             Ok(None) => {}
             Err(e) => log::error!("snapshot {} of {container} failed: {e}", generation + 1),
@@ -139,18 +142,18 @@ fn snapshot(
     Ok(Some(file))
 }
 
-fn send_to_peers(targets: &[Target], file: Arc<SnapshotFile>, generation: u64, keep: usize) {
+fn send_to_peers(targets: &[Target], file: Arc<SnapshotFile>, generation: u64, keep: usize, pace: Option<&Pace>) {
     for target in targets {
         if target.busy.swap(true, Ordering::SeqCst) {
             log::warn!("snapshot {generation}: {} still receives the previous one — skipped", target.peer.addr());
             continue;
         }
-        let (peer, busy, file) = (target.peer.clone(), target.busy.clone(), file.clone());
+        let (peer, busy, file, pace) = (target.peer.clone(), target.busy.clone(), file.clone(), pace.cloned());
         thread::spawn(move || {
             let started = Instant::now();
             let sent = File::open(&file.0)
                 .map_err(|e| io_error(file.0.display(), e))
-                .and_then(|mut payload| peer.send_snapshot(&mut payload, keep));
+                .and_then(|payload| peer.send_snapshot(&mut Paced::new(payload, pace), keep));
             match sent {
                 Ok(stored) => log::info!(
                     "snapshot {generation} → {}: stored as {} in {:.2}s",

@@ -12,7 +12,16 @@ payloads (each host a key of its own, trusting the other's), and with
 `--insecure` (plain HTTP, unsigned) for the cost of that safety. Figures, not
 pass/fail: see ferry bench for the full study.
 
-Usage: bench-migrate.py [SIZES_MIB…] [--repeat N]   (default 16 64 128 256, 5)
+With `--link RATE:DELAY` (e.g. 100mbit:5ms) everything crosses a shaped link
+instead of loopback (tests/scripts/link.sh: RATE each way, DELAY one way):
+B's agent listens on 10.199.0.2 inside B's namespaces, the paper's tar is sent
+to a receiver there, and Podman's export is sent there and imported from the
+received copy (Podman is a one-host tool here: it exports and imports on this
+host; only its file crosses the link). Downtime is from the freeze to the app
+running on the peer (ferry: save + transfer + resume; the others: their
+total); wire_MiB is what crossed (ferry: bytes_sent; the others: the file).
+
+Usage: bench-migrate.py [SIZES_MIB…] [--repeat N] [--link RATE:DELAY]   (default 16 64 128 256, 5, loopback)
        bench-migrate.py --soak N [SIZE_MIB]          (`make soak`: N hops A⇄B, default 16 MiB)
 """
 import json
@@ -30,6 +39,29 @@ A = "unix:///var/run/docker.sock"
 B = "unix:///run/dockerb.sock"
 B_ROOT = "/var/lib/dockerb"  # B's /var/lib/docker, seen from this namespace
 IMAGE = "ferry-workload:latest"
+HERE = os.path.dirname(os.path.abspath(__file__))
+# Where B's agent listens: loopback inside B's namespace, or B's end of the link.
+PEER_ADDR = "127.0.0.1"
+LINK_PEER_ADDR = "10.199.0.2"
+AGENT_PORT = 17192
+RECEIVER_PORT = 17193
+# Run in B's network namespace: accepts one connection on ADDR:PORT and writes
+# what arrives to FILE, then exits (the end of its transfer).
+RECEIVER = """
+import socket, sys
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind((sys.argv[1], int(sys.argv[2])))
+server.listen(1)
+print("listening", flush=True)
+conn, _ = server.accept()
+with open(sys.argv[3], "wb") as out:
+    while True:
+        chunk = conn.recv(1 << 20)
+        if not chunk:
+            break
+        out.write(chunk)
+"""
 
 
 def run(*args, **kw):
@@ -40,8 +72,29 @@ def docker(host, *args):
     return run("docker", "-H", host, *args)
 
 
+def b_pid():
+    return open('/run/dockerb.pid').read().strip()
+
+
 def b_ns():
-    return ["nsenter", f"--mount=/proc/{open('/run/dockerb.pid').read().strip()}/ns/mnt", "--"]
+    """B's mount namespace, and with a link its network namespace too."""
+    net = [f"--net=/proc/{b_pid()}/ns/net"] if PEER_ADDR != "127.0.0.1" else []
+    return ["nsenter", f"--mount=/proc/{b_pid()}/ns/mnt", *net, "--"]
+
+
+def send_over_link(path):
+    """Sends the file at `path` to a receiver in B's network namespace, which
+    writes it beside it; returns the received copy's path once it is whole."""
+    received = path + ".received"
+    receiver = subprocess.Popen(["nsenter", f"--net=/proc/{b_pid()}/ns/net", "--", sys.executable, "-c", RECEIVER,
+                                 LINK_PEER_ADDR, str(RECEIVER_PORT), received], stdout=subprocess.PIPE, text=True)
+    receiver.stdout.readline()  # "listening"
+    with socket.create_connection((LINK_PEER_ADDR, RECEIVER_PORT)) as conn, open(path, "rb") as f:
+        conn.sendfile(f)
+        conn.shutdown(socket.SHUT_WR)
+    if receiver.wait(timeout=600) != 0:
+        raise SystemExit("the link receiver failed")
+    return received
 
 
 def wait_counting(host, name):
@@ -79,18 +132,19 @@ def identities(work):
     for host in ("a", "b"):
         config = os.path.join(work, f"config-{host}")
         envs[host] = dict(os.environ, FERRY_CONFIG_DIR=config)
-        out = run(FERRY, "keys", "init", "--name", f"bench-{host}", "--san", "127.0.0.1", env=envs[host])
+        out = run(FERRY, "keys", "init", "--name", f"bench-{host}", "--san", "127.0.0.1", "--san", LINK_PEER_ADDR,
+                  env=envs[host])
         prints[host] = out.split()[-1]
     run(FERRY, "trust", "add", "bench-b", prints["b"], env=envs["a"])
     run(FERRY, "trust", "add", "bench-a", prints["a"], env=envs["b"])
     return envs
 
 
-def wait_listening(port):
+def wait_listening(port, addr="127.0.0.1"):
     deadline = time.time() + 10
     while time.time() < deadline:
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            socket.create_connection((addr, port), timeout=1).close()
             return
         except OSError:
             time.sleep(0.05)
@@ -106,8 +160,8 @@ def ferry_rounds(size, repeat, work, insecure=False):
     mode = ["--insecure"] if insecure else []
     agent_b = subprocess.Popen(
         b_ns() + [FERRY, "--docker-socket", "/run/dockerb.sock", "--work-dir", os.path.join(work, "spool-b"),
-                  "-q", "serve", "--listen", "127.0.0.1:17192", "--token-file", token] + mode, env=envs["b"])
-    wait_listening(17192)
+                  "-q", "serve", "--listen", f"{PEER_ADDR}:{AGENT_PORT}", "--token-file", token] + mode, env=envs["b"])
+    wait_listening(AGENT_PORT, PEER_ADDR)
     rows, client_rss = [], 0
     try:
         for _ in range(repeat):
@@ -116,13 +170,15 @@ def ferry_rounds(size, repeat, work, insecure=False):
             docker(A, "run", "-d", "--name", name, IMAGE, "/counter", str(size), "100")
             wait_counting(A, name)
             out = run(FERRY, "--work-dir", os.path.join(work, "spool-a"), "-q", "migrate", name, "--to",
-                      "127.0.0.1:17192", "--token-file", token, "--json", *mode, env=envs["a"])
+                      f"{PEER_ADDR}:{AGENT_PORT}", "--token-file", token, "--json", *mode, env=envs["a"])
             report = json.loads(out)
             # ferry's own VmHWM: `time -v` would count runc, a child of ~10 MiB.
             client_rss = max(client_rss, report["peak_rss_kib"])
             wait_counting(B, name)
             rows.append({"save": report["save_secs"], "transfer": report["transfer_secs"],
-                         "resume": report["resume_secs"], "total": report["total_secs"]})
+                         "resume": report["resume_secs"], "total": report["total_secs"],
+                         "downtime": report["save_secs"] + report["transfer_secs"] + report["resume_secs"],
+                         "wire": report["bytes_sent"]})
             rm(B, name)
         agent_rss = peak_rss_kib(agent_b.pid)
     finally:
@@ -144,8 +200,11 @@ def paper_rounds(size, repeat, work):
         docker(A, "checkpoint", "create", name, "cp")
         run("tar", "-C", f"/var/lib/docker/containers/{cid}/checkpoints", "-cf", archive, "cp")
         t1 = time.time()
-        moved = os.path.join(work, "paper-moved.tar")  # the paper's transfer: one file copy
-        shutil.copyfile(archive, moved)
+        if PEER_ADDR == "127.0.0.1":
+            moved = os.path.join(work, "paper-moved.tar")  # the paper's transfer: one file copy
+            shutil.copyfile(archive, moved)
+        else:
+            moved = send_over_link(archive)
         t2 = time.time()
         new = docker(B, "create", "--name", name, IMAGE, "/counter", str(size), "100")
         target = f"{B_ROOT}/containers/{new}/checkpoints"
@@ -154,7 +213,9 @@ def paper_rounds(size, repeat, work):
         docker(B, "start", "--checkpoint", "cp", name)
         t3 = time.time()
         wait_counting(B, name)
-        rows.append({"save": t1 - t0, "transfer": t2 - t1, "resume": t3 - t2, "total": t3 - t0})
+        rows.append({"save": t1 - t0, "transfer": t2 - t1, "resume": t3 - t2, "total": t3 - t0, "downtime": t3 - t0,
+                     "wire": os.path.getsize(archive)})
+        os.remove(moved)
         rm(A, name), rm(B, name)
         leftovers()
     return rows
@@ -177,12 +238,17 @@ def podman_rounds(size, repeat, work):
         run("podman", "container", "checkpoint", "--export", archive, name)
         t1 = time.time()
         run("podman", "rm", "-f", name)
+        # One host: the export is imported here, from the copy that crossed the link if there is one.
+        imported = archive if PEER_ADDR == "127.0.0.1" else send_over_link(archive)
         t2 = time.time()
-        run("podman", "container", "restore", "--import", archive, "--name", name)
+        run("podman", "container", "restore", "--import", imported, "--name", name)
         t3 = time.time()
-        rows.append({"save": t1 - t0, "transfer": 0.0, "resume": t3 - t2, "total": (t1 - t0) + (t3 - t2)})
+        rows.append({"save": t1 - t0, "transfer": t2 - t1, "resume": t3 - t2, "total": t3 - t0, "downtime": t3 - t0,
+                     "wire": os.path.getsize(archive)})
         subprocess.run(["podman", "rm", "-f", name], capture_output=True)
         os.remove(archive)
+        if imported != archive:
+            os.remove(imported)
     return rows
 
 
@@ -263,6 +329,7 @@ def soak(hops, size):
 
 
 def main():
+    global PEER_ADDR
     args = sys.argv[1:]
     if args[:1] == ["--soak"]:
         hops = int(args[1])
@@ -273,8 +340,29 @@ def main():
         i = args.index("--repeat")
         repeat = int(args[i + 1])
         del args[i:i + 2]
+    link = None
+    if "--link" in args:
+        i = args.index("--link")
+        link = args[i + 1]
+        del args[i:i + 2]
+        if link.count(":") != 1:
+            raise SystemExit(f"--link {link}: give RATE:DELAY, e.g. 100mbit:5ms")
     sizes = [int(a) for a in args] or [16, 64, 128, 256]
-    print(f"{'MiB':>5} {'method':<22} {'save_s':>7} {'transfer_s':>10} {'resume_s':>8} {'total_s':>7}  notes")
+    if link:
+        rate, delay = link.split(":")
+        subprocess.run(["bash", os.path.join(HERE, "link.sh"), "up", rate, delay], check=True)
+        PEER_ADDR = LINK_PEER_ADDR
+    try:
+        table(sizes, repeat, link)
+    finally:
+        if link:
+            subprocess.run(["bash", os.path.join(HERE, "link.sh"), "down"])
+
+
+def table(sizes, repeat, link):
+    print(f"link: {link + ' (RATE each way, DELAY one way)' if link else 'none (loopback)'}; medians of {repeat}")
+    print(f"{'MiB':>5} {'method':<22} {'save_s':>7} {'transfer_s':>10} {'resume_s':>8} {'downtime_s':>10} {'total_s':>7} "
+          f"{'wire_MiB':>8}  notes")
     for size in sizes:
         with tempfile.TemporaryDirectory(dir="/var/lib") as work:
             ferry, client_rss, agent_rss = ferry_rounds(size, repeat, work)
@@ -286,13 +374,14 @@ def main():
             ("ferry migrate A→B", ferry, f"mutual TLS, signed; peak RSS client {client_rss} KiB, agent {agent_rss} KiB"),
             ("ferry --insecure A→B", plain, f"plain HTTP; peak RSS client {plain_client_rss} KiB, agent {plain_agent_rss} KiB"),
             ("paper: docker+tar A→B", paper, ""),
-            ("podman export/import", podman, "one host"),
+            ("podman export/import", podman, "one host" + (": its file crosses the link" if link else "")),
         ]:
             if rows is None:
                 print(f"{size:>5} {method:<22} (podman not installed)")
                 continue
             print(f"{size:>5} {method:<22} {median(rows, 'save'):>7.3f} {median(rows, 'transfer'):>10.3f} "
-                  f"{median(rows, 'resume'):>8.3f} {median(rows, 'total'):>7.3f}  {note}")
+                  f"{median(rows, 'resume'):>8.3f} {median(rows, 'downtime'):>10.3f} {median(rows, 'total'):>7.3f} "
+                  f"{median(rows, 'wire') / (1 << 20):>8.1f}  {note}")
         print(f"{size:>5} {'ferry speed-up':<22} {median(paper, 'total') / median(ferry, 'total'):>7.1f}x over the paper's method"
               + (f", {median(podman, 'total') / median(ferry, 'total'):.1f}x over podman" if podman else ""),
               flush=True)

@@ -66,6 +66,8 @@ start() {
 stop() {
   local engine="$1" pid
   pid="$(live_pid "$engine")" || { log "engine $engine is not running"; return 0; }
+  # A shaped link into B's namespace (link.sh) must not outlive B.
+  [ "$engine" = b ] && bash "$here/link.sh" down
   log "stopping engine $engine (pid $pid)"
   kill -TERM "$pid"
   for _ in $(seq 1 200); do
