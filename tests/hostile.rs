@@ -9,7 +9,6 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 
-use sha2::Digest;
 
 use common::*;
 
@@ -40,7 +39,7 @@ fn rebuild(mut files: Vec<(String, Vec<u8>)>, edit: impl Fn(&mut serde_json::Val
     edit(&mut manifest);
     manifest["entries"] = files[1..]
         .iter()
-        .map(|(path, bytes)| serde_json::json!({"path": path, "size": bytes.len(), "sha256": hex(&sha2::Sha256::digest(bytes))}))
+        .map(|(path, bytes)| serde_json::json!({"path": path, "size": bytes.len(), "blake3": blake3::hash(bytes).to_hex().to_string()}))
         .collect();
     files[0].1 = serde_json::to_vec(&manifest).unwrap();
     let mut builder = tar::Builder::new(lz4_flex::frame::FrameEncoder::new(Vec::new()));
@@ -51,10 +50,6 @@ fn rebuild(mut files: Vec<(String, Vec<u8>)>, edit: impl Fn(&mut serde_json::Val
         builder.append_data(&mut header, path, bytes.as_slice()).unwrap();
     }
     builder.into_inner().unwrap().finish().unwrap()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn varint(mut value: u64) -> Vec<u8> {

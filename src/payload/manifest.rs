@@ -16,7 +16,9 @@ use super::{Error, Result, CHECKPOINT_DIR, IMAGE_ENTRY, ROOTFS_DIR};
 ///
 /// 2: `manifest.sig` may follow the manifest (see `seal.rs`); format 1
 /// payloads, which never have one, are still read.
-pub(crate) const FORMAT_VERSION: u32 = 2;
+/// 3: entries carry a BLAKE3 digest instead of SHA-256 (formats 1 and 2 are
+/// still read and checked with SHA-256).
+pub(crate) const FORMAT_VERSION: u32 = 3;
 
 /// The largest manifest ferry reads; a checkpoint of thousands of files stays far below.
 pub(crate) const MANIFEST_LIMIT: u64 = 4 * 1024 * 1024;
@@ -202,8 +204,24 @@ pub(crate) struct Entry {
     /// Relative path inside the payload.
     pub path: String,
     pub size: u64,
-    /// Lower-case hex SHA-256 of the entry's bytes.
+    /// Lower-case hex SHA-256 of the entry's bytes (formats 1 and 2).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sha256: String,
+    /// Lower-case hex BLAKE3 of the entry's bytes (format 3 on).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub blake3: String,
+}
+
+impl Entry {
+    /// An entry of a payload of this format, with its digest.
+    pub(crate) fn new(path: String, size: u64, blake3: String) -> Entry {
+        Entry { path, size, sha256: String::new(), blake3 }
+    }
+
+    /// Which digest the entry carries, and its hex value.
+    pub(crate) fn digest(&self) -> (super::DigestKind, &str) {
+        if self.blake3.is_empty() { (super::DigestKind::Sha256, &self.sha256) } else { (super::DigestKind::Blake3, &self.blake3) }
+    }
 }
 
 impl Manifest {
@@ -230,8 +248,12 @@ impl Manifest {
         let mut seen = BTreeSet::new();
         for entry in &self.entries {
             check_entry_path(&entry.path)?;
-            if entry.sha256.len() != 64 || !entry.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return bad(format!("entry {} has no SHA-256", entry.path));
+            // One digest per entry, the one of the manifest's format.
+            let (kind, digest) = entry.digest();
+            let wanted = if self.format >= 3 { super::DigestKind::Blake3 } else { super::DigestKind::Sha256 };
+            let is_hex = digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit());
+            if kind != wanted || !is_hex || (!entry.sha256.is_empty() && !entry.blake3.is_empty()) {
+                return bad(format!("entry {} has no {} digest (format {})", entry.path, wanted.name(), self.format));
             }
             if !seen.insert(entry.path.as_str()) {
                 return bad(format!("entry {} is listed twice", entry.path));
@@ -348,7 +370,7 @@ mod tests {
             },
             checkpoint_name: Some("ferry".into()),
             rootfs: RootfsChanges::default(),
-            entries: vec![Entry { path: "checkpoint/core-1.img".into(), size: 3, sha256: "0".repeat(64) }],
+            entries: vec![Entry::new("checkpoint/core-1.img".into(), 3, "0".repeat(64))],
             snapshot: None,
         }
     }
@@ -403,7 +425,7 @@ mod tests {
     #[test]
     fn rootfs_target_must_be_absolute_and_plain() {
         let mut manifest = sample();
-        manifest.entries.push(Entry { path: "rootfs/0.tar".into(), size: 1, sha256: "1".repeat(64) });
+        manifest.entries.push(Entry::new("rootfs/0.tar".into(), 1, "1".repeat(64)));
         manifest.rootfs.archives.push(RootfsArchive { entry: "rootfs/0.tar".into(), target_dir: "/var/../etc".into() });
         assert!(manifest.validate().is_err());
         manifest.rootfs.archives[0].target_dir = "/var/lib".into();

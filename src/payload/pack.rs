@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use lz4_flex::frame::{FrameEncoder, FrameInfo};
 
 use super::seal::{Sign, SEAL_ENTRY};
-use super::{sha256_hex, Counting, Entry, Error, Manifest, Result, MANIFEST_ENTRY};
+use super::{digest_hex, Counting, DigestKind, Entry, Error, Manifest, Result, MANIFEST_ENTRY};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct PackStats {
@@ -35,8 +35,8 @@ pub(crate) fn pack(
     manifest.entries.clear();
     for (archive_path, disk_path) in files {
         let file = open(disk_path)?;
-        let (size, sha256) = sha256_hex(file).map_err(|source| io_error(disk_path, source))?;
-        manifest.entries.push(Entry { path: archive_path.clone(), size, sha256 });
+        let (size, blake3) = digest_hex(DigestKind::Blake3, file).map_err(|source| io_error(disk_path, source))?;
+        manifest.entries.push(Entry::new(archive_path.clone(), size, blake3));
     }
     manifest.validate()?;
     let manifest_json = serde_json::to_vec_pretty(manifest)

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use lz4_flex::frame::{FrameEncoder, FrameInfo};
 
 use super::*;
+use super::{digest_hex, DigestKind};
 
 use crate::testing::TempDir as Scratch;
 
@@ -151,8 +152,8 @@ fn hand_made(manifest: &Manifest, entries: &[(&[u8], tar::EntryType, &[u8])]) ->
 }
 
 fn listed(name: &str, body: &[u8]) -> Entry {
-    let (size, sha256) = sha256_hex(body).unwrap();
-    Entry { path: name.into(), size, sha256 }
+    let (size, blake3) = digest_hex(DigestKind::Blake3, body).unwrap();
+    Entry::new(name.into(), size, blake3)
 }
 
 #[test]
@@ -327,22 +328,49 @@ fn an_edited_manifest_fails_its_seal() {
     assert!(!dest.exists());
 }
 
+/// A manifest as an older ferry wrote it: `format`, and SHA-256 digests of
+/// `files` instead of BLAKE3.
+fn as_format(json: &mut Vec<u8>, format: u32, files: &[(String, PathBuf)]) {
+    let mut manifest: serde_json::Value = serde_json::from_slice(json).unwrap();
+    assert_eq!(manifest["format"], 3, "ferry writes format 3");
+    manifest["format"] = format.into();
+    for entry in manifest["entries"].as_array_mut().unwrap() {
+        let disk = &files.iter().find(|(path, _)| entry["path"] == path.as_str()).unwrap().1;
+        let (_, sha256) = digest_hex(DigestKind::Sha256, fs::File::open(disk).unwrap()).unwrap();
+        let entry = entry.as_object_mut().unwrap();
+        assert!(entry.remove("blake3").is_some(), "format 3 entries carry BLAKE3");
+        entry.insert("sha256".into(), sha256.into());
+    }
+    *json = serde_json::to_vec_pretty(&manifest).unwrap();
+}
+
 #[test]
-fn a_format_1_payload_restores_and_never_carries_a_seal() {
+fn older_formats_still_restore_with_sha256_and_format_1_never_carries_a_seal() {
     let scratch = Scratch::new("sealed-v1");
     let (_, files) = packed(scratch.path());
     let mut manifest = manifest();
     let mut payload = Vec::new();
     pack(&mut manifest, &files, &mut payload, LZ4_BLOCK, None).unwrap();
-    let as_v1 = |json: &mut Vec<u8>| {
-        let text = String::from_utf8(json.clone()).unwrap();
-        assert!(text.contains("\"format\": 2"), "ferry writes format 2: {text}");
-        *json = text.replace("\"format\": 2", "\"format\": 1").into_bytes();
-    };
-    // What an older ferry wrote (format 1, no seal) still unpacks.
-    let old = rewrite_manifest(&payload, as_v1);
-    let unpacked = unpack(old.as_slice(), &scratch.path().join("old"), "x86_64", None, &Unchecked).unwrap();
-    assert_eq!((unpacked.manifest.format, unpacked.seal), (1, None));
+    // What older ferry versions wrote (SHA-256; format 1 without a seal) still
+    // unpacks, every entry checked with SHA-256.
+    for format in [1, 2] {
+        let old = rewrite_manifest(&payload, |json| as_format(json, format, &files));
+        let dest = scratch.path().join(format!("old-{format}"));
+        let unpacked = unpack(old.as_slice(), &dest, "x86_64", None, &Unchecked).unwrap();
+        assert_eq!((unpacked.manifest.format, unpacked.seal), (format, None));
+        assert_eq!(unpacked.manifest.entries[0].digest().0, DigestKind::Sha256);
+        for (name, original) in &files {
+            assert_eq!(fs::read(dest.join(name)).unwrap(), fs::read(original).unwrap(), "{name}");
+        }
+    }
+    // A format 3 manifest with SHA-256 digests is no payload ferry writes.
+    let mixed = rewrite_manifest(&payload, |json| {
+        as_format(json, 1, &files);
+        *json = String::from_utf8(json.clone()).unwrap().replace("\"format\": 1", "\"format\": 3").into_bytes();
+    });
+    let error = unpack(mixed.as_slice(), &scratch.path().join("mixed"), "x86_64", None, &Unchecked).unwrap_err();
+    assert!(error.to_string().contains("has no BLAKE3 digest"), "{error}");
+    let as_v1 = |json: &mut Vec<u8>| as_format(json, 1, &files);
     // A seal behind a format 1 manifest is no payload ferry writes.
     let mut sealed = Vec::new();
     pack(&mut manifest, &files, &mut sealed, LZ4_BLOCK, Some(&FixedSigner)).unwrap();

@@ -7,11 +7,10 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use lz4_flex::frame::FrameDecoder;
-use sha2::Digest;
 
 use super::manifest::{check_entry_path, normalize_arch, MANIFEST_LIMIT};
 use super::seal::{Seal, Signer, Verify, SEAL_ENTRY, SEAL_LIMIT};
-use super::{hex, Counting, Error, Manifest, Result, MANIFEST_ENTRY};
+use super::{Counting, Error, Manifest, Result, MANIFEST_ENTRY};
 
 #[derive(Debug)]
 pub(crate) struct Unpacked {
@@ -160,11 +159,12 @@ fn unpack_into(input: impl Read, dest: &Path, host_arch: &str, max_raw_bytes: Op
             .create_new(true)
             .open(&target)
             .map_err(|source| Error::Io { path: target.clone(), source })?;
-        let (size, sha256) = copy_hashing(&mut (&mut entry).take(listed.size), &mut file, &mut buffer, &target)?;
-        if size != listed.size || sha256 != listed.sha256 {
+        let (kind, expected) = listed.digest();
+        let (size, digest) = copy_hashing(&mut (&mut entry).take(listed.size), &mut file, &mut buffer, &target, kind)?;
+        if size != listed.size || digest != expected {
             return Err(Error::Checksum {
                 entry: path,
-                detail: format!("{size} bytes with SHA-256 {sha256}, manifest says {} bytes with {}", listed.size, listed.sha256),
+                detail: format!("{size} bytes with {} {digest}, manifest says {} bytes with {expected}", kind.name(), listed.size),
             });
         }
     }
@@ -185,8 +185,8 @@ fn entry_path<R: Read>(entry: &tar::Entry<'_, R>) -> Result<String> {
     }
 }
 
-fn copy_hashing(reader: &mut impl Read, file: &mut File, buffer: &mut [u8], target: &Path) -> Result<(u64, String)> {
-    let mut hasher = sha2::Sha256::new();
+fn copy_hashing(reader: &mut impl Read, file: &mut File, buffer: &mut [u8], target: &Path, kind: super::DigestKind) -> Result<(u64, String)> {
+    let mut hasher = kind.hasher();
     let mut size = 0u64;
     loop {
         let n = match reader.read(buffer) {
@@ -199,7 +199,7 @@ fn copy_hashing(reader: &mut impl Read, file: &mut File, buffer: &mut [u8], targ
         file.write_all(&buffer[..n]).map_err(|source| Error::Io { path: PathBuf::from(target), source })?;
         size += n as u64;
     }
-    Ok((size, hex(&hasher.finalize())))
+    Ok((size, hasher.hex()))
 }
 
 /// Errors while reading the stream mean the stream is bad, whatever io::Error says.
@@ -222,11 +222,12 @@ pub(crate) fn verify_tree(dir: &Path, manifest: &Manifest, besides: &[&str]) -> 
             return Err(Error::Unsafe { entry: relative.clone(), reason: "on disk but not listed in the manifest".into() });
         };
         let file = File::open(path).map_err(|source| Error::Io { path: path.clone(), source })?;
-        let (size, sha256) = super::sha256_hex(file).map_err(|source| Error::Io { path: path.clone(), source })?;
-        if size != listed.size || sha256 != listed.sha256 {
+        let (kind, expected) = listed.digest();
+        let (size, digest) = super::digest_hex(kind, file).map_err(|source| Error::Io { path: path.clone(), source })?;
+        if size != listed.size || digest != expected {
             return Err(Error::Checksum {
                 entry: relative.clone(),
-                detail: format!("{size} bytes with SHA-256 {sha256} on disk, manifest says {} bytes with {}", listed.size, listed.sha256),
+                detail: format!("{size} bytes with {} {digest} on disk, manifest says {} bytes with {expected}", kind.name(), listed.size),
             });
         }
     }
