@@ -33,7 +33,7 @@ pub(crate) struct Unpacked {
 /// than `host_arch`, or one whose entries would need more than
 /// `max_raw_bytes`. Refuses any entry that is not a plain file or folder
 /// under the format's folders, that the manifest does not list, or whose size
-/// or SHA-256 differ from it. On any error `dest` is removed: a payload is
+/// or digest differ from it. On any error `dest` is removed: a payload is
 /// either unpacked whole and verified, or not at all.
 pub(crate) fn unpack(
     input: impl Read,
@@ -209,7 +209,7 @@ fn corrupt(error: io::Error) -> Error {
 
 /// Checks a payload unpacked earlier and kept on disk: `dir` holds exactly
 /// the files `manifest` lists (and the `besides` names at its top), at their
-/// sizes and SHA-256 — what a stored snapshot must still be before it is
+/// sizes and digests — what a stored snapshot must still be before it is
 /// restored, since a disk can be altered after it was verified.
 pub(crate) fn verify_tree(dir: &Path, manifest: &Manifest, besides: &[&str]) -> Result<()> {
     let files = crate::host::list_files(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
