@@ -21,9 +21,12 @@
 //!                              only those: `ferry bench --to` cleans up with it)
 //! ```
 //!
-//! Every endpoint but /health needs `Authorization: Bearer <token>`. Errors are
-//! answered as `{"error": "...", "exit_code": N}` with an HTTP status that
-//! matches their kind.
+//! Every connection is mutual TLS 1.3 (`tls/`): the agent knows the calling
+//! peer, whose key it trusts, before it reads a request; with `--insecure`,
+//! plain HTTP. An agent run with a token also wants `Authorization: Bearer
+//! <token>` on every endpoint but /health. Errors are answered as
+//! `{"error": "...", "exit_code": N}` with an HTTP status that matches their
+//! kind.
 
 pub(crate) mod agent;
 pub(crate) mod client;
