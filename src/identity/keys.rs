@@ -58,13 +58,42 @@ pub(crate) fn init(dir: &Path, new: &NewKey<'_>) -> Result<Fingerprint> {
     }
     let now = SystemTime::now();
     let params = host_params(new.name, new.sans, now - BACKDATE, now + Duration::from_secs(u64::from(new.days) * 86_400))?;
-    let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(|e| cannot("make a key", e))?;
+    let generated = KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(|e| cannot("make a key", e))?;
+    let key = as_pkcs8_v1(&generated)?;
     let cert = params.self_signed(&key).map_err(|e| cannot("make the certificate", e))?;
     super::create_config_dir(dir)?;
     host::write_durably_as(dir, KEY_FILE, key.serialize_pem().as_bytes(), KEY_MODE)
         .map_err(|e| io_error(format!("cannot write {}", key_path.display()), e))?;
     write_cert(dir, CERT_FILE, cert.pem().as_bytes())?;
     Fingerprint::of_cert(cert.der())
+}
+
+/// The same Ed25519 key as a PKCS#8 v1 document (RFC 8410: the private key
+/// alone). ring writes v2 (RFC 5958, with the public key), which OpenSSL 3.0
+/// — the curl of Debian bookworm and Raspberry Pi OS — cannot read ("unable to
+/// set private key file"); v1 is what OpenSSL itself writes, and ring, rustls
+/// and rcgen read it too.
+fn as_pkcs8_v1(key: &KeyPair) -> Result<KeyPair> {
+    let malformed = |e: yasna::ASN1Error| Error::new(Kind::Failure, format!("cannot re-encode the new key: {e}"));
+    let private_key = yasna::parse_der(key.serialized_der(), |r| {
+        r.read_sequence(|r| {
+            r.next().read_u8()?;
+            r.next().read_sequence(|r| r.next().read_oid().map(drop))?;
+            let private_key = r.next().read_bytes()?;
+            r.read_optional(|r| r.read_tagged_implicit(yasna::Tag::context(1), |r| r.read_bitvec_bytes().map(drop)))?;
+            Ok(private_key)
+        })
+    })
+    .map_err(malformed)?;
+    let ed25519 = yasna::models::ObjectIdentifier::from_slice(&[1, 3, 101, 112]);
+    let v1 = yasna::construct_der(|w| {
+        w.write_sequence(|w| {
+            w.next().write_u8(0);
+            w.next().write_sequence(|w| w.next().write_oid(&ed25519));
+            w.next().write_bytes(&private_key);
+        })
+    });
+    KeyPair::from_pkcs8_der_and_sign_algo(&v1.into(), &rcgen::PKCS_ED25519).map_err(|e| cannot("re-encode the new key", e))
 }
 
 /// The parameters of a host certificate: CN and SANs, usable as a TLS server

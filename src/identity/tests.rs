@@ -52,6 +52,13 @@ fn init_makes_a_key_that_loads_with_its_fingerprint() {
     let now_secs = crate::host::unix_now() as i64;
     assert!(validity.contains(now_secs));
     assert!((validity.not_after - now_secs - 3650 * 86_400).abs() < 60, "{}", utc(validity.not_after));
+    // PKCS#8 v1 (version 0, the private key alone), which OpenSSL 3.0's curl reads.
+    let der = identity.key.secret_pkcs8_der();
+    assert_eq!(der.len(), 48, "a v1 Ed25519 key is 48 bytes, v2 adds the public key");
+    assert_eq!(&der[..5], &[0x30, 0x2e, 0x02, 0x01, 0x00]);
+    // And it signs as the certificate says.
+    let signature = identity.sign(b"manifest");
+    trust.verify_signed(b"manifest", &identity.cert, &signature).unwrap();
 }
 
 #[test]
