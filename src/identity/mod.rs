@@ -320,18 +320,6 @@ impl Trust {
             .verify_is_valid_for_subject_name(name)
             .map_err(|e| format!("its certificate is not for {}: {e:?}", name.to_str()))
     }
-
-    /// Verifies a payload's signature: the signer's certificate must be
-    /// trusted (as [`Trust::identify`] for a source) and `signature` an
-    /// Ed25519 signature of `message` by its key.
-    pub(crate) fn verify_signed(&self, message: &[u8], cert: &CertificateDer<'_>, signature: &[u8]) -> std::result::Result<Peer, String> {
-        let peer = self.identify(cert, &[], UnixTime::now(), Usage::Source).map_err(|e| format!("its signer is not trusted: {e}"))?;
-        let parsed = webpki::EndEntityCert::try_from(cert).map_err(|e| format!("unreadable certificate: {e:?}"))?;
-        parsed
-            .verify_signature(webpki::ring::ED25519, message, signature)
-            .map_err(|_| format!("its signature does not verify with the key of {} ({})", peer.name, peer.fingerprint))?;
-        Ok(peer)
-    }
 }
 
 /// Parses the `trusted` file: `NAME FINGERPRINT` per line, `#` comments.

@@ -58,7 +58,7 @@ fn init_makes_a_key_that_loads_with_its_fingerprint() {
     assert_eq!(&der[..5], &[0x30, 0x2e, 0x02, 0x01, 0x00]);
     // And it signs as the certificate says.
     let signature = identity.sign(b"manifest");
-    trust.verify_signed(b"manifest", &identity.cert, &signature).unwrap();
+    verify(&trust, b"manifest", &identity, &signature).unwrap();
 }
 
 #[test]
@@ -148,8 +148,14 @@ fn check_name_accepts_a_san_and_refuses_another_name() {
     assert!(Trust::check_name(&edge.cert, &ServerName::try_from("edge-6").unwrap()).is_err());
 }
 
+/// `message` with `signature` and `signer`'s certificate, as restore checks a payload's seal.
+fn verify(trust: &Trust, message: &[u8], signer: &Identity, signature: &[u8]) -> std::result::Result<Option<crate::payload::Signer>, String> {
+    use crate::payload::Verify;
+    super::Verifier::new(trust.clone(), None, false).verify(message, Some(&crate::payload::Seal::new(&signer.cert, signature)))
+}
+
 #[test]
-fn verify_signed_accepts_the_pinned_key_only() {
+fn a_signature_is_accepted_from_the_pinned_key_only() {
     let dir = TempDir::new("identity-sign");
     let edge = testing::self_signed("edge-6", &[], -1..30);
     edge.install(dir.path());
@@ -157,17 +163,17 @@ fn verify_signed_accepts_the_pinned_key_only() {
     let message = b"manifest sha256:00";
     let signature = identity.sign(message);
     let trust = pinning(&[("edge-6", &edge)]);
-    assert_eq!(trust.verify_signed(message, &identity.cert, &signature).unwrap().name, "edge-6");
+    assert_eq!(verify(&trust, message, &identity, &signature).unwrap().unwrap().name, "edge-6");
     let mut flipped = signature.clone();
     flipped[7] ^= 1;
-    assert!(trust.verify_signed(message, &identity.cert, &flipped).is_err());
-    assert!(trust.verify_signed(b"manifest sha256:01", &identity.cert, &signature).is_err());
+    assert!(verify(&trust, message, &identity, &flipped).is_err());
+    assert!(verify(&trust, b"manifest sha256:01", &identity, &signature).is_err());
 
     let other_dir = TempDir::new("identity-sign-other");
     let stranger = testing::self_signed("edge-6", &[], -1..30);
     stranger.install(other_dir.path());
     let stranger = Identity::load(other_dir.path()).unwrap();
-    let refused = trust.verify_signed(message, &stranger.cert, &stranger.sign(message)).unwrap_err();
+    let refused = verify(&trust, message, &stranger, &stranger.sign(message)).unwrap_err();
     assert!(refused.contains("not trusted"), "{refused}");
 }
 

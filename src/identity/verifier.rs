@@ -4,9 +4,9 @@
 //! is unsigned or signed by a key it does not know. A signature that does not
 //! verify is refused whatever the operator says: the payload was altered.
 
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, UnixTime};
 
-use super::{Fingerprint, Identity, Trust};
+use super::{Fingerprint, Identity, Trust, Usage};
 use crate::payload::{Seal, Sign, Signer, Verify};
 
 impl Sign for Identity {
@@ -81,7 +81,8 @@ impl Verify for Verifier {
         parsed
             .verify_signature(webpki::ring::ED25519, manifest_json, &signature)
             .map_err(|_| format!("its signature does not verify with the key of its signer ({fingerprint}): it was altered"))?;
-        match self.trust.verify_signed(manifest_json, &certificate, &signature) {
+        let signer = self.trust.identify(&certificate, &[], UnixTime::now(), Usage::Source).map_err(|e| format!("its signer is not trusted: {e}"));
+        match signer {
             Ok(peer) => Ok(Some(Signer { name: peer.name, fingerprint: peer.fingerprint.to_string() })),
             Err(why) if self.accept_untrusted && self.expect.is_none() => {
                 log::warn!("restoring a payload whose signer is not trusted here ({why}): --accept-untrusted");
