@@ -69,14 +69,7 @@ fn bad_payloads_are_refused_and_leave_nothing() {
     let stranger = scratch.path("keys-c");
     keys_init(&stranger, "host-c");
     let foreign = scratch.path("foreign.ferry");
-    let out = ferry_command(ENGINE_A)
-        .env("FERRY_CONFIG_DIR", &stranger)
-        .args(["--docker-socket", ENGINE_A, "--work-dir"])
-        .arg(&work)
-        .args(["checkpoint", &source, "--leave-running", "-o", foreign.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    checkpoint_as(&stranger, &work, &source, &foreign);
     let foreign = std::fs::read(&foreign).unwrap();
     // Edited manifests lose their seal (the payload becomes unsigned) so that
     // the checks behind the signature are reached with --accept-untrusted.

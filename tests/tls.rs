@@ -171,14 +171,7 @@ fn an_agent_takes_only_payloads_signed_by_the_peer_that_sends_them() {
     keys_init(&stranger, "host-c");
     let (own, foreign) = (hosts.scratch.path("own.ferry"), hosts.scratch.path("foreign.ferry"));
     ferry_ok(ENGINE_A, &work, &["checkpoint", &source, "--leave-running", "-o", own.to_str().unwrap()]);
-    let out = ferry_command(ENGINE_A)
-        .env("FERRY_CONFIG_DIR", &stranger)
-        .args(["--docker-socket", ENGINE_A, "--work-dir"])
-        .arg(&work)
-        .args(["checkpoint", &source, "--leave-running", "-o", foreign.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    checkpoint_as(&stranger, &work, &source, &foreign);
 
     let addr = hosts.agent_b.addr.clone();
     let token = format!("Bearer {}", std::fs::read_to_string(&hosts.token).unwrap().trim());

@@ -260,6 +260,20 @@ pub fn ferry_command(socket: &str) -> Command {
     command
 }
 
+/// `ferry checkpoint --leave-running` of `container` on engine A into `out`,
+/// signed by the key in `config` instead of host A's.
+pub fn checkpoint_as(config: &Path, work_dir: &Path, container: &str, out: &Path) {
+    let done = ferry_command(ENGINE_A)
+        .env("FERRY_CONFIG_DIR", config)
+        .args(["--docker-socket", ENGINE_A, "--work-dir"])
+        .arg(work_dir)
+        .args(["checkpoint", container, "--leave-running", "-o"])
+        .arg(out)
+        .output()
+        .expect("ferry runs");
+    assert!(done.status.success(), "checkpoint as {}: {}", config.display(), stderr(&done));
+}
+
 pub fn engine_b_pid() -> String {
     std::fs::read_to_string("/run/dockerb.pid").expect("engine B runs (tests/scripts/engines.sh start b)").trim().to_string()
 }
