@@ -487,3 +487,11 @@ impl TwoHosts {
         TwoHosts { scratch, token, client_flags: vec!["--insecure"], agent_a, agent_b, on_a, on_b }
     }
 }
+
+/// Generations of `name` stored in an agent's spool, oldest first.
+pub fn stored_generations(spool: &Path, name: &str) -> Vec<u64> {
+    let Ok(entries) = std::fs::read_dir(spool.join("snapshots").join(name)) else { return Vec::new() };
+    let mut found: Vec<u64> = entries.flatten().filter_map(|e| e.file_name().to_string_lossy().parse().ok()).collect();
+    found.sort();
+    found
+}
