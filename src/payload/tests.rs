@@ -29,6 +29,7 @@ fn manifest() -> Manifest {
         rootfs: RootfsChanges::default(),
         entries: vec![],
         snapshot: None,
+        delta: None,
     }
 }
 
