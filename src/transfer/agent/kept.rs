@@ -211,8 +211,10 @@ impl Agent {
         let info = self.engine_info()?;
         let verifier = self.settings.verifier.for_peer(caller.map(|c| &c.fingerprint));
         let sender = sender_name(caller);
-        let incoming = host::JobDir::reserve(&self.settings.spool, "stage").map_err(|e| io_error(self.settings.spool.display(), e))?;
-        let dest = incoming.path().join("copy");
+        // `receive-*`: what an agent stopped mid-transfer left is removed at its next start.
+        let incoming =
+            host::JobDir::reserve(&self.settings.spool, "receive-stage").map_err(|e| io_error(self.settings.spool.display(), e))?;
+        let dest = incoming.path().to_path_buf();
         let resolve = self.resolver(caller);
         let receive = payload::Receive { base: Some(&resolve), keep_partial: true, ..Default::default() };
         let started = Instant::now();
