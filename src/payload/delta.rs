@@ -68,7 +68,7 @@ pub(crate) struct Offer {
 impl Offer {
     /// From the concatenated 16-byte ids the receiver sent.
     pub(crate) fn from_bytes(block_size: u32, bytes: &[u8]) -> Option<Offer> {
-        if !BLOCK_SIZES.contains(&block_size) || !block_size.is_power_of_two() || bytes.len() % 16 != 0 {
+        if !BLOCK_SIZES.contains(&block_size) || !block_size.is_power_of_two() || !bytes.len().is_multiple_of(16) {
             return None;
         }
         let ids = bytes.chunks_exact(16).map(|c| c.try_into().unwrap_or_default()).collect();
@@ -277,15 +277,15 @@ impl Base {
 
 /// Rebuilds one `size`-byte file from its operations (exactly the `reader`'s
 /// bytes) into `out`, with `base`'s blocks; returns its digest of `kind`.
+/// `entry` names it in errors, `target` is where `out` writes.
 pub(crate) fn rebuild(
-    entry: &str,
+    (entry, target): (&str, &Path),
     reader: &mut impl Read,
     out: &mut impl io::Write,
     size: u64,
     base: Option<&Base>,
     block_size: u32,
     kind: super::DigestKind,
-    target: &Path,
 ) -> Result<String> {
     let corrupt = |detail: String| Error::Checksum { entry: entry.to_string(), detail };
     let mut hasher: Hasher = kind.hasher();
@@ -376,7 +376,7 @@ mod tests {
         assert!(ops.len() < 5 * 4096, "{} bytes of delta", ops.len());
 
         let mut rebuilt = Vec::new();
-        let got = rebuild("e", &mut ops.as_slice(), &mut rebuilt, size, Some(&base), BLOCK_SIZE, DigestKind::Blake3, &path).unwrap();
+        let got = rebuild(("e", &path), &mut ops.as_slice(), &mut rebuilt, size, Some(&base), BLOCK_SIZE, DigestKind::Blake3).unwrap();
         assert_eq!(got, digest);
         assert_eq!(rebuilt, new);
     }
@@ -396,10 +396,10 @@ mod tests {
         let mut altered = old.clone();
         altered[5000] ^= 1;
         std::fs::write(&old_path, &altered).unwrap();
-        let error = rebuild("e", &mut ops.as_slice(), &mut Vec::new(), size, Some(&base), BLOCK_SIZE, DigestKind::Blake3, &old_path)
+        let error = rebuild(("e", &old_path), &mut ops.as_slice(), &mut Vec::new(), size, Some(&base), BLOCK_SIZE, DigestKind::Blake3)
             .unwrap_err();
         assert!(matches!(error, Error::BaseMissing(_)), "{error}");
-        let error = rebuild("e", &mut ops.as_slice(), &mut Vec::new(), size, None, BLOCK_SIZE, DigestKind::Blake3, &old_path).unwrap_err();
+        let error = rebuild(("e", &old_path), &mut ops.as_slice(), &mut Vec::new(), size, None, BLOCK_SIZE, DigestKind::Blake3).unwrap_err();
         assert!(matches!(error, Error::BaseMissing(_)), "{error}");
     }
 
@@ -407,7 +407,7 @@ mod tests {
     fn malformed_operations_are_refused() {
         let path = Path::new("x");
         for (ops, size) in [(vec![7u8, 0, 0], 3u64), (vec![LITERAL, 1, 2], 3), (vec![LITERAL, 1, 2, 3, 4], 3)] {
-            let error = rebuild("e", &mut ops.as_slice(), &mut Vec::new(), size, None, BLOCK_SIZE, DigestKind::Blake3, path);
+            let error = rebuild(("e", path), &mut ops.as_slice(), &mut Vec::new(), size, None, BLOCK_SIZE, DigestKind::Blake3);
             assert!(error.is_err(), "{ops:?} accepted");
         }
         assert!(Offer::from_bytes(4096, &[0u8; 15]).is_none());

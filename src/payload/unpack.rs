@@ -48,12 +48,15 @@ pub(crate) fn unpack(
     unpack_with(input, dest, host_arch, max_raw_bytes, verify, &Receive::default())
 }
 
+/// Finds the blocks a delta of the named container may copy.
+pub(crate) type Resolve<'a> = &'a dyn Fn(&str) -> Option<Arc<Base>>;
+
 /// What a receiver brings to an unpack beside the stream.
 #[derive(Default)]
 pub(crate) struct Receive<'a> {
     /// The blocks delta entries may refer to (format 4), for the container
     /// the manifest names: asked only when the payload has a delta.
-    pub base: Option<&'a dyn Fn(&str) -> Option<Arc<Base>>>,
+    pub base: Option<Resolve<'a>>,
     /// On a failure after the seal was accepted, leave what arrived in `dest`
     /// (the caller keeps it so that a retry need not send it again, or
     /// removes it).
@@ -206,14 +209,13 @@ fn unpack_into(
             (Some(delta_size), Some(spec)) => {
                 let mut writer = io::BufWriter::with_capacity(64 * 1024, &mut file);
                 let digest = super::delta::rebuild(
-                    &path,
+                    (&path, &target),
                     &mut (&mut entry).take(delta_size),
                     &mut writer,
                     listed.size,
                     base.as_deref(),
                     spec.block_size,
                     kind,
-                    &target,
                 )?;
                 writer.flush().map_err(|source| Error::Io { path: target.clone(), source })?;
                 (listed.size, digest)

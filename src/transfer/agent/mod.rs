@@ -344,7 +344,7 @@ impl Agent {
         let sender = caller.map(|c| c.fingerprint.to_string());
         let resolve = self.resolver(caller);
         let receive = payload::Receive { base: Some(&resolve), ..Default::default() };
-        let stored = self.store.receive(body, &info.architecture, limit, keep, &verifier, sender.as_deref(), &receive)?;
+        let stored = self.store.receive(body, &info.architecture, (limit, keep), &verifier, sender.as_deref(), &receive)?;
         log::info!("stored snapshot {} ({} bytes) from {}", stored.id, stored.compressed_bytes, stored.source_host);
         Ok(stored)
     }
