@@ -6,8 +6,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::Path;
 use std::process::{Child, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -338,15 +341,10 @@ fn corrupt_block_in_a_delta_is_refused_and_the_app_stays() {
     machine.assert_unchanged_but(&[&name], &[]);
 }
 
-#[test]
-#[ignore = "needs two real engines + CRIU: run `make test`"]
-fn delta_against_a_snapshot_the_peer_lost_falls_back_to_a_full_send() {
-    let mut hosts = TwoHosts::new("lost-base", &[]);
-    let (name, sum) = hosts.counter("ferry-e2e-lost-base", 32);
-    let machine = Machine::now();
-    let generation = hosts.replicate_once(&name);
-    // B loses the snapshot's memory images; its manifest and the rest stay.
-    let images = hosts.scratch.path("spool-b").join("snapshots").join(&name).join(format!("{generation:020}")).join("checkpoint");
+/// Deletes the memory images of B's snapshot `generation` of `name`, leaving
+/// its manifest and the rest: B lost the blocks a delta would copy.
+fn lose_snapshot_pages(spool_b: &Path, name: &str, generation: u64) {
+    let images = spool_b.join("snapshots").join(name).join(format!("{generation:020}")).join("checkpoint");
     let mut removed = 0;
     for entry in std::fs::read_dir(&images).unwrap_or_else(|e| panic!("{}: {e}", images.display())).flatten() {
         if entry.file_name().to_string_lossy().starts_with("pages-") {
@@ -355,9 +353,85 @@ fn delta_against_a_snapshot_the_peer_lost_falls_back_to_a_full_send() {
         }
     }
     assert!(removed > 0, "the snapshot in {} has no pages-*.img", images.display());
-    let counted = latest_count(ENGINE_A, &name);
+}
 
-    let out = hosts.migrate_a_to(&name, &hosts.agent_b.addr, &["--json"]);
+/// A TCP proxy to `target` that, the first time a client's bytes contain
+/// `trigger` (a request line: needs plain HTTP), runs `act` before it
+/// forwards them: something happens on the peer between two requests of one
+/// migration. Returns its address and whether `act` ran.
+fn acting_proxy(target: &str, trigger: &'static str, act: impl FnOnce() + Send + 'static) -> (String, Arc<AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let pending: Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>> = Arc::new(Mutex::new(Some(Box::new(act))));
+    let acted = Arc::new(AtomicBool::new(false));
+    let (target, done) = (target.to_string(), acted.clone());
+    thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let Ok(server) = TcpStream::connect(&target) else { continue };
+            let (mut from_client, mut to_server) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (pending, done) = (pending.clone(), done.clone());
+            thread::spawn(move || {
+                let mut buffer = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match from_client.read(&mut buffer) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if String::from_utf8_lossy(&buffer[..n.min(4096)]).contains(trigger)
+                        && let Some(act) = pending.lock().unwrap().take()
+                    {
+                        act();
+                        done.store(true, Ordering::SeqCst);
+                    }
+                    if to_server.write_all(&buffer[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = to_server.shutdown(Shutdown::Write);
+            });
+            let (mut from_server, mut to_client) = (server, client);
+            thread::spawn(move || {
+                let _ = std::io::copy(&mut from_server, &mut to_client);
+                let _ = to_client.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    (addr, acted)
+}
+
+#[test]
+#[ignore = "needs two real engines + CRIU: run `make test`"]
+fn delta_against_a_snapshot_the_peer_lost_falls_back_to_a_full_send() {
+    // Plain HTTP: the proxy below must see which request is the upload.
+    let mut hosts = TwoHosts::insecure("lost-base", &[]);
+    let spool_b = hosts.scratch.path("spool-b");
+    let (early, early_sum) = hosts.counter("ferry-e2e-lost-base-early", 32);
+    let (name, sum) = hosts.counter("ferry-e2e-lost-base", 32);
+    let machine = Machine::now();
+
+    // B loses the pages before it is asked what it holds: it offers nothing
+    // of them, and the payload goes whole (at once, or after a fallback).
+    let generation = hosts.replicate_once(&early);
+    lose_snapshot_pages(&spool_b, &early, generation);
+    let counted = latest_count(ENGINE_A, &early);
+    let out = hosts.migrate_a_to(&early, &hosts.agent_b.addr, &["--json"]);
+    assert!(out.status.success(), "migrate exited {:?}: {}", out.status.code(), stderr(&out));
+    let report = json_report(&out);
+    assert!(report["delta_base"].is_null() || report["fallback_full"] == true, "a delta against lost pages: {report}");
+    let (sent, raw) = (number(&report, "bytes_sent"), number(&report, "raw_bytes"));
+    assert!(sent > raw / 2.0, "not a whole payload: {sent} of {raw} bytes: {report}");
+    wait_for_count(ENGINE_B, &early, counted + 1, Duration::from_secs(20));
+    assert_eq!(memory_check(ENGINE_B, &early), early_sum, "memory checksum changed");
+
+    // B loses them after it offered them, as the delta is on its way: the
+    // delta is refused for its missing base and sent again whole.
+    let generation = hosts.replicate_once(&name);
+    let (spool, lost) = (spool_b.clone(), name.clone());
+    let (proxy, acted) = acting_proxy(&hosts.agent_b.addr, "POST /v1/restore", move || lose_snapshot_pages(&spool, &lost, generation));
+    let counted = latest_count(ENGINE_A, &name);
+    let out = hosts.migrate_a_to(&name, &proxy, &["--json"]);
+    assert!(acted.load(Ordering::SeqCst), "no upload went through the proxy");
     assert!(out.status.success(), "migrate exited {:?}: {}", out.status.code(), stderr(&out));
     let report = json_report(&out);
     assert_eq!(report["fallback_full"], true, "{report}");
@@ -371,5 +445,5 @@ fn delta_against_a_snapshot_the_peer_lost_falls_back_to_a_full_send() {
     let first_on_b = first_count(ENGINE_B, &name);
     assert!(first_on_b > counted, "counter restarted on B: {first_on_b} after {counted}");
     assert_eq!(memory_check(ENGINE_B, &name), sum, "memory checksum changed");
-    machine.assert_unchanged_but(&[&name], &[]);
+    machine.assert_unchanged_but(&[&early, &name], &[]);
 }
