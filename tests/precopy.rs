@@ -197,11 +197,11 @@ fn precopy_migration_keeps_counter_and_memory() {
     let machine = Machine::now();
     let on_a = LastCount::follow(&name);
 
-    let out = hosts.migrate_a_to(&name, &hosts.agent_b.addr, &["--precopy", "--json"]);
+    let out = hosts.migrate_a_to(&name, &hosts.agent_b.addr, &["--precopy", "--precopy-rounds", "3", "--json"]);
     assert!(out.status.success(), "migrate --precopy exited {:?}: {}", out.status.code(), stderr(&out));
     let report = json_report(&out);
     let rounds = report["precopy_rounds"].as_array().unwrap_or_else(|| panic!("precopy_rounds missing: {report}"));
-    assert!(!rounds.is_empty(), "no pre-copy round ran: {report}");
+    assert!((1..=3).contains(&rounds.len()), "{} pre-copy rounds for --precopy-rounds 3: {report}", rounds.len());
     for round in rounds {
         for key in ["freeze_secs", "secs", "bytes_sent", "raw_bytes"] {
             assert!(round[key].is_number(), "round without {key}: {report}");
@@ -355,6 +355,8 @@ fn lose_snapshot_pages(spool_b: &Path, name: &str, generation: u64) {
     assert!(removed > 0, "the snapshot in {} has no pages-*.img", images.display());
 }
 
+type Action = Box<dyn FnOnce() + Send>;
+
 /// A TCP proxy to `target` that, the first time a client's bytes contain
 /// `trigger` (a request line: needs plain HTTP), runs `act` before it
 /// forwards them: something happens on the peer between two requests of one
@@ -362,7 +364,7 @@ fn lose_snapshot_pages(spool_b: &Path, name: &str, generation: u64) {
 fn acting_proxy(target: &str, trigger: &'static str, act: impl FnOnce() + Send + 'static) -> (String, Arc<AtomicBool>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let pending: Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>> = Arc::new(Mutex::new(Some(Box::new(act))));
+    let pending: Arc<Mutex<Option<Action>>> = Arc::new(Mutex::new(Some(Box::new(act))));
     let acted = Arc::new(AtomicBool::new(false));
     let (target, done) = (target.to_string(), acted.clone());
     thread::spawn(move || {
