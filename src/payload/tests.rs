@@ -476,3 +476,15 @@ fn a_changed_byte_in_a_delta_is_refused_not_rebuilt() {
     assert!(matches!(error, Error::Checksum { .. }), "{error}");
     assert!(!dest.exists());
 }
+
+#[test]
+fn the_fuzzers_delta_seed_is_a_valid_payload() {
+    // tests/fuzz/corpus/unpack/delta-payload: literal operations only, so it
+    // unpacks without a base; the fuzzer mutates it from there.
+    let seed = fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fuzz/corpus/unpack/delta-payload")).unwrap();
+    let scratch = Scratch::new("delta-seed");
+    let dest = scratch.path().join("dest");
+    let unpacked = unpack(seed.as_slice(), &dest, "x86_64", None, &Unchecked).unwrap();
+    assert_eq!(unpacked.manifest.format, 4);
+    assert_eq!(fs::metadata(dest.join("checkpoint/pages-1.img")).unwrap().len(), 4096 * 17 + 100);
+}
