@@ -116,3 +116,30 @@ fn a_peer_removes_only_the_containers_it_sent() {
     assert_eq!(refused.status, 403, "a caller without a certificate is nobody's sender");
     assert!(!fake.lines().iter().any(|l| l.starts_with("DELETE")), "{:?}", fake.lines());
 }
+
+#[test]
+fn a_peer_is_offered_only_blocks_of_copies_it_sent_and_only_while_they_are_fresh() {
+    let spool = TempDir::new("agent-kept");
+    let (agent, _fake) = agent(spool.path(), None);
+    let peer = |name: &str| crate::identity::Peer {
+        name: name.into(),
+        fingerprint: crate::identity::testing::self_signed(name, &[], -1..30).fingerprint(),
+    };
+    let (sender, stranger) = (peer("sender"), peer("stranger"));
+    let staged = spool.path().join("kept").join(sender.fingerprint.hex()).join("web").join("staged");
+    std::fs::create_dir_all(staged.join("checkpoint")).unwrap();
+    let pages: Vec<u8> = (0..256 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(staged.join("checkpoint/pages-1.img"), &pages).unwrap();
+
+    let offered = agent.blocks("web", Some(&sender)).unwrap();
+    assert_eq!((offered.blocks, offered.base.as_str()), (64, "staged"));
+    assert_eq!(agent.blocks("web", Some(&stranger)).unwrap().blocks, 0, "another peer's copy is not offered");
+    assert_eq!(agent.blocks("web", None).unwrap().blocks, 0, "nor to a client without TLS");
+    assert_eq!(agent.blocks("../web", Some(&sender)).unwrap_err().status, 400);
+
+    // Older than KEPT_FOR: removed, not offered.
+    let old = std::process::Command::new("touch").args(["-d", "1 hour ago"]).arg(&staged).status().unwrap();
+    assert!(old.success());
+    assert_eq!(agent.blocks("web", Some(&sender)).unwrap().blocks, 0);
+    assert!(!staged.exists(), "an expired copy is removed");
+}
