@@ -8,6 +8,7 @@
 //! one per block of the file it rebuilds, in order:
 //!   0x00  id[16]          copy the receiver's block with this id
 //!   0x01  bytes[len]      these bytes (len = block size, shorter for the last)
+//! and the entry's digest is the BLAKE3 of its blocks' BLAKE3s (`blocks_blake3`).
 //! ```
 //!
 //! Blocks are found by *content*, not by position: a block's id is the first
@@ -30,7 +31,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::{Error, Hasher, Result};
+use super::{BlockHasher, Error, Result};
 
 /// The block size ferry writes; a reader takes any power of two in [`BLOCK_SIZES`].
 pub(crate) const BLOCK_SIZE: u32 = 4096;
@@ -46,8 +47,12 @@ const LITERAL: u8 = 1;
 pub(crate) type BlockId = [u8; 16];
 
 pub(crate) fn block_id(bytes: &[u8]) -> BlockId {
+    id_of(&blake3::hash(bytes))
+}
+
+fn id_of(hash: &blake3::Hash) -> BlockId {
     let mut id = [0u8; 16];
-    id.copy_from_slice(&blake3::hash(bytes).as_bytes()[..16]);
+    id.copy_from_slice(&hash.as_bytes()[..16]);
     id
 }
 
@@ -91,11 +96,12 @@ pub(crate) struct Plan {
     pub delta_size: u64,
 }
 
-/// Reads `file` once: its digest (of `kind`) and, per block, whether `offer`
-/// holds it. Returns (size, digest hex, plan).
-pub(crate) fn plan(file: &mut File, kind: super::DigestKind, offer: &Offer) -> io::Result<(u64, String, Plan)> {
+/// Reads `file` once, hashing each block once: its digest (of the blocks,
+/// `DigestKind::Blake3Blocks`) and, per block, whether `offer` holds it.
+/// Returns (size, digest hex, plan).
+pub(crate) fn plan(file: &mut File, offer: &Offer) -> io::Result<(u64, String, Plan)> {
     let block_size = offer.block_size as usize;
-    let mut hasher = kind.hasher();
+    let mut hasher = BlockHasher::new(offer.block_size);
     let mut plan = Plan::default();
     let mut block = vec![0u8; block_size];
     let mut size = 0u64;
@@ -105,9 +111,10 @@ pub(crate) fn plan(file: &mut File, kind: super::DigestKind, offer: &Offer) -> i
             break;
         }
         let bytes = &block[..n];
-        hasher.update(bytes);
+        let hash = blake3::hash(bytes);
+        hasher.add_block(&hash);
         size += n as u64;
-        let id = block_id(bytes);
+        let id = id_of(&hash);
         if offer.ids.contains(&id) {
             plan.copies.push(id);
             plan.copied.push(true);
@@ -120,7 +127,7 @@ pub(crate) fn plan(file: &mut File, kind: super::DigestKind, offer: &Offer) -> i
             break;
         }
     }
-    Ok((size, hasher.hex(), plan))
+    Ok((size, hasher.finish().to_hex().to_string(), plan))
 }
 
 /// Fills `buffer` unless the file ends first; returns the bytes read.
@@ -253,8 +260,8 @@ impl Base {
         self.blocks.len()
     }
 
-    /// Reads the block `id` into `out`, which must be its length; checks it
-    /// is still what was indexed.
+    /// Reads the block `id` into `out`, which must be its length (the caller
+    /// checks it is still what was indexed).
     fn read(&self, id: &BlockId, out: &mut [u8], files: &mut HashMap<u32, File>) -> std::result::Result<(), String> {
         let &(index, offset, length) = self.blocks.get(id).ok_or("it is not here")?;
         if length as usize != out.len() {
@@ -268,15 +275,22 @@ impl Base {
             }
         };
         file.read_exact_at(out, offset).map_err(|e| format!("{}: {e}", path.display()))?;
-        if block_id(out) != *id {
-            return Err(format!("{} changed at byte {offset} since it was indexed", path.display()));
-        }
         Ok(())
+    }
+
+    /// Where a block is, for an error message.
+    fn place(&self, id: &BlockId) -> String {
+        match self.blocks.get(id) {
+            Some(&(index, offset, _)) => format!("{} at byte {offset}", self.files[index as usize].display()),
+            None => "?".into(),
+        }
     }
 }
 
 /// Rebuilds one `size`-byte file from its operations (exactly the `reader`'s
-/// bytes) into `out`, with `base`'s blocks; returns its digest of `kind`.
+/// bytes) into `out`, with `base`'s blocks; returns its digest
+/// (`DigestKind::Blake3Blocks`). Each block is hashed once: that hash checks a
+/// copied block against its id and feeds the file's digest.
 /// `entry` names it in errors, `target` is where `out` writes.
 pub(crate) fn rebuild(
     (entry, target): (&str, &Path),
@@ -285,10 +299,9 @@ pub(crate) fn rebuild(
     size: u64,
     base: Option<&Base>,
     block_size: u32,
-    kind: super::DigestKind,
 ) -> Result<String> {
     let corrupt = |detail: String| Error::Checksum { entry: entry.to_string(), detail };
-    let mut hasher: Hasher = kind.hasher();
+    let mut hasher = BlockHasher::new(block_size);
     let mut block = vec![0u8; block_size as usize];
     let mut files = HashMap::new();
     let mut written = 0u64;
@@ -307,17 +320,28 @@ pub(crate) fn rebuild(
                 base.read(&id, bytes, &mut files).map_err(|why| {
                     Error::BaseMissing(format!("{entry} needs block {} at byte {written}: {why}", super::hex(&id)))
                 })?;
+                let hash = blake3::hash(bytes);
+                if id_of(&hash) != id {
+                    return Err(Error::BaseMissing(format!(
+                        "{entry} needs block {}, and {} changed since it was indexed",
+                        super::hex(&id),
+                        base.place(&id)
+                    )));
+                }
+                hasher.add_block(&hash);
             }
-            LITERAL => reader.read_exact(bytes).map_err(|e| Error::Corrupt(format!("{entry}: {e}")))?,
+            LITERAL => {
+                reader.read_exact(bytes).map_err(|e| Error::Corrupt(format!("{entry}: {e}")))?;
+                hasher.add_block(&blake3::hash(bytes));
+            }
             other => return Err(corrupt(format!("operation {other:#04x} at byte {written} is not a delta operation"))),
         }
-        hasher.update(bytes);
         out.write_all(bytes).map_err(|source| Error::Io { path: target.to_path_buf(), source })?;
         written += length as u64;
     }
     let mut rest = [0u8; 1];
     match reader.read(&mut rest) {
-        Ok(0) => Ok(hasher.hex()),
+        Ok(0) => Ok(hasher.finish().to_hex().to_string()),
         Ok(_) => Err(corrupt(format!("the delta goes on after the {size} bytes the manifest lists"))),
         Err(e) => Err(Error::Corrupt(format!("{entry}: {e}"))),
     }
@@ -326,7 +350,7 @@ pub(crate) fn rebuild(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::payload::DigestKind;
+    use crate::payload::{digest_hex, DigestKind};
 
     fn file_with(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
         let path = dir.join(name);
@@ -347,7 +371,7 @@ mod tests {
     }
 
     fn encode(path: &Path, offer: &Offer) -> (u64, String, Vec<u8>) {
-        let (size, digest, plan) = plan(&mut File::open(path).unwrap(), DigestKind::Blake3, offer).unwrap();
+        let (size, digest, plan) = plan(&mut File::open(path).unwrap(), offer).unwrap();
         let mut ops = Vec::new();
         Encoder::new(File::open(path).unwrap(), &plan, offer.block_size).read_to_end(&mut ops).unwrap();
         assert_eq!(ops.len() as u64, plan.delta_size);
@@ -376,9 +400,11 @@ mod tests {
         assert!(ops.len() < 5 * 4096, "{} bytes of delta", ops.len());
 
         let mut rebuilt = Vec::new();
-        let got = rebuild(("e", &path), &mut ops.as_slice(), &mut rebuilt, size, Some(&base), BLOCK_SIZE, DigestKind::Blake3).unwrap();
+        let got = rebuild(("e", &path), &mut ops.as_slice(), &mut rebuilt, size, Some(&base), BLOCK_SIZE).unwrap();
         assert_eq!(got, digest);
         assert_eq!(rebuilt, new);
+        // The same digest as hashing the file block by block in any pieces.
+        assert_eq!(digest_hex(DigestKind::Blake3Blocks(BLOCK_SIZE), new.as_slice()).unwrap().1, digest);
     }
 
     #[test]
@@ -396,10 +422,10 @@ mod tests {
         let mut altered = old.clone();
         altered[5000] ^= 1;
         std::fs::write(&old_path, &altered).unwrap();
-        let error = rebuild(("e", &old_path), &mut ops.as_slice(), &mut Vec::new(), size, Some(&base), BLOCK_SIZE, DigestKind::Blake3)
+        let error = rebuild(("e", &old_path), &mut ops.as_slice(), &mut Vec::new(), size, Some(&base), BLOCK_SIZE)
             .unwrap_err();
         assert!(matches!(error, Error::BaseMissing(_)), "{error}");
-        let error = rebuild(("e", &old_path), &mut ops.as_slice(), &mut Vec::new(), size, None, BLOCK_SIZE, DigestKind::Blake3).unwrap_err();
+        let error = rebuild(("e", &old_path), &mut ops.as_slice(), &mut Vec::new(), size, None, BLOCK_SIZE).unwrap_err();
         assert!(matches!(error, Error::BaseMissing(_)), "{error}");
     }
 
@@ -407,7 +433,7 @@ mod tests {
     fn malformed_operations_are_refused() {
         let path = Path::new("x");
         for (ops, size) in [(vec![7u8, 0, 0], 3u64), (vec![LITERAL, 1, 2], 3), (vec![LITERAL, 1, 2, 3, 4], 3)] {
-            let error = rebuild(("e", path), &mut ops.as_slice(), &mut Vec::new(), size, None, BLOCK_SIZE, DigestKind::Blake3);
+            let error = rebuild(("e", path), &mut ops.as_slice(), &mut Vec::new(), size, None, BLOCK_SIZE);
             assert!(error.is_err(), "{ops:?} accepted");
         }
         assert!(Offer::from_bytes(4096, &[0u8; 15]).is_none());

@@ -226,6 +226,10 @@ pub(crate) struct Entry {
     /// Lower-case hex BLAKE3 of the entry's bytes (format 3 on).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub blake3: String,
+    /// Delta entries instead (format 4): the BLAKE3 of the BLAKE3s of its
+    /// blocks (`DigestKind::Blake3Blocks`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub blocks_blake3: String,
     /// Sent as a delta of this many bytes (format 4); `size` and the digest
     /// are those of the file it rebuilds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -235,12 +239,17 @@ pub(crate) struct Entry {
 impl Entry {
     /// An entry of a payload of this format, with its digest.
     pub(crate) fn new(path: String, size: u64, blake3: String) -> Entry {
-        Entry { path, size, sha256: String::new(), blake3, delta: None }
+        Entry { path, size, sha256: String::new(), blake3, blocks_blake3: String::new(), delta: None }
     }
 
-    /// Which digest the entry carries, and its hex value.
-    pub(crate) fn digest(&self) -> (super::DigestKind, &str) {
-        if self.blake3.is_empty() { (super::DigestKind::Sha256, &self.sha256) } else { (super::DigestKind::Blake3, &self.blake3) }
+    /// Which digest the entry carries, and its hex value (`block_size`: of
+    /// the manifest's deltas, for a delta entry's).
+    pub(crate) fn digest(&self, block_size: Option<u32>) -> (super::DigestKind, &str) {
+        match (block_size, self.delta) {
+            (Some(size), Some(_)) => (super::DigestKind::Blake3Blocks(size), &self.blocks_blake3),
+            _ if self.blake3.is_empty() => (super::DigestKind::Sha256, &self.sha256),
+            _ => (super::DigestKind::Blake3, &self.blake3),
+        }
     }
 }
 
@@ -268,11 +277,16 @@ impl Manifest {
         let mut seen = BTreeSet::new();
         for entry in &self.entries {
             check_entry_path(&entry.path)?;
-            // One digest per entry, the one of the manifest's format.
-            let (kind, digest) = entry.digest();
-            let wanted = if self.format >= 3 { super::DigestKind::Blake3 } else { super::DigestKind::Sha256 };
+            // One digest per entry, the one of the manifest's format (and of a delta).
+            let (kind, digest) = entry.digest(self.block_size());
+            let wanted = match (self.format, self.block_size(), entry.delta) {
+                (4.., Some(size), Some(_)) => super::DigestKind::Blake3Blocks(size),
+                (3.., _, _) => super::DigestKind::Blake3,
+                _ => super::DigestKind::Sha256,
+            };
             let is_hex = digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit());
-            if kind != wanted || !is_hex || (!entry.sha256.is_empty() && !entry.blake3.is_empty()) {
+            let digests = [&entry.sha256, &entry.blake3, &entry.blocks_blake3].iter().filter(|d| !d.is_empty()).count();
+            if kind != wanted || !is_hex || digests != 1 {
                 return bad(format!("entry {} has no {} digest (format {})", entry.path, wanted.name(), self.format));
             }
             if !seen.insert(entry.path.as_str()) {
@@ -309,6 +323,11 @@ impl Manifest {
             return bad(format!("commit-mode payload has no {IMAGE_ENTRY}"));
         }
         Ok(())
+    }
+
+    /// The block size of the payload's deltas, if it has any.
+    pub(crate) fn block_size(&self) -> Option<u32> {
+        self.delta.as_ref().map(|d| d.block_size)
     }
 
     /// Sum of the sizes of every entry: what unpacking writes to disk

@@ -123,6 +123,10 @@ pub(crate) const LZ4_BLOCK: lz4_flex::frame::BlockSize = lz4_flex::frame::BlockS
 pub(crate) enum DigestKind {
     Sha256,
     Blake3,
+    /// The BLAKE3 of the BLAKE3s of the file's blocks of this size, one
+    /// after the other (format 4, delta entries): the block hashes a delta
+    /// needs anyway give the file's digest, so each side hashes a file once.
+    Blake3Blocks(u32),
 }
 
 impl DigestKind {
@@ -130,6 +134,7 @@ impl DigestKind {
         match self {
             DigestKind::Sha256 => "SHA-256",
             DigestKind::Blake3 => "BLAKE3",
+            DigestKind::Blake3Blocks(_) => "BLAKE3 of blocks",
         }
     }
 
@@ -137,14 +142,16 @@ impl DigestKind {
         match self {
             DigestKind::Sha256 => Hasher::Sha256(Box::default()),
             DigestKind::Blake3 => Hasher::Blake3(Box::default()),
+            DigestKind::Blake3Blocks(size) => Hasher::Blocks(Box::new(BlockHasher::new(size))),
         }
     }
 }
 
-/// An incremental digest of either kind.
+/// An incremental digest of any kind.
 pub(crate) enum Hasher {
     Sha256(Box<sha2::Sha256>),
     Blake3(Box<blake3::Hasher>),
+    Blocks(Box<BlockHasher>),
 }
 
 impl Hasher {
@@ -154,6 +161,7 @@ impl Hasher {
             Hasher::Blake3(hasher) => {
                 hasher.update(bytes);
             }
+            Hasher::Blocks(hasher) => hasher.update(bytes),
         }
     }
 
@@ -162,7 +170,50 @@ impl Hasher {
         match self {
             Hasher::Sha256(hasher) => hex(&sha2::Digest::finalize(*hasher)),
             Hasher::Blake3(hasher) => hasher.finalize().to_hex().to_string(),
+            Hasher::Blocks(hasher) => hasher.finish().to_hex().to_string(),
         }
+    }
+}
+
+/// [`DigestKind::Blake3Blocks`], fed any way: bytes are cut into blocks here.
+pub(crate) struct BlockHasher {
+    block_size: usize,
+    block: blake3::Hasher,
+    filled: usize,
+    list: blake3::Hasher,
+}
+
+impl BlockHasher {
+    pub(crate) fn new(block_size: u32) -> BlockHasher {
+        BlockHasher { block_size: block_size as usize, block: blake3::Hasher::new(), filled: 0, list: blake3::Hasher::new() }
+    }
+
+    pub(crate) fn update(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let take = (self.block_size - self.filled).min(bytes.len());
+            self.block.update(&bytes[..take]);
+            self.filled += take;
+            bytes = &bytes[take..];
+            if self.filled == self.block_size {
+                let hash = self.block.finalize();
+                self.add_block(&hash);
+                self.block.reset();
+                self.filled = 0;
+            }
+        }
+    }
+
+    /// Adds a whole block whose hash the caller computed (and nothing is pending).
+    pub(crate) fn add_block(&mut self, hash: &blake3::Hash) {
+        self.list.update(hash.as_bytes());
+    }
+
+    pub(crate) fn finish(mut self) -> blake3::Hash {
+        if self.filled > 0 {
+            let hash = self.block.finalize();
+            self.add_block(&hash);
+        }
+        self.list.finalize()
     }
 }
 

@@ -41,9 +41,8 @@ pub(crate) fn pack(
 }
 
 /// [`pack`], sending each entry of at least [`delta::DELTA_MIN`] bytes as a
-/// delta against the blocks the receiver `offer`s (format 4), when that
-/// saves bytes. The first read of a file then also decides, block by block,
-/// what the receiver lacks.
+/// delta against the blocks the receiver `offer`s (format 4). The first read
+/// of a file then decides, block by block, what the receiver lacks.
 pub(crate) fn pack_delta(
     manifest: &mut Manifest,
     files: &[(String, PathBuf)],
@@ -59,17 +58,15 @@ pub(crate) fn pack_delta(
         let mut file = open(disk_path)?;
         let size = file.metadata().map_err(|source| io_error(disk_path, source))?.len();
         match offer.filter(|(offer, _)| size >= delta::DELTA_MIN && !offer.is_empty()) {
+            // Every large file goes as a delta once the receiver holds blocks:
+            // even one of all new blocks costs a byte per block, and hashing
+            // its blocks is then the one pass over it.
             Some((offer, _)) => {
-                let (size, blake3, plan) =
-                    delta::plan(&mut file, DigestKind::Blake3, offer).map_err(|source| io_error(disk_path, source))?;
-                let mut entry = Entry::new(archive_path.clone(), size, blake3);
-                // A delta only where it is smaller than the file.
-                if plan.delta_size < size {
-                    entry.delta = Some(plan.delta_size);
-                    plans.push(Some(plan));
-                } else {
-                    plans.push(None);
-                }
+                let (size, digest, plan) = delta::plan(&mut file, offer).map_err(|source| io_error(disk_path, source))?;
+                let mut entry = Entry::new(archive_path.clone(), size, String::new());
+                entry.blocks_blake3 = digest;
+                entry.delta = Some(plan.delta_size);
+                plans.push(Some(plan));
                 manifest.entries.push(entry);
             }
             None => {

@@ -359,7 +359,7 @@ fn older_formats_still_restore_with_sha256_and_format_1_never_carries_a_seal() {
         let dest = scratch.path().join(format!("old-{format}"));
         let unpacked = unpack(old.as_slice(), &dest, "x86_64", None, &Unchecked).unwrap();
         assert_eq!((unpacked.manifest.format, unpacked.seal), (format, None));
-        assert_eq!(unpacked.manifest.entries[0].digest().0, DigestKind::Sha256);
+        assert_eq!(unpacked.manifest.entries[0].digest(None).0, DigestKind::Sha256);
         for (name, original) in &files {
             assert_eq!(fs::read(dest.join(name)).unwrap(), fs::read(original).unwrap(), "{name}");
         }

@@ -204,7 +204,7 @@ fn unpack_into(
             .create_new(true)
             .open(&target)
             .map_err(|source| Error::Io { path: target.clone(), source })?;
-        let (kind, expected) = listed.digest();
+        let (kind, expected) = listed.digest(manifest.block_size());
         let (size, digest) = match (listed.delta, &manifest.delta) {
             (Some(delta_size), Some(spec)) => {
                 let mut writer = io::BufWriter::with_capacity(64 * 1024, &mut file);
@@ -215,7 +215,6 @@ fn unpack_into(
                     listed.size,
                     base.as_deref(),
                     spec.block_size,
-                    kind,
                 )?;
                 writer.flush().map_err(|source| Error::Io { path: target.clone(), source })?;
                 (listed.size, digest)
@@ -283,7 +282,7 @@ pub(crate) fn verify_tree(dir: &Path, manifest: &Manifest, besides: &[&str]) -> 
             return Err(Error::Unsafe { entry: relative.clone(), reason: "on disk but not listed in the manifest".into() });
         };
         let file = File::open(path).map_err(|source| Error::Io { path: path.clone(), source })?;
-        let (kind, expected) = listed.digest();
+        let (kind, expected) = listed.digest(manifest.block_size());
         let (size, digest) = super::digest_hex(kind, file).map_err(|source| Error::Io { path: path.clone(), source })?;
         if size != listed.size || digest != expected {
             return Err(Error::Checksum {
