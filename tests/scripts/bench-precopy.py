@@ -42,6 +42,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+sys.dont_write_bytecode = True  # no __pycache__ left in the tree
 # Engines, identities and waits as the Table 1 bench has them.
 bench = importlib.import_module("bench-migrate")
 A, B, FERRY, IMAGE, LINK_PEER_ADDR = bench.A, bench.B, bench.FERRY, bench.IMAGE, bench.LINK_PEER_ADDR
