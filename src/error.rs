@@ -30,6 +30,12 @@ pub(crate) enum Kind {
     /// A migration was committed but the peer's answer was lost: the app is
     /// stopped here, its checkpoint kept, until `ferry recover` settles it.
     OutcomeUnknown,
+    /// The connection to the peer broke, no answer came in time, or the peer
+    /// was busy: the same request may be tried again (exit code of `Peer`).
+    Disconnected,
+    /// The peer lacks the blocks a delta refers to: send the whole payload
+    /// (exit code of `Peer`).
+    BaseMissing,
 }
 
 impl Kind {
@@ -43,7 +49,7 @@ impl Kind {
             Kind::BadPayload => 6,
             Kind::Io => 7,
             Kind::Refused => 8,
-            Kind::Peer => 9,
+            Kind::Peer | Kind::Disconnected | Kind::BaseMissing => 9,
             Kind::OutcomeUnknown => 10,
         }
     }
@@ -93,6 +99,7 @@ impl From<payload::Error> for Error {
     fn from(error: payload::Error) -> Error {
         let kind = match &error {
             payload::Error::Io { .. } => Kind::Io,
+            payload::Error::BaseMissing(_) => Kind::BaseMissing,
             _ => Kind::BadPayload,
         };
         Error::new(kind, error.to_string())

@@ -97,14 +97,16 @@ impl Store {
         &self,
         body: impl Read,
         host_arch: &str,
-        limit: u64,
-        keep: usize,
+        (limit, keep): (u64, usize),
         verify: &dyn payload::Verify,
         sender: Option<&str>,
+        receive: &payload::Receive<'_>,
     ) -> Result<SnapshotInfo> {
         fs::create_dir_all(&self.root).map_err(|e| io_error(self.root.display(), e))?;
         let incoming = host::JobDir::reserve(&self.root, ".incoming").map_err(|e| io_error(self.root.display(), e))?;
-        let unpacked = payload::unpack(body, incoming.path(), host_arch, Some(limit), verify)?;
+        // A delta is rebuilt here: every snapshot is stored whole, so that
+        // retention can delete any of them without breaking another.
+        let unpacked = payload::unpack_with(body, incoming.path(), host_arch, Some(limit), verify, receive)?;
         let manifest = unpacked.manifest;
         let Some(tag) = manifest.snapshot.clone() else {
             return Err(Error::new(Kind::BadPayload, "this payload is not a snapshot (no generation): send it to /v1/restore"));
@@ -185,6 +187,11 @@ impl Store {
 
     fn dir(&self, container: &str, generation: u64) -> PathBuf {
         self.root.join(container).join(format!("{generation:020}"))
+    }
+
+    /// Where a stored snapshot's files are (a delta's base may be read from there).
+    pub(crate) fn path_of(&self, container: &str, generation: u64) -> PathBuf {
+        self.dir(container, generation)
     }
 
     /// Keeps the newest `keep` snapshots of a container, deletes the rest.

@@ -26,7 +26,7 @@ use crate::migration::restore::{self, restore_from};
 use crate::migration::{checkpoint, criu_error, preflight, resume};
 use crate::payload::Mode;
 use crate::transfer::client::Peer;
-use crate::transfer::migrate::{hand_over, migration_id, Handover};
+use crate::transfer::migrate::{hand_over, migration_id, Handover, Sending};
 use crate::units::seconds_since;
 pub(crate) use results::{HostFacts, Phase, Results, Row};
 use telemetry::{PhaseUsage, Telemetry};
@@ -259,7 +259,9 @@ impl Run<'_> {
             // The same two-phase handover as `ferry migrate`; the bench's
             // source is thrown away, so it keeps no journal.
             let id = migration_id();
-            let (report, stats, secs) = match hand_over(peer, &mut taken, TARGET, &id, (self.options.tuning.io_buffer, None), || Ok(())) {
+            let sent = std::sync::atomic::AtomicU64::new(0);
+            let sending = Sending { io_buffer: self.options.tuning.io_buffer, pace: None, offer: None, sent: &sent };
+            let (report, stats, secs) = match hand_over(peer, &mut taken, TARGET, &id, sending, || Ok(())) {
                 Handover::Done { restored, stats, transfer_secs, .. } => (restored, stats, transfer_secs),
                 Handover::NotStarted(error) | Handover::Unknown(error) => return Err(error),
             };
@@ -277,7 +279,7 @@ impl Run<'_> {
         let payload = self.options.tuning.work_dir.join("bench.ferry");
         let file = File::create(&payload).map_err(|e| io_error(payload.display(), e))?;
         let signer = self.options.signer.as_deref().map(|s| s as &dyn crate::payload::Sign);
-        let stats = taken.pack_into(BufWriter::with_capacity(self.options.tuning.io_buffer, file), signer)?;
+        let stats = taken.pack_into(BufWriter::with_capacity(self.options.tuning.io_buffer, file), signer, None)?;
         measured.set(Phase::Pack, seconds_since(started));
         (measured.raw_bytes, measured.compressed_bytes) = (stats.raw_bytes, stats.compressed_bytes);
         drop(taken);

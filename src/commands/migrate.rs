@@ -42,6 +42,12 @@ pub(crate) struct Args {
     /// use this board profile's buffer and lz4 block sizes and work dir
     #[argh(option)]
     pub board: Option<String>,
+    /// pre-copy: send the app's memory while it runs, then freeze it and send only what changed (see --precopy-rounds)
+    #[argh(switch)]
+    pub precopy: bool,
+    /// the most pre-copy rounds before the final freeze (default 4)
+    #[argh(option, default = "4")]
+    pub precopy_rounds: u32,
     /// print the report as one JSON object
     #[argh(switch)]
     pub json: bool,
@@ -57,10 +63,24 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
         ship_image: args.ship_image,
         keep_source: args.keep_source,
         limit_rate: args.limit_rate,
+        precopy: args.precopy.then_some(args.precopy_rounds),
     };
     let report = migrate(&engine, &peer, &args.container, &options)?;
+    let precopy = match &report.precopy_stopped {
+        Some(why) => format!(
+            ", after {} pre-copy round(s) in {:.2}s ({why})",
+            report.precopy_rounds.len(),
+            report.precopy_rounds.iter().map(|r| r.secs).sum::<f64>()
+        ),
+        None => String::new(),
+    };
+    let delta = match &report.delta_base {
+        Some(base) if !report.fallback_full => format!(", a delta against {base}"),
+        _ if report.fallback_full => ", whole (the peer had lost the delta's base)".to_string(),
+        _ => String::new(),
+    };
     let line = format!(
-        "migrated {} to {}: save {:.2}s, transfer {:.2}s, resume {:.2}s, total {:.2}s, {} sent ({} raw){}{}",
+        "migrated {} to {}: save {:.2}s, transfer {:.2}s, resume {:.2}s, downtime {:.2}s, {} sent ({} raw){delta}{precopy}{}{}",
         report.container,
         report.peer,
         report.save_secs,

@@ -42,6 +42,9 @@ pub(crate) struct Args {
     /// bytes per second toward all peers together, e.g. 2M (= 2 MiB/s): spares the uplink
     #[argh(option, from_str_fn(super::parse_rate))]
     pub limit_rate: Option<u64>,
+    /// take one snapshot, send it to every peer, and exit (non-zero if a peer did not store it)
+    #[argh(switch)]
+    pub once: bool,
     /// seconds a peer may take to store one snapshot (default 120)
     #[argh(option, default = "120")]
     pub timeout: u64,
@@ -79,6 +82,7 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
         fast: context.fast,
         signer: link.signer.as_deref().map(|s| s as &dyn crate::payload::Sign),
         pace: args.limit_rate.map(Pace::new),
+        once: args.once,
     };
     replicate(&engine, options, &STOP)
 }

@@ -67,10 +67,25 @@ impl Taken {
         self.job.keep()
     }
 
-    /// Streams the payload into `sink`, sealed by `signer` when given.
-    pub(crate) fn pack_into(&mut self, sink: impl Write, signer: Option<&dyn payload::Sign>) -> Result<payload::PackStats> {
+    /// Streams the payload into `sink`, sealed by `signer` when given; as a
+    /// delta against the receiver's blocks when it `offer`s some.
+    pub(crate) fn pack_into(
+        &mut self,
+        sink: impl Write,
+        signer: Option<&dyn payload::Sign>,
+        offer: Option<(&payload::delta::Offer, &str)>,
+    ) -> Result<payload::PackStats> {
         log::info!("packing {} files", self.files.len());
-        Ok(payload::pack(&mut self.manifest, &self.files, sink, self.lz4_block, signer)?)
+        let stats = payload::pack_delta(&mut self.manifest, &self.files, sink, self.lz4_block, signer, offer)?;
+        if stats.delta_entries > 0 {
+            log::info!(
+                "{} files went as deltas against the peer's blocks: {} of payload for {} of checkpoint",
+                stats.delta_entries,
+                crate::units::human_bytes(stats.compressed_bytes),
+                crate::units::human_bytes(stats.raw_bytes)
+            );
+        }
+        Ok(stats)
     }
 
     /// After a failed delivery: starts the source again if the checkpoint
@@ -306,6 +321,7 @@ fn base_manifest(engine: &Engine, info: &Info, inspect: &ContainerInspect, mode:
         rootfs: RootfsChanges::default(),
         entries: Vec::new(),
         snapshot: None,
+        delta: None,
     })
 }
 
@@ -359,7 +375,7 @@ mod tests {
         assert!(taken.manifest.container.image_tags[0].starts_with("ferry-commit/web:"));
 
         let mut packed = Vec::new();
-        taken.pack_into(&mut packed, None).unwrap();
+        taken.pack_into(&mut packed, None, None).unwrap();
         let dest = work.path().join("unpacked");
         let unpacked = payload::unpack(packed.as_slice(), &dest, "x86_64", None, &payload::Unchecked).unwrap();
         assert_eq!(unpacked.manifest.container.config.cmd, Some(vec!["/counter".to_string()]));

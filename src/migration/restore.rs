@@ -92,7 +92,7 @@ pub(crate) fn restore_from(
     let job = JobDir::reserve(work_dir, label)
         .map_err(|e| io_error(format!("cannot use the work dir {}", work_dir.display()), e))?;
     let started = Instant::now();
-    let unpacked = unpack_verified(input, job.path(), &info, options)?;
+    let unpacked = unpack_verified(input, job.path(), &info, options, &payload::Receive::default())?;
     let unpack_secs = seconds_since(started);
     let mut restored = restore_unpacked(engine, &info, job.path(), &unpacked.manifest, options)?;
     restored.unpack_secs = unpack_secs;
@@ -103,10 +103,17 @@ pub(crate) fn restore_from(
 }
 
 /// Unpacks a payload into `dest` as `options` allow (its seal, its size),
-/// every entry verified; a refusal for size names where the limit comes from.
-pub(crate) fn unpack_verified(input: impl Read, dest: &Path, info: &Info, options: &Options<'_>) -> Result<payload::Unpacked> {
+/// every entry verified, deltas rebuilt from what `receive` offers; a
+/// refusal for size names where the limit comes from.
+pub(crate) fn unpack_verified(
+    input: impl Read,
+    dest: &Path,
+    info: &Info,
+    options: &Options<'_>,
+    receive: &payload::Receive<'_>,
+) -> Result<payload::Unpacked> {
     let limit = options.size_limit.as_ref().map(|l| l.bytes);
-    let unpacked = payload::unpack(input, dest, &info.architecture, limit, options.verify).map_err(|e| match (&e, &options.size_limit) {
+    let unpacked = payload::unpack_with(input, dest, &info.architecture, limit, options.verify, receive).map_err(|e| match (&e, &options.size_limit) {
         (payload::Error::TooLarge { .. }, Some(limit)) => Error::from(e).context(&limit.why),
         _ => Error::from(e),
     })?;
@@ -329,6 +336,7 @@ mod tests {
             rootfs: Default::default(),
             entries: Vec::new(),
             snapshot: None,
+            delta: None,
         }
     }
 

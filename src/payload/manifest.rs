@@ -18,7 +18,11 @@ use super::{Error, Result, CHECKPOINT_DIR, IMAGE_ENTRY, ROOTFS_DIR};
 /// payloads, which never have one, are still read.
 /// 3: entries carry a BLAKE3 digest instead of SHA-256 (formats 1 and 2 are
 /// still read and checked with SHA-256).
-pub(crate) const FORMAT_VERSION: u32 = 3;
+/// 4: an entry may be sent as a content delta (`delta.rs`). A payload without
+/// one is still written as format 3, which every ferry since BLAKE3 reads.
+pub(crate) const FORMAT_VERSION: u32 = 4;
+/// The format of a payload that carries no delta.
+pub(crate) const FORMAT_WHOLE: u32 = 3;
 
 /// The largest manifest ferry reads; a checkpoint of thousands of files stays far below.
 pub(crate) const MANIFEST_LIMIT: u64 = 4 * 1024 * 1024;
@@ -72,6 +76,18 @@ pub(crate) struct Manifest {
     /// Set on the periodic snapshots of `ferry replicate`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<SnapshotTag>,
+    /// Set when some entries are sent as deltas against the receiver's blocks (format 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<DeltaSpec>,
+}
+
+/// How the delta entries of a payload were cut.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct DeltaSpec {
+    pub block_size: u32,
+    /// What the receiver offered, for the logs (e.g. `snapshot web@12, staged`).
+    #[serde(default)]
+    pub base: String,
 }
 
 /// What makes a payload one of a series of snapshots.
@@ -210,12 +226,16 @@ pub(crate) struct Entry {
     /// Lower-case hex BLAKE3 of the entry's bytes (format 3 on).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub blake3: String,
+    /// Sent as a delta of this many bytes (format 4); `size` and the digest
+    /// are those of the file it rebuilds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<u64>,
 }
 
 impl Entry {
     /// An entry of a payload of this format, with its digest.
     pub(crate) fn new(path: String, size: u64, blake3: String) -> Entry {
-        Entry { path, size, sha256: String::new(), blake3 }
+        Entry { path, size, sha256: String::new(), blake3, delta: None }
     }
 
     /// Which digest the entry carries, and its hex value.
@@ -257,6 +277,20 @@ impl Manifest {
             }
             if !seen.insert(entry.path.as_str()) {
                 return bad(format!("entry {} is listed twice", entry.path));
+            }
+            if let Some(delta) = entry.delta {
+                let Some(spec) = self.delta.as_ref().filter(|_| self.format >= 4) else {
+                    return bad(format!("entry {} is a delta in a payload that says nothing of deltas", entry.path));
+                };
+                if delta > super::delta::max_delta_size(entry.size, spec.block_size) {
+                    return bad(format!("entry {}: a delta of {delta} bytes cannot rebuild {} bytes", entry.path, entry.size));
+                }
+            }
+        }
+        if let Some(spec) = &self.delta {
+            let size = spec.block_size;
+            if self.format < 4 || !super::delta::BLOCK_SIZES.contains(&size) || !size.is_power_of_two() {
+                return bad(format!("delta blocks of {size} bytes (format {}) are not a delta ferry writes", self.format));
             }
         }
         for archive in &self.rootfs.archives {
@@ -372,6 +406,7 @@ mod tests {
             rootfs: RootfsChanges::default(),
             entries: vec![Entry::new("checkpoint/core-1.img".into(), 3, "0".repeat(64))],
             snapshot: None,
+            delta: None,
         }
     }
 

@@ -6,7 +6,8 @@
 //!    ├─ manifest.json          what was packed, from where, and the digest of every entry
 //!                              (BLAKE3 from format 3, SHA-256 in formats 1 and 2)
 //!    ├─ manifest.sig           the source host's signature of manifest.json (format 2, seal.rs)
-//!    ├─ checkpoint/…           CRIU's image files (criu mode)
+//!    ├─ checkpoint/…           CRIU's image files (criu mode); from format 4 a
+//!                              large one may come as a delta (delta.rs)
 //!    ├─ rootfs/N.tar           files the app added or changed, as Docker's archive API gave them
 //!    └─ image.tar              the committed image, as `docker save` gave it (commit mode)
 //! ```
@@ -15,6 +16,7 @@
 //! writes anything, and can check every entry's digest as the entry arrives.
 //! This module knows nothing of Docker: it packs files and unpacks streams.
 
+pub(crate) mod delta;
 pub(crate) mod images;
 mod manifest;
 mod pack;
@@ -29,11 +31,15 @@ pub(crate) use manifest::{
     ContainerSpec, Entry, HostLimits, Manifest, Mode, RootfsArchive, RootfsChanges, SourceHost, FORMAT_VERSION,
     is_name, normalize_arch, SnapshotTag,
 };
-pub(crate) use pack::{pack, PackStats};
+#[cfg(any(test, fuzzing))]
+pub(crate) use pack::pack;
+pub(crate) use pack::{pack_delta, PackStats};
 #[cfg(any(test, fuzzing))]
 pub(crate) use seal::Unchecked;
 pub(crate) use seal::{Seal, Sign, Signer, Verify, SEAL_ENTRY};
-pub(crate) use unpack::{unpack, verify_tree, Unpacked};
+#[cfg(any(test, fuzzing))]
+pub(crate) use unpack::unpack;
+pub(crate) use unpack::{unpack_with, verify_tree, Receive, Unpacked};
 
 /// Archive path of the manifest, always the first entry.
 pub(crate) const MANIFEST_ENTRY: &str = "manifest.json";
@@ -66,6 +72,8 @@ pub(crate) enum Error {
     Image { image: String, detail: String },
     /// The payload's seal is missing, unreadable, untrusted or does not verify.
     Signature(String),
+    /// A delta entry refers to blocks this host does not hold (any more).
+    BaseMissing(String),
 }
 
 impl fmt::Display for Error {
@@ -93,6 +101,9 @@ impl fmt::Display for Error {
             }
             Error::Image { image, detail } => write!(f, "{image}: {detail}"),
             Error::Signature(detail) => write!(f, "payload refused: {detail}"),
+            Error::BaseMissing(detail) => {
+                write!(f, "a delta needs blocks this host does not hold: {detail} — send the whole payload")
+            }
         }
     }
 }

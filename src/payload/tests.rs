@@ -29,6 +29,7 @@ fn manifest() -> Manifest {
         rootfs: RootfsChanges::default(),
         entries: vec![],
         snapshot: None,
+        delta: None,
     }
 }
 
@@ -402,4 +403,76 @@ fn rewrite_manifest(payload: &[u8], edit: impl Fn(&mut Vec<u8>)) -> Vec<u8> {
     let mut encoder = FrameEncoder::with_frame_info(FrameInfo::new(), Vec::new());
     encoder.write_all(&out.into_inner().unwrap()).unwrap();
     encoder.finish().unwrap()
+}
+
+/// A payload of `files` packed as a delta against what `base_dir` holds.
+fn packed_delta(files: &[(String, PathBuf)], base_dir: &Path) -> (Vec<u8>, std::sync::Arc<delta::Base>) {
+    let base = std::sync::Arc::new(delta::Base::index(&[base_dir.to_path_buf()], delta::BLOCK_SIZE).unwrap());
+    let offer = delta::Offer::from_bytes(delta::BLOCK_SIZE, &base.ids()).unwrap();
+    let mut manifest = manifest();
+    let mut out = Vec::new();
+    let stats = pack_delta(&mut manifest, files, &mut out, LZ4_BLOCK, None, Some((&offer, "snapshot web@1"))).unwrap();
+    assert_eq!(stats.delta_entries, 1, "only the large pages file goes as a delta");
+    (out, base)
+}
+
+#[test]
+fn a_delta_payload_rebuilds_every_byte_from_the_receivers_copy() {
+    let scratch = Scratch::new("delta-roundtrip");
+    let (_, files) = packed(scratch.path());
+    // The receiver holds the earlier dump; the new one changed two pages.
+    let base_dir = scratch.path().join("base");
+    fs::create_dir_all(&base_dir).unwrap();
+    fs::copy(&files[0].1, base_dir.join("pages-1.img")).unwrap();
+    let mut pages = fs::read(&files[0].1).unwrap();
+    pages[4096 * 3] ^= 0xff;
+    pages[4096 * 200 + 17] ^= 0xff;
+    fs::write(&files[0].1, &pages).unwrap();
+    let files: Vec<_> = files.into_iter().filter(|(name, _)| !name.starts_with("rootfs")).collect();
+
+    let (payload, base) = packed_delta(&files, &base_dir);
+    assert!(payload.len() < 64 * 1024, "{} bytes for two changed pages", payload.len());
+    let resolve = |container: &str| (container == "web").then(|| base.clone());
+    let receive = Receive { base: Some(&resolve), ..Default::default() };
+    let dest = scratch.path().join("dest");
+    let unpacked = unpack_with(payload.as_slice(), &dest, "x86_64", None, &Unchecked, &receive).unwrap();
+    assert_eq!(unpacked.manifest.format, FORMAT_VERSION);
+    assert_eq!(fs::read(dest.join("checkpoint/pages-1.img")).unwrap(), pages);
+
+    // Without the base it is refused as a missing base, and nothing stays.
+    let dest = scratch.path().join("dest-nobase");
+    let error = unpack_with(payload.as_slice(), &dest, "x86_64", None, &Unchecked, &Receive::default()).unwrap_err();
+    assert!(matches!(error, Error::BaseMissing(_)), "{error}");
+    assert!(!dest.exists());
+}
+
+#[test]
+fn a_changed_byte_in_a_delta_is_refused_not_rebuilt() {
+    let scratch = Scratch::new("delta-tampered");
+    let (_, files) = packed(scratch.path());
+    let base_dir = scratch.path().join("base");
+    fs::create_dir_all(&base_dir).unwrap();
+    fs::copy(&files[0].1, base_dir.join("pages-1.img")).unwrap();
+    let mut pages = fs::read(&files[0].1).unwrap();
+    pages[4096 * 7] ^= 0xff;
+    fs::write(&files[0].1, &pages).unwrap();
+    let files: Vec<_> = files.into_iter().filter(|(name, _)| !name.starts_with("rootfs")).collect();
+    let (payload, base) = packed_delta(&files, &base_dir);
+
+    // Edit the literal page inside the (decompressed) tar, then compress again.
+    let mut tar_bytes = Vec::new();
+    std::io::Read::read_to_end(&mut lz4_flex::frame::FrameDecoder::new(payload.as_slice()), &mut tar_bytes).unwrap();
+    let literal = &pages[4096 * 7..4096 * 7 + 64];
+    let at = tar_bytes.windows(literal.len()).position(|w| w == literal).expect("the changed page travels literally");
+    tar_bytes[at + 10] ^= 1;
+    let mut encoder = FrameEncoder::with_frame_info(FrameInfo::new(), Vec::new());
+    encoder.write_all(&tar_bytes).unwrap();
+    let edited = encoder.finish().unwrap();
+
+    let resolve = |_: &str| Some(base.clone());
+    let receive = Receive { base: Some(&resolve), ..Default::default() };
+    let dest = scratch.path().join("dest");
+    let error = unpack_with(edited.as_slice(), &dest, "x86_64", None, &Unchecked, &receive).unwrap_err();
+    assert!(matches!(error, Error::Checksum { .. }), "{error}");
+    assert!(!dest.exists());
 }

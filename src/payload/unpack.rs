@@ -5,9 +5,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use lz4_flex::frame::FrameDecoder;
 
+use super::delta::Base;
 use super::manifest::{check_entry_path, normalize_arch, MANIFEST_LIMIT};
 use super::seal::{Seal, Signer, Verify, SEAL_ENTRY, SEAL_LIMIT};
 use super::{Counting, Error, Manifest, Result, MANIFEST_ENTRY};
@@ -35,6 +37,7 @@ pub(crate) struct Unpacked {
 /// under the format's folders, that the manifest does not list, or whose size
 /// or digest differ from it. On any error `dest` is removed: a payload is
 /// either unpacked whole and verified, or not at all.
+#[cfg(any(test, fuzzing))]
 pub(crate) fn unpack(
     input: impl Read,
     dest: &Path,
@@ -42,16 +45,52 @@ pub(crate) fn unpack(
     max_raw_bytes: Option<u64>,
     verify: &dyn Verify,
 ) -> Result<Unpacked> {
+    unpack_with(input, dest, host_arch, max_raw_bytes, verify, &Receive::default())
+}
+
+/// Finds the blocks a delta of the named container may copy.
+pub(crate) type Resolve<'a> = &'a dyn Fn(&str) -> Option<Arc<Base>>;
+
+/// What a receiver brings to an unpack beside the stream.
+#[derive(Default)]
+pub(crate) struct Receive<'a> {
+    /// The blocks delta entries may refer to (format 4), for the container
+    /// the manifest names: asked only when the payload has a delta.
+    pub base: Option<Resolve<'a>>,
+    /// On a failure after the seal was accepted, leave what arrived in `dest`
+    /// (the caller keeps it so that a retry need not send it again, or
+    /// removes it).
+    pub keep_partial: bool,
+    /// Set, to the manifest's container name, once the seal is accepted.
+    pub sealed_container: std::cell::OnceCell<String>,
+}
+
+/// [`unpack`], with delta entries rebuilt from `receive.base`.
+pub(crate) fn unpack_with(
+    input: impl Read,
+    dest: &Path,
+    host_arch: &str,
+    max_raw_bytes: Option<u64>,
+    verify: &dyn Verify,
+    receive: &Receive<'_>,
+) -> Result<Unpacked> {
     // The payload holds the app's memory: only root may read it.
     crate::host::create_private_dir(dest).map_err(|source| Error::Io { path: dest.to_path_buf(), source })?;
-    let result = unpack_into(input, dest, host_arch, max_raw_bytes, verify);
-    if result.is_err() {
+    let result = unpack_into(input, dest, host_arch, max_raw_bytes, verify, receive);
+    if result.is_err() && !(receive.keep_partial && receive.sealed_container.get().is_some()) {
         let _ = fs::remove_dir_all(dest);
     }
     result
 }
 
-fn unpack_into(input: impl Read, dest: &Path, host_arch: &str, max_raw_bytes: Option<u64>, verify: &dyn Verify) -> Result<Unpacked> {
+fn unpack_into(
+    input: impl Read,
+    dest: &Path,
+    host_arch: &str,
+    max_raw_bytes: Option<u64>,
+    verify: &dyn Verify,
+    receive: &Receive<'_>,
+) -> Result<Unpacked> {
     let mut counted = Counting::new(input);
     let decoder = FrameDecoder::new(&mut counted);
     let mut archive = tar::Archive::new(decoder);
@@ -107,6 +146,11 @@ fn unpack_into(input: impl Read, dest: &Path, host_arch: &str, max_raw_bytes: Op
         next = None;
     }
     let signer = verify.verify(&manifest_json, seal.as_ref()).map_err(Error::Signature)?;
+    let _ = receive.sealed_container.set(manifest.container.name.clone());
+    let base = match (&manifest.delta, receive.base) {
+        (Some(_), Some(resolve)) => resolve(&manifest.container.name),
+        _ => None,
+    };
 
     let mut expected: BTreeMap<&str, &super::Entry> =
         manifest.entries.iter().map(|e| (e.path.as_str(), e)).collect();
@@ -144,10 +188,11 @@ fn unpack_into(input: impl Read, dest: &Path, host_arch: &str, max_raw_bytes: Op
             return Err(Error::Unsafe { entry: path, reason: "not listed in the manifest (or listed once and sent twice)".into() });
         };
         // Refused before a byte of it is written: the manifest bounds the disk.
-        if entry.size() != listed.size {
+        let in_stream = listed.delta.unwrap_or(listed.size);
+        if entry.size() != in_stream {
             return Err(Error::Checksum {
                 entry: path,
-                detail: format!("{} bytes in the stream, manifest says {}", entry.size(), listed.size),
+                detail: format!("{} bytes in the stream, manifest says {in_stream}", entry.size()),
             });
         }
         let target = dest.join(&path);
@@ -160,7 +205,23 @@ fn unpack_into(input: impl Read, dest: &Path, host_arch: &str, max_raw_bytes: Op
             .open(&target)
             .map_err(|source| Error::Io { path: target.clone(), source })?;
         let (kind, expected) = listed.digest();
-        let (size, digest) = copy_hashing(&mut (&mut entry).take(listed.size), &mut file, &mut buffer, &target, kind)?;
+        let (size, digest) = match (listed.delta, &manifest.delta) {
+            (Some(delta_size), Some(spec)) => {
+                let mut writer = io::BufWriter::with_capacity(64 * 1024, &mut file);
+                let digest = super::delta::rebuild(
+                    (&path, &target),
+                    &mut (&mut entry).take(delta_size),
+                    &mut writer,
+                    listed.size,
+                    base.as_deref(),
+                    spec.block_size,
+                    kind,
+                )?;
+                writer.flush().map_err(|source| Error::Io { path: target.clone(), source })?;
+                (listed.size, digest)
+            }
+            _ => copy_hashing(&mut (&mut entry).take(listed.size), &mut file, &mut buffer, &target, kind)?,
+        };
         if size != listed.size || digest != expected {
             return Err(Error::Checksum {
                 entry: path,

@@ -11,7 +11,8 @@ use ureq::unversioned::transport::{Connector, TcpConnector};
 use ureq::{Agent, Body, SendBody};
 
 use super::{
-    ErrorBody, Failover, Outcome, PeerInfo, RestoreReport, SnapshotInfo, ABORT, COMMIT, CONTAINERS, FAILOVERS, IMAGES, INFO,
+    BlockOffer, ErrorBody, Failover, Outcome, PeerInfo, RestoreReport, SnapshotInfo, StageReport, ABORT, BLOCKS, COMMIT, CONTAINERS,
+    FAILOVERS, IMAGES, INFO, STAGE,
     MIGRATIONS, MIGRATION_HEADER, RESTORE, SNAPSHOTS,
 };
 use super::tls::connector::{self, TlsConnector};
@@ -113,9 +114,17 @@ impl Peer {
         let status = response.status().as_u16();
         let mut text = String::new();
         let _ = response.into_body().into_reader().take(64 * 1024).read_to_string(&mut text);
-        let reason = serde_json::from_str::<ErrorBody>(&text).map(|b| b.error).unwrap_or(text);
+        let (reason, remedy) = match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) => (body.error, body.remedy),
+            Err(_) => (text, None),
+        };
+        let kind = match remedy.as_deref() {
+            Some(super::REMEDY_WHOLE) => Kind::BaseMissing,
+            Some(super::REMEDY_RETRY) => Kind::Disconnected,
+            _ => Kind::Peer,
+        };
         let hint = if status == 401 { " — give the agent's token with --token-file" } else { "" };
-        Err(Error::new(Kind::Peer, format!("the agent at {} refused {what} (HTTP {status}): {reason}{hint}", self.addr)))
+        Err(Error::new(kind, format!("the agent at {} refused {what} (HTTP {status}): {reason}{hint}", self.addr)))
     }
 
     fn transport_error(&self, what: &str, error: ureq::Error) -> Error {
@@ -131,7 +140,13 @@ impl Peer {
             ureq::Error::Timeout(_) => "no answer in time".to_string(),
             other => other.to_string(),
         };
-        Error::new(Kind::Peer, format!("{what} with the agent at {} failed: {detail}", self.addr))
+        // The request may or may not have reached the agent: a caller that
+        // can repeat it safely (a new migration id, an idempotent question) may.
+        let kind = match &error {
+            ureq::Error::Io(_) | ureq::Error::Timeout(_) | ureq::Error::ConnectionFailed => Kind::Disconnected,
+            _ => Kind::Peer,
+        };
+        Error::new(kind, format!("{what} with the agent at {} failed: {detail}", self.addr))
     }
 
     fn json<T: DeserializeOwned>(&self, what: &str, response: Response<Body>) -> Result<T> {
@@ -212,6 +227,40 @@ impl Peer {
         let response = self.run("the removal", request)?;
         let _ = std::io::copy(&mut response.into_body().into_reader(), &mut std::io::sink());
         Ok(())
+    }
+
+    /// The blocks the agent holds of `container` from this host, for the
+    /// next payload to be a delta against: `None` when it holds none, or is
+    /// an older agent that takes no deltas.
+    pub(crate) fn blocks(&self, container: &str) -> Result<Option<(payload::delta::Offer, String)>> {
+        let request = self.request("GET", &format!("{BLOCKS}?name={container}")).body(()).map_err(http_error)?;
+        let response = self.agent.run(request).map_err(|e| self.transport_error("the block request", e))?;
+        if response.status().as_u16() == 404 {
+            return Ok(None);
+        }
+        let response = self.checked("the block request", response)?;
+        let offer: BlockOffer = self.json("the block request", response)?;
+        if offer.blocks == 0 {
+            return Ok(None);
+        }
+        use base64::Engine as _;
+        let ids = base64::engine::general_purpose::STANDARD.decode(offer.ids.as_bytes()).ok();
+        match ids.and_then(|ids| payload::delta::Offer::from_bytes(offer.block_size, &ids)) {
+            Some(parsed) => Ok(Some((parsed, offer.base))),
+            None => Err(Error::new(Kind::Peer, format!("the agent at {} offered blocks ferry cannot read", self.addr))),
+        }
+    }
+
+    /// Streams a pre-copy round to the agent, which keeps it as the base of
+    /// the next delta.
+    pub(crate) fn stage(&self, payload: &mut dyn Read) -> Result<StageReport> {
+        let request = self
+            .upload(STAGE)
+            .header("Content-Type", "application/x-ferry-payload")
+            .body(SendBody::from_reader(payload))
+            .map_err(http_error)?;
+        let response = self.run("the pre-copy round", request)?;
+        self.json("the pre-copy round", response)
     }
 
     /// Whether the agent answers its health check within a short time.

@@ -39,7 +39,21 @@ impl Agent {
         let info = self.engine.info()?;
         let started = Instant::now();
         let body = BufReader::with_capacity(self.settings.tuning.io_buffer, body);
-        let unpacked = restore::unpack_verified(body, &dir, &info, &options)?;
+        let resolve = self.resolver(caller);
+        let receive = crate::payload::Receive { base: Some(&resolve), keep_partial: true, ..Default::default() };
+        let unpacked = match restore::unpack_verified(body, &dir, &info, &options, &receive) {
+            Ok(unpacked) => unpacked,
+            Err(error) => {
+                // What arrived from this peer before the stream broke is kept,
+                // so that its next attempt sends only the rest.
+                if let Some(container) = receive.sealed_container.get()
+                    && dir.exists()
+                {
+                    self.kept.keep_partial(&super::agent::sender_name(caller), container, &dir);
+                }
+                return Err(error.into());
+            }
+        };
         let unpack_secs = seconds_since(started);
         let started = Instant::now();
         let prepared = restore::prepare(&self.engine, &info, &dir, &unpacked.manifest, &options).inspect_err(|_| {
@@ -88,6 +102,8 @@ impl Agent {
         match result {
             Ok(restored) => {
                 self.record_restored(&restored.container, &restored.id, caller);
+                // It runs here: the copies kept for its deltas have served.
+                self.kept.forget(&super::agent::sender_name(caller), &restored.container);
                 let mut report = RestoreReport::from(restored);
                 report.peak_rss_kib = host::peak_rss_kib();
                 self.ledger.set(id, Outcome::Restored { report: report.clone() }, Some(prepared), expires)?;

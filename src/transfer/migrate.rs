@@ -15,7 +15,8 @@
 //! journal entry kept, and ferry exits with "outcome unknown" (10) for
 //! `ferry recover` to settle when the peer answers again.
 
-use std::io::{self, BufWriter, Read};
+use std::io::{self, BufWriter, Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,7 @@ use crate::error::{io_error, Error, Kind, Result};
 use crate::host;
 use crate::migration::checkpoint::{self, Taken};
 use crate::migration::preflight;
+use crate::payload::delta::Offer;
 use crate::payload::{normalize_arch, Mode, PackStats};
 use crate::units::{seconds_since, Progress};
 
@@ -64,6 +66,8 @@ pub(crate) struct Options<'a> {
     pub keep_source: bool,
     /// Bytes per second toward the peer (image and payload), if limited.
     pub limit_rate: Option<u64>,
+    /// Pre-copy: at most this many rounds while the app runs (`--precopy`).
+    pub precopy: Option<u32>,
 }
 
 /// The paper's Table 1 for one migration.
@@ -95,11 +99,31 @@ pub(crate) struct Report {
     /// ferry's own peak RSS here, and the agent's on the peer.
     pub peak_rss_kib: u64,
     pub peer_peak_rss_kib: u64,
+    /// How long the app was away: from the (last) freeze until it ran on the
+    /// peer (= `total_secs`).
+    pub downtime_secs: f64,
+    /// The whole command, pre-copy rounds and image included.
+    pub elapsed_secs: f64,
+    /// The pre-copy rounds (`--precopy`), each a leave-running checkpoint
+    /// sent as a delta while the app ran.
+    pub precopy_rounds: Vec<super::precopy::Round>,
+    /// Why the rounds ended.
+    pub precopy_stopped: Option<String>,
+    /// What the peer held that the payload was a delta against (None: sent whole).
+    pub delta_base: Option<String>,
+    /// Payload sends: more than one after a broken connection was resumed or
+    /// a delta fell back to a whole payload.
+    pub attempts: u32,
+    /// Payload bytes sent across every attempt.
+    pub bytes_sent_total: u64,
+    /// The peer no longer held the delta's base: the payload was sent whole.
+    pub fallback_full: bool,
 }
 
 /// Moves `container` to the agent `peer`. Everything that can be checked is
 /// checked before the app is frozen.
 pub(crate) fn migrate(engine: &Engine, peer: &Peer, container: &str, options: &Options<'_>) -> Result<Report> {
+    let began = Instant::now();
     let info = engine.info()?;
     let carryable = preflight::check(engine, &info, container, Mode::Criu)?;
     let peer_info = peer.info()?;
@@ -132,6 +156,15 @@ pub(crate) fn migrate(engine: &Engine, peer: &Peer, container: &str, options: &O
     report.image_shipped = ship_image(engine, peer, &peer_info, &carryable.inspect.image, options.ship_image, pace.clone())?;
     report.image_secs = seconds_since(image_started);
 
+    if let Some(rounds) = options.precopy {
+        let (done, stopped) = super::precopy::rounds(engine, &info, &carryable, peer, options, rounds, pace.clone());
+        report.precopy_rounds = done;
+        report.precopy_stopped = Some(stopped);
+    }
+    // What the peer holds of this container already (a snapshot, a pre-copy
+    // round): the payload is then a delta against it.
+    let mut offer = ask_blocks(peer, &report.container);
+
     let journal = Journal::new(&options.tuning.work_dir);
     let mut entry = Entry {
         id: migration_id(),
@@ -157,39 +190,73 @@ pub(crate) fn migrate(engine: &Engine, peer: &Peer, container: &str, options: &O
         return Err(error);
     }
     let name = taken.name.clone();
-    let id = entry.id.clone();
-    let handed = hand_over(peer, &mut taken, &name, &id, (options.tuning.io_buffer, pace), || {
-        entry.phase = Phase::Committing;
-        journal.record(&entry)
-    });
-    let (restored, stats) = match handed {
-        Handover::Done { restored, stats, transfer_secs, commit_secs } => {
-            report.transfer_secs = transfer_secs;
-            report.commit_secs = commit_secs;
-            (restored, stats)
+    // A broken connection is tried again (each attempt a new migration id,
+    // a delta against what the peer kept of the last) until the timeout.
+    let deadline = Instant::now() + peer.timeout();
+    let mut pause = Duration::from_millis(500);
+    let sent = AtomicU64::new(0);
+    let (restored, stats) = loop {
+        report.attempts += 1;
+        report.delta_base = offer.as_ref().map(|(_, base)| base.clone());
+        let id = entry.id.clone();
+        let sending = Sending { io_buffer: options.tuning.io_buffer, pace: pace.clone(), offer: offer.as_ref(), sent: &sent };
+        let handed = hand_over(peer, &mut taken, &name, &id, sending, || {
+            entry.phase = Phase::Committing;
+            journal.record(&entry)
+        });
+        let error = match handed {
+            Handover::Done { restored, stats, transfer_secs, commit_secs } => {
+                report.transfer_secs = transfer_secs;
+                report.commit_secs = commit_secs;
+                break (restored, stats);
+            }
+            Handover::NotStarted(error) => error,
+            Handover::Unknown(error) => {
+                let kept = taken.keep_for_recovery();
+                return Err(Error::new(
+                    Kind::OutcomeUnknown,
+                    format!(
+                        "{error} — the commit of {name} was sent to {} but its outcome is unknown: {name} stays stopped here \
+                         so that it never runs twice, its checkpoint is kept in {}; run `ferry recover` once the peer \
+                         answers (migration {})",
+                        peer.addr(),
+                        kept.display(),
+                        id
+                    ),
+                ));
+            }
+        };
+        let retry = match error.kind {
+            Kind::BaseMissing if offer.is_some() => {
+                log::warn!("{error}: sending {name} whole");
+                report.fallback_full = true;
+                offer = None;
+                true
+            }
+            Kind::Disconnected if Instant::now() + pause < deadline => {
+                log::warn!("{error}: trying again in {:.1}s", pause.as_secs_f64());
+                thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(8));
+                offer = if report.fallback_full { None } else { ask_blocks(peer, &name) };
+                true
+            }
+            _ => false,
+        };
+        journal.remove(&id);
+        if !retry {
+            return Err(taken.give_back(engine, &info, error.context(format!("moving {name} to {}", peer.addr()))));
         }
-        Handover::NotStarted(error) => {
-            let error = taken.give_back(engine, &info, error.context(format!("moving {name} to {}", peer.addr())));
-            journal.remove(&id);
-            return Err(error);
-        }
-        Handover::Unknown(error) => {
-            let kept = taken.keep_for_recovery();
-            return Err(Error::new(
-                Kind::OutcomeUnknown,
-                format!(
-                    "{error} — the commit of {name} was sent to {} but its outcome is unknown: {name} stays stopped here \
-                     so that it never runs twice, its checkpoint is kept in {}; run `ferry recover` once the peer \
-                     answers (migration {})",
-                    peer.addr(),
-                    kept.display(),
-                    id
-                ),
-            ));
+        entry.id = migration_id();
+        entry.phase = Phase::Transferring;
+        if let Err(error) = journal.record(&entry) {
+            return Err(taken.give_back(engine, &info, error));
         }
     };
+    let id = entry.id.clone();
     report.total_secs = seconds_since(freeze);
+    report.downtime_secs = report.total_secs;
     report.bytes_sent = stats.compressed_bytes;
+    report.bytes_sent_total = sent.load(Ordering::Relaxed);
     report.raw_bytes = stats.raw_bytes;
     report.resume_secs = restored.restore_secs;
     report.peer_container_id = restored.id.clone();
@@ -202,7 +269,30 @@ pub(crate) fn migrate(engine: &Engine, peer: &Peer, container: &str, options: &O
     }
     journal.remove(&id);
     report.peak_rss_kib = crate::host::peak_rss_kib();
+    report.elapsed_secs = seconds_since(began);
     Ok(report)
+}
+
+/// The peer's blocks of `container`, if it has some and takes deltas; a
+/// failure to ask only costs the delta.
+pub(crate) fn ask_blocks(peer: &Peer, container: &str) -> Option<(Offer, String)> {
+    match peer.blocks(container) {
+        Ok(offer) => offer,
+        Err(e) => {
+            log::warn!("{e}: the payload goes whole");
+            None
+        }
+    }
+}
+
+/// How a payload goes to the peer.
+pub(crate) struct Sending<'a> {
+    pub io_buffer: usize,
+    pub pace: Option<Pace>,
+    /// The peer's blocks, for a delta (and what they are, for the manifest).
+    pub offer: Option<&'a (Offer, String)>,
+    /// Counts the payload bytes sent, whatever becomes of the attempt.
+    pub sent: &'a AtomicU64,
 }
 
 /// How a handover ended, as far as the source can know.
@@ -224,10 +314,10 @@ pub(crate) fn hand_over(
     taken: &mut Taken,
     name: &str,
     migration: &str,
-    (io_buffer, pace): (usize, Option<Pace>),
+    sending: Sending<'_>,
     before_commit: impl FnOnce() -> Result<()>,
 ) -> Handover {
-    let (prepared, transfer_secs) = send_payload(peer, taken, name, migration, (io_buffer, pace));
+    let (prepared, transfer_secs) = send_payload(peer, taken, name, migration, sending);
     let committing = Instant::now();
     let prepared = prepared.and_then(|prepared| before_commit().map(|()| prepared));
     let (prepared, stats) = match prepared {
@@ -307,8 +397,9 @@ fn send_payload(
     taken: &mut Taken,
     name: &str,
     migration: &str,
-    (io_buffer, pace): (usize, Option<Pace>),
+    sending: Sending<'_>,
 ) -> (Result<(RestoreReport, PackStats)>, f64) {
+    let Sending { io_buffer, pace, offer, sent } = sending;
     let (mut payload_reader, payload_writer) = match io::pipe() {
         Ok(pipe) => pipe,
         Err(e) => return (Err(io_error("cannot make a pipe", e)), 0.0),
@@ -316,8 +407,9 @@ fn send_payload(
     let started = Instant::now();
     let (answer, (packed, secs)) = thread::scope(|scope| {
         let packer = scope.spawn(|| {
-            let sink = Progress::new(BufWriter::with_capacity(io_buffer, Paced::new(payload_writer, pace)), "sent");
-            let stats = taken.pack_into(sink, peer.signer());
+            let counted = Tally { inner: Paced::new(payload_writer, pace), sent };
+            let sink = Progress::new(BufWriter::with_capacity(io_buffer, counted), "sent");
+            let stats = taken.pack_into(sink, peer.signer(), offer.map(|(offer, base)| (offer, base.as_str())));
             (stats, seconds_since(started))
         });
         let answer = peer.prepare(&mut payload_reader, name, migration);
@@ -331,6 +423,24 @@ fn send_payload(
         (Err(error), _) | (Ok(_), Err(error)) => Err(error),
     };
     (result, secs)
+}
+
+/// Adds what passes through it to a shared count.
+pub(crate) struct Tally<'a, W> {
+    pub inner: W,
+    pub sent: &'a AtomicU64,
+}
+
+impl<W: Write> Write for Tally<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sent.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Makes sure the peer has the container's image, sending it when needed.

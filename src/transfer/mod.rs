@@ -19,6 +19,10 @@
 //! GET  /v1/failovers           the containers failed over here (Failover list)
 //! DELETE /v1/containers/NAME   removes a container this agent restored (and
 //!                              only those: `ferry bench --to` cleans up with it)
+//! GET  /v1/blocks?name=N       the blocks held of container N from the caller
+//!                              (BlockOffer): a payload may then be a delta
+//! POST /v1/stage               body: a payload (a pre-copy round); stored
+//!                              verified as the base of the next delta, not restored
 //! ```
 //!
 //! Every connection is mutual TLS 1.3 (`tls/`): the agent knows the calling
@@ -36,6 +40,7 @@ pub(crate) mod journal;
 mod ledger;
 pub(crate) mod migrate;
 pub(crate) mod pace;
+pub(crate) mod precopy;
 pub(crate) mod recover;
 pub(crate) mod replicate;
 pub(crate) mod server;
@@ -65,6 +70,30 @@ pub(crate) const MIGRATION_HEADER: &str = "X-Ferry-Migration";
 pub(crate) const SNAPSHOTS: &str = "/v1/snapshots";
 pub(crate) const FAILOVERS: &str = "/v1/failovers";
 pub(crate) const CONTAINERS: &str = "/v1/containers/";
+pub(crate) const BLOCKS: &str = "/v1/blocks";
+pub(crate) const STAGE: &str = "/v1/stage";
+
+/// What `GET /v1/blocks?name=N` answers: the blocks the agent holds of that
+/// container from the caller (its newest snapshot, staged and partial copies),
+/// for the caller's next upload to be a delta against them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct BlockOffer {
+    pub block_size: u32,
+    /// Which copies, for the logs (empty: none).
+    pub base: String,
+    pub blocks: usize,
+    /// The blocks' 16-byte ids, concatenated, in base64.
+    pub ids: String,
+}
+
+/// What `POST /v1/stage` answers: a pre-copy round was received and kept.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct StageReport {
+    pub container: String,
+    pub unpack_secs: f64,
+    pub raw_bytes: u64,
+    pub compressed_bytes: u64,
+}
 
 /// What `GET /v1/info` answers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -102,7 +131,14 @@ pub(crate) struct PeerImage {
 pub(crate) struct ErrorBody {
     pub error: String,
     pub exit_code: u8,
+    /// What a client may do about it, when it can do something: `retry`
+    /// (busy, try again shortly) or `base-missing` (send the whole payload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remedy: Option<String>,
 }
+
+pub(crate) const REMEDY_RETRY: &str = "retry";
+pub(crate) const REMEDY_WHOLE: &str = "base-missing";
 
 /// What `POST /v1/restore` answers: what the agent's restore did.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -205,7 +241,8 @@ pub(crate) fn status_for(kind: Kind) -> u16 {
         Kind::BadPayload => 422,
         Kind::Docker => 503,
         Kind::Io => 507,
-        Kind::Peer | Kind::OutcomeUnknown => 502,
+        Kind::Peer | Kind::OutcomeUnknown | Kind::Disconnected => 502,
+        Kind::BaseMissing => 409,
         Kind::Criu | Kind::Failure => 500,
     }
 }

@@ -9,7 +9,7 @@
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ use crate::board::Tuning;
 use crate::engine::Engine;
 use crate::error::{io_error, Error, Kind, Result};
 use crate::migration::{checkpoint, preflight};
+use crate::payload::delta::Offer;
 use crate::payload::{Mode, SnapshotTag};
 use crate::units::human_bytes;
 
@@ -38,6 +39,8 @@ pub(crate) struct Options<'a> {
     pub signer: Option<&'a dyn crate::payload::Sign>,
     /// `--limit-rate`: one pace for every peer, as they share the uplink.
     pub pace: Option<Pace>,
+    /// One snapshot to every peer, then return (an error if a peer did not store it).
+    pub once: bool,
 }
 
 /// One peer and whether a snapshot is on its way to it.
@@ -80,29 +83,59 @@ pub(crate) fn replicate(engine: &Engine, options: Options<'_>, stop: &AtomicBool
     let names: Vec<&str> = targets.iter().map(|t| t.peer.addr()).collect();
     log::info!("replicating {container} to {} every {:.1}s, keeping {keep} per peer", names.join(","), every.as_secs_f64());
 
+    let failed = Arc::new(AtomicUsize::new(0));
     while !stop.load(Ordering::SeqCst) {
         let round = Instant::now();
         stop_if_failed_over(engine, &targets, container)?;
         let tag = SnapshotTag { generation: generation + 1, source_agent: options.self_agent.clone() };
-        match snapshot(engine, container, (options.tuning, options.fast, options.signer), &state_dir, tag) {
+        let offer = common_offer(&targets, container);
+        match snapshot(engine, container, (options.tuning, options.fast, options.signer), &state_dir, tag, offer.as_ref()) {
             Ok(Some(file)) => {
                 generation += 1;
                 std::fs::write(&generation_file, generation.to_string()).map_err(|e| io_error(generation_file.display(), e))?;
-                send_to_peers(&targets, file, generation, keep, options.pace.as_ref());
+                send_to_peers(&targets, file, generation, keep, options.pace.as_ref(), &failed);
             }
+            Ok(None) if options.once => return Err(Error::new(Kind::Refused, format!("{container} does not run here: no snapshot taken"))),
             Ok(None) => {}
+            Err(e) if options.once => return Err(e),
             Err(e) => log::error!("snapshot {} of {container} failed: {e}", generation + 1),
+        }
+        if options.once {
+            break;
         }
         while !stop.load(Ordering::SeqCst) && round.elapsed() < every {
             thread::sleep(Duration::from_millis(50).min(every));
         }
     }
     log::info!("stopping: waiting for snapshots on their way to peers");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // --once waits as long as a peer may take to answer; a stop, briefly.
+    let wait = if options.once { targets.iter().map(|t| t.peer.timeout()).max().unwrap_or_default() } else { Duration::from_secs(10) };
+    let deadline = Instant::now() + wait;
     while targets.iter().any(|t| t.busy.load(Ordering::SeqCst)) && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(50));
     }
+    let failed = failed.load(Ordering::SeqCst);
+    if options.once && (failed > 0 || targets.iter().any(|t| t.busy.load(Ordering::SeqCst))) {
+        return Err(Error::new(Kind::Peer, format!("snapshot {generation} of {container} was not stored by every peer (see above)")));
+    }
     Ok(())
+}
+
+/// The blocks every peer holds of `container`: a snapshot is packed once
+/// for all of them, so its delta may refer only to blocks they all have.
+fn common_offer(targets: &[Target], container: &str) -> Option<(Offer, String)> {
+    let mut common: Option<(Offer, String)> = None;
+    for target in targets {
+        let (offer, base) = super::migrate::ask_blocks(&target.peer, container)?;
+        common = Some(match common {
+            None => (offer, base),
+            Some((mut held, label)) => {
+                held.ids.retain(|id| offer.ids.contains(id));
+                (held, label)
+            }
+        });
+    }
+    common
 }
 
 fn read_generation(path: &Path) -> u64 {
@@ -117,6 +150,7 @@ fn snapshot(
     (tuning, fast, signer): (&Tuning, bool, Option<&dyn crate::payload::Sign>),
     state_dir: &Path,
     tag: SnapshotTag,
+    offer: Option<&(Offer, String)>,
 ) -> Result<Option<Arc<SnapshotFile>>> {
     let running = engine.inspect_container(container).is_ok_and(|c| c.state.running);
     if !running {
@@ -132,7 +166,7 @@ fn snapshot(
     let path = state_dir.join(format!("{container}-{generation}.ferry"));
     let file = Arc::new(SnapshotFile(path.clone()));
     let sink = BufWriter::with_capacity(tuning.io_buffer, File::create(&path).map_err(|e| io_error(path.display(), e))?);
-    let stats = taken.pack_into(sink, signer)?;
+    let stats = taken.pack_into(sink, signer, offer.map(|(offer, base)| (offer, base.as_str())))?;
     log::info!(
         "snapshot {generation} of {container}: app frozen {:.3}s ({}), {} to send",
         taken.frozen_secs,
@@ -142,13 +176,13 @@ fn snapshot(
     Ok(Some(file))
 }
 
-fn send_to_peers(targets: &[Target], file: Arc<SnapshotFile>, generation: u64, keep: usize, pace: Option<&Pace>) {
+fn send_to_peers(targets: &[Target], file: Arc<SnapshotFile>, generation: u64, keep: usize, pace: Option<&Pace>, failed: &Arc<AtomicUsize>) {
     for target in targets {
         if target.busy.swap(true, Ordering::SeqCst) {
             log::warn!("snapshot {generation}: {} still receives the previous one — skipped", target.peer.addr());
             continue;
         }
-        let (peer, busy, file, pace) = (target.peer.clone(), target.busy.clone(), file.clone(), pace.cloned());
+        let (peer, busy, file, pace, failed) = (target.peer.clone(), target.busy.clone(), file.clone(), pace.cloned(), failed.clone());
         thread::spawn(move || {
             let started = Instant::now();
             let sent = File::open(&file.0)
@@ -161,7 +195,10 @@ fn send_to_peers(targets: &[Target], file: Arc<SnapshotFile>, generation: u64, k
                     stored.id,
                     started.elapsed().as_secs_f64()
                 ),
-                Err(e) => log::warn!("snapshot {generation} → {}: {e}", peer.addr()),
+                Err(e) => {
+                    log::warn!("snapshot {generation} → {}: {e}", peer.addr());
+                    failed.fetch_add(1, Ordering::SeqCst);
+                }
             }
             drop(file);
             busy.store(false, Ordering::SeqCst);

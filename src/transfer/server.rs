@@ -13,7 +13,7 @@ use super::ledger::{valid_client_id, CLIENT_ID_RULE};
 use crate::identity::Peer;
 use super::http::{self, Method, Request};
 use super::{
-    authorized, ErrorBody, ABORT, COMMIT, CONTAINERS, FAILOVERS, HEALTH, IMAGES, INFO, MIGRATIONS, MIGRATION_HEADER, RESTORE,
+    authorized, ErrorBody, ABORT, BLOCKS, COMMIT, STAGE, CONTAINERS, FAILOVERS, HEALTH, IMAGES, INFO, MIGRATIONS, MIGRATION_HEADER, RESTORE,
     SNAPSHOTS,
 };
 use crate::error::{Error, Kind, Result};
@@ -39,6 +39,7 @@ pub(crate) fn serve(agent: &Agent, listen: &str, tls: Option<std::sync::Arc<supe
         }
         scope.spawn(|| loop {
             agent.tidy_handovers();
+            agent.kept.tidy();
             thread::sleep(HANDOVER_TIDY);
         });
         let error = server.serve(&|request| handle(agent, request));
@@ -71,7 +72,12 @@ fn handle(agent: &Agent, mut request: Request) {
             let limit = if status == 401 { 0 } else { DRAIN_LIMIT };
             let _ = io::copy(&mut request.as_reader().take(limit), &mut io::sink());
             log::warn!("{method} {path}: {}", error.error);
-            let body = ErrorBody { error: error.error.message, exit_code: error.error.kind.exit_code() };
+            let remedy = match (error.error.kind, status) {
+                (Kind::BaseMissing, _) => Some(super::REMEDY_WHOLE.to_string()),
+                (_, 503) => Some(super::REMEDY_RETRY.to_string()),
+                _ => None,
+            };
+            let body = ErrorBody { error: error.error.message, exit_code: error.error.kind.exit_code(), remedy };
             (status, serde_json::to_string(&body).unwrap_or_default(), "application/json")
         }
     };
@@ -109,6 +115,11 @@ fn route(agent: &Agent, request: &mut Request, method: &Method, path: &str, quer
             agent.receive_snapshot(request.as_reader(), declared, keep.as_deref(), caller).map(Reply::json)
         }
         (Method::Get, SNAPSHOTS) => Ok(Reply::json(agent.store.list())),
+        (Method::Get, BLOCKS) => {
+            let name = query_value(query, "name").unwrap_or_default();
+            agent.blocks(&name, caller).map(Reply::json)
+        }
+        (Method::Post, STAGE) => agent.stage(request.as_reader(), declared, caller).map(Reply::json),
         (Method::Get, FAILOVERS) => Ok(Reply::json(agent.failovers())),
         (Method::Delete, p) if p.starts_with(CONTAINERS) => agent.remove_restored(&p[CONTAINERS.len()..], caller).map(Reply::json),
         _ => Err(Error::new(Kind::NotFound, format!("no such endpoint: {method} {path}")).with_status(404)),

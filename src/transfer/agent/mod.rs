@@ -61,6 +61,10 @@ pub(crate) struct Agent {
     pub(super) ledger_lock: Mutex<()>,
     /// The engine's /info, read once for commits (see [`Agent::engine_info`]).
     engine_info: std::sync::OnceLock<crate::engine::Info>,
+    /// Copies kept for deltas: pre-copy rounds, broken uploads.
+    pub(crate) kept: kept::Kept,
+    /// The block index last built, with what it was built from.
+    base_cache: Mutex<Option<kept::CachedBase>>,
 }
 
 /// An error with the HTTP status to answer it with, when its kind's is not right.
@@ -101,6 +105,8 @@ impl Agent {
         Agent {
             engine,
             store,
+            kept: kept::Kept::new(&settings.spool),
+            base_cache: Mutex::new(None),
             settings,
             restore_lock: Mutex::new(()),
             restored: Mutex::default(),
@@ -336,7 +342,9 @@ impl Agent {
         let body = BufReader::with_capacity(self.settings.tuning.io_buffer, body);
         let verifier = self.settings.verifier.for_peer(caller.map(|c| &c.fingerprint));
         let sender = caller.map(|c| c.fingerprint.to_string());
-        let stored = self.store.receive(body, &info.architecture, limit, keep, &verifier, sender.as_deref())?;
+        let resolve = self.resolver(caller);
+        let receive = payload::Receive { base: Some(&resolve), ..Default::default() };
+        let stored = self.store.receive(body, &info.architecture, (limit, keep), &verifier, sender.as_deref(), &receive)?;
         log::info!("stored snapshot {} ({} bytes) from {}", stored.id, stored.compressed_bytes, stored.source_host);
         Ok(stored)
     }
@@ -374,6 +382,9 @@ impl Agent {
         failovers
     }
 }
+
+mod kept;
+pub(crate) use kept::sender_name;
 
 #[cfg(test)]
 mod tests;
