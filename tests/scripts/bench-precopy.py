@@ -18,9 +18,10 @@ that fails either way is kept in the JSON and marked in the table, and the
 script then exits 1. Downtime is from the final freeze to the app running on
 B (the report's downtime_secs; ferry without it: save + transfer + resume);
 elapsed is the whole command, pre-copy rounds included (elapsed_secs, else the
-wall clock around it); wire is what crossed the link for the migration
-(bytes_sent_total, else bytes_sent), not counting the replicate snapshot,
-which the notes and the JSON give apart.
+wall clock around it); wire is every payload byte the migration sent: its
+pre-copy rounds' bytes_sent plus the final payload's across attempts
+(bytes_sent_total, else bytes_sent), the final payload alone in the notes.
+A replicate snapshot is not counted; the notes and the JSON give it apart.
 
 The setup is bench-migrate.py's: hosts A and B each with a key of its own,
 trusting the other, B's agent inside B's namespaces, and with --link RATE:DELAY
@@ -146,11 +147,13 @@ def report_fields(report, wall):
     fallbacks for the ones pre-copy adds."""
     rounds = report.get("precopy_rounds") or []
     phases = report.get("save_secs", 0) + report.get("transfer_secs", 0) + report.get("resume_secs", 0)
+    final_bytes = report.get("bytes_sent_total", report.get("bytes_sent", 0))
     return {
+        "wire_bytes": final_bytes + sum(r.get("bytes_sent", 0) for r in rounds),
         "downtime_secs": report.get("downtime_secs", phases),
         "elapsed_secs": report.get("elapsed_secs", wall),
         "wall_secs": wall,
-        "bytes_sent_total": report.get("bytes_sent_total", report.get("bytes_sent", 0)),
+        "bytes_sent_total": final_bytes,
         "bytes_sent": report.get("bytes_sent", 0),
         "raw_bytes": report.get("raw_bytes", 0),
         "save_secs": report.get("save_secs"),
@@ -212,7 +215,7 @@ def progress(row):
     if "error" in row:
         return head + "FAILED " + row["error"]
     return head + (f"downtime {row['downtime_secs']:.3f}s, elapsed {row['elapsed_secs']:.3f}s, "
-                   f"{row['bytes_sent_total'] / (1 << 20):.1f} MiB, rounds {row['precopy_round_count']}, "
+                   f"{row['wire_bytes'] / (1 << 20):.1f} MiB, rounds {row['precopy_round_count']}, "
                    f"stopped {row['precopy_stopped']}, base {row['delta_base']}"
                    + (f", {row['memory_error']}" if row.get("memory_error") else ""))
 
@@ -247,6 +250,8 @@ def table(rows, sizes, dirties, ways, repeat):
                     notes.append(f"delta base in {bases}/{len(good)}")
                 if fallbacks:
                     notes.append(f"fell back to full in {fallbacks}/{len(good)}")
+                if median_of(good, "precopy_round_count"):
+                    notes.append(f"final payload {median_of(good, 'bytes_sent_total') / (1 << 20):.1f} MiB")
                 snapshot = median_of(good, "snapshot_bytes")
                 if snapshot is not None:
                     notes.append(f"snapshot {snapshot / (1 << 20):.1f} MiB in {median_of(good, 'replicate_secs'):.2f}s")
@@ -254,7 +259,7 @@ def table(rows, sizes, dirties, ways, repeat):
                     notes.append(f"median of {len(good)}")
                 lines.append(
                     f"| {size} | {dirty:g} | {way} | {median_of(good, 'downtime_secs'):.3f} | "
-                    f"{median_of(good, 'elapsed_secs'):.3f} | {median_of(good, 'bytes_sent_total') / (1 << 20):.1f} | "
+                    f"{median_of(good, 'elapsed_secs'):.3f} | {median_of(good, 'wire_bytes') / (1 << 20):.1f} | "
                     f"{median_of(good, 'precopy_round_count'):g} | {', '.join(stopped) or '–'} | {'; '.join(notes)} |")
     return "\n".join(lines)
 
