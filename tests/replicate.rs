@@ -76,13 +76,6 @@ impl Replication for TwoHosts {
     }
 }
 
-fn stored_generations(spool: &Path, name: &str) -> Vec<u64> {
-    let Ok(entries) = std::fs::read_dir(spool.join("snapshots").join(name)) else { return Vec::new() };
-    let mut found: Vec<u64> = entries.flatten().filter_map(|e| e.file_name().to_string_lossy().parse().ok()).collect();
-    found.sort();
-    found
-}
-
 /// SIGTERM, as an init system stops it; waits for it to end.
 fn terminate(child: &mut Child) {
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();

@@ -114,7 +114,9 @@ pub(crate) struct Report {
     /// Payload sends: more than one after a broken connection was resumed or
     /// a delta fell back to a whole payload.
     pub attempts: u32,
-    /// Payload bytes sent across every attempt.
+    /// Payload bytes handed to the connection across every attempt: after a
+    /// broken connection, an upper bound of what crossed (what was still in
+    /// the sockets' buffers at the break is counted too).
     pub bytes_sent_total: u64,
     /// The peer no longer held the delta's base: the payload was sent whole.
     pub fallback_full: bool,

@@ -9,9 +9,12 @@
 //! at the cost of a full dump per round — each round freezes the app for
 //! as long as a dump takes, and every such freeze is reported.
 //!
-//! When to stop: after the round whose delta is not clearly smaller than the
-//! one before (the app dirties memory about as fast as the rounds send it),
-//! or when the rounds are spent. An app that dirties memory faster than the
+//! When to stop: once sending the last round's delta took less time than a
+//! dump freezes the app (another round cannot shorten the downtime by more
+//! than it freezes the app; on a fast link that is right after round 0), after
+//! the round whose delta is not clearly smaller than the one before (the app
+//! dirties memory about as fast as the rounds send it), or when the rounds
+//! are spent. An app that dirties memory faster than the
 //! link carries it is seen after round 1 (its delta is most of round 0) and
 //! migrated without more rounds: pre-copy never loops on a losing race.
 
@@ -76,7 +79,11 @@ pub(crate) fn rounds(
             round.secs
         );
         let sent = round.bytes_sent as f64;
+        let (sending_secs, freeze_secs) = ((round.secs - round.freeze_secs).max(0.0), round.freeze_secs);
         done.push(round);
+        if sending_secs < freeze_secs {
+            return (done, format!("converged: the round was sent in {sending_secs:.2}s, less than a dump freezes the app"));
+        }
         if number == 1 && sent > LOSING * done[0].bytes_sent as f64 {
             return (
                 done,

@@ -487,3 +487,83 @@ impl TwoHosts {
         TwoHosts { scratch, token, client_flags: vec!["--insecure"], agent_a, agent_b, on_a, on_b }
     }
 }
+
+/// A TCP proxy to `target` that counts every byte the clients send, and once
+/// breaks the link in the middle of an upload: the first connection whose
+/// client bytes pass `cut_after` gets exactly `cut_after` of them through, and
+/// is then closed both ways. `u64::MAX` never cuts.
+pub struct CuttingProxy {
+    pub addr: String,
+    forwarded: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CuttingProxy {
+    pub fn start(target: &str, cut_after: u64) -> CuttingProxy {
+        use std::net::Shutdown;
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let forwarded = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (target, counted, cut_done) = (target.to_string(), forwarded.clone(), cut.clone());
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = std::net::TcpStream::connect(&target) else { continue };
+                let (mut from_client, mut to_server) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (counted, cut_done) = (counted.clone(), cut_done.clone());
+                thread::spawn(move || {
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    let mut this_connection = 0u64;
+                    loop {
+                        let n = match std::io::Read::read(&mut from_client, &mut buffer) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let mut through = n;
+                        let cutting = this_connection.saturating_add(n as u64) > cut_after && !cut_done.swap(true, Ordering::SeqCst);
+                        if cutting {
+                            through = (cut_after - this_connection) as usize;
+                        }
+                        if std::io::Write::write_all(&mut to_server, &buffer[..through]).is_err() {
+                            break;
+                        }
+                        this_connection += through as u64;
+                        counted.fetch_add(through as u64, Ordering::SeqCst);
+                        if cutting {
+                            let _ = from_client.shutdown(Shutdown::Both);
+                            let _ = to_server.shutdown(Shutdown::Both);
+                            return;
+                        }
+                    }
+                    let _ = to_server.shutdown(Shutdown::Write);
+                });
+                let (mut from_server, mut to_client) = (server, client);
+                thread::spawn(move || {
+                    let _ = std::io::copy(&mut from_server, &mut to_client);
+                    let _ = to_client.shutdown(Shutdown::Write);
+                });
+            }
+        });
+        CuttingProxy { addr, forwarded, cut }
+    }
+
+    /// Bytes the clients sent that reached the target, over every connection.
+    pub fn forwarded(&self) -> u64 {
+        self.forwarded.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether the link was cut.
+    pub fn has_cut(&self) -> bool {
+        self.cut.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Generations of `name` stored in an agent's spool, oldest first.
+pub fn stored_generations(spool: &Path, name: &str) -> Vec<u64> {
+    let Ok(entries) = std::fs::read_dir(spool.join("snapshots").join(name)) else { return Vec::new() };
+    let mut found: Vec<u64> = entries.flatten().filter_map(|e| e.file_name().to_string_lossy().parse().ok()).collect();
+    found.sort();
+    found
+}
