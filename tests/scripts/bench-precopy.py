@@ -243,7 +243,9 @@ def table(rows, sizes, dirties, ways, repeat):
                 if not good:
                     lines.append(f"| {size} | {dirty:g} | {way} | – | – | – | – | – | {'; '.join(notes)} |")
                     continue
-                stopped = sorted({str(r["precopy_stopped"]) for r in good if r["precopy_stopped"]})
+                # The reason's head, counted: its tail carries each run's own figures (all in the JSON).
+                heads = [str(r["precopy_stopped"]).split(":")[0] for r in good if r["precopy_stopped"]]
+                stopped = [f"{h} ({heads.count(h)})" if len(set(heads)) > 1 else h for h in sorted(set(heads))]
                 bases = sum(1 for r in good if r.get("delta_base"))
                 fallbacks = sum(1 for r in good if r.get("fallback_full"))
                 if way == "replicate" or bases:
