@@ -5,7 +5,7 @@ CARGO    ?= cargo
 FERRY    := target/release/ferry
 SHELL    := /bin/bash
 
-.PHONY: all build setup test unit fuzz fuzz-short demo bench bench-core bench-migrate soak aarch64 armv7 arm arm-test field-test clean stop-engines
+.PHONY: all build setup test unit fuzz fuzz-short demo bench bench-core bench-migrate bench-precopy soak aarch64 armv7 arm arm-test field-test clean stop-engines
 
 all: build
 
@@ -52,6 +52,19 @@ LINK  ?=
 bench-migrate: build
 	bash tests/scripts/setup-host.sh --bench
 	bash tests/scripts/with-engines.sh all -- python3 tests/scripts/bench-migrate.py $(SIZES) --repeat 5 $(if $(LINK),--link $(LINK))
+
+# Issue 14: plain migrate, migrate --precopy, and migrate after a replicate
+# snapshot, for a counter whose memory changes at each DIRTY rate (MiB/s),
+# medians of REPEAT; a markdown table, and every run in PRECOPY_JSON. Over a
+# shaped link, 100mbit:5ms unless LINK says otherwise (LINK=none: loopback).
+# Not part of `make test`.
+PRECOPY_SIZES ?= 64 128
+DIRTY         ?= 0,1,8
+REPEAT        ?= 3
+PRECOPY_JSON  ?= target/bench-precopy.json
+bench-precopy: setup build
+	bash tests/scripts/with-engines.sh all -- python3 tests/scripts/bench-precopy.py $(PRECOPY_SIZES) --dirty $(DIRTY) \
+	  --repeat $(REPEAT) --json $(PRECOPY_JSON) $(if $(filter none,$(LINK)),,--link $(or $(LINK),100mbit:5ms))
 
 # The paper's study on this host: 16–512 MiB, 5 repetitions, CRIU and commit,
 # with the paper's own scripts as baseline; tables and SVG figures in OUT.
