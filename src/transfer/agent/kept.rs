@@ -10,10 +10,9 @@
 //! plus the sender's newest snapshot of the container (the snapshot store).
 //! `<sender>` is the peer's key fingerprint (`insecure` without TLS): a peer
 //! is offered, and a delta of it may copy, only blocks of copies it sent
-//! itself. A kept copy lives [`KEPT_FOR`] from when it began to arrive (its folder's
-//! time), and goes
-//! as soon as the container runs here; never more than these two per sender
-//! and container.
+//! itself. A kept copy lives [`KEPT_FOR`] from when it began to arrive (its
+//! folder's time), and goes as soon as the container runs here; never more
+//! than these two per sender and container.
 //!
 //! A partial copy is a prefix of what the source sent: every whole file in it
 //! passed its digest, the one that was cut holds the bytes that came. Nothing
