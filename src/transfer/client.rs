@@ -142,8 +142,10 @@ impl Peer {
         };
         // The request may or may not have reached the agent: a caller that
         // can repeat it safely (a new migration id, an idempotent question) may.
+        // A refused connection is no flaky link: no agent listens there.
         let kind = match &error {
-            ureq::Error::Io(_) | ureq::Error::Timeout(_) | ureq::Error::ConnectionFailed => Kind::Disconnected,
+            ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => Kind::Peer,
+            ureq::Error::Io(_) | ureq::Error::Timeout(_) => Kind::Disconnected,
             _ => Kind::Peer,
         };
         Error::new(kind, format!("{what} with the agent at {} failed: {detail}", self.addr))

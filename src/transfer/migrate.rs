@@ -193,8 +193,10 @@ pub(crate) fn migrate(engine: &Engine, peer: &Peer, container: &str, options: &O
     }
     let name = taken.name.clone();
     // A broken connection is tried again (each attempt a new migration id,
-    // a delta against what the peer kept of the last) until the timeout.
-    let deadline = Instant::now() + peer.timeout();
+    // a delta against what the peer kept of the last) a few times, within
+    // the timeout and a minute at most: the app is frozen meanwhile, and a
+    // peer that refuses connections is not retried at all.
+    let deadline = Instant::now() + peer.timeout().min(RESUME_WINDOW);
     let mut pause = Duration::from_millis(500);
     let sent = AtomicU64::new(0);
     let (restored, stats) = loop {
@@ -235,7 +237,7 @@ pub(crate) fn migrate(engine: &Engine, peer: &Peer, container: &str, options: &O
                 offer = None;
                 true
             }
-            Kind::Disconnected if Instant::now() + pause < deadline => {
+            Kind::Disconnected if report.attempts < MAX_ATTEMPTS && Instant::now() + pause < deadline => {
                 log::warn!("{error}: trying again in {:.1}s", pause.as_secs_f64());
                 thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_secs(8));
@@ -274,6 +276,11 @@ pub(crate) fn migrate(engine: &Engine, peer: &Peer, container: &str, options: &O
     report.elapsed_secs = seconds_since(began);
     Ok(report)
 }
+
+/// Payload sends a broken connection may take, the first included.
+const MAX_ATTEMPTS: u32 = 5;
+/// The longest a migration retries broken connections, its app frozen.
+const RESUME_WINDOW: Duration = Duration::from_secs(60);
 
 /// The peer's blocks of `container`, if it has some and takes deltas; a
 /// failure to ask only costs the delta.
