@@ -18,6 +18,7 @@ mod commands;
 mod doctor;
 mod engine;
 mod error;
+mod fleet;
 mod host;
 mod identity;
 mod migration;
