@@ -85,6 +85,7 @@ enum Command {
     Recover(commands::recover::Args),
     Keys(commands::keys::Args),
     Trust(commands::trust::Args),
+    Fleet(commands::fleet::Args),
 }
 
 fn main() -> ExitCode {
@@ -153,6 +154,7 @@ fn try_main(cli: Cli) -> Result<(), Error> {
         Command::Recover(args) => commands::recover::run(&context, args),
         Command::Keys(args) => commands::keys::run(args),
         Command::Trust(args) => commands::trust::run(args),
+        Command::Fleet(args) => commands::fleet::run(args),
     }
 }
 
