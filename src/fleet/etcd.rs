@@ -37,6 +37,9 @@ use ureq::Agent;
 /// largest, a few KiB per node and container.
 const ANSWER_LIMIT: u64 = 16 << 20;
 
+/// How long an answer may take to start coming back, by default.
+const ANSWER_WITHIN: Duration = Duration::from_secs(5);
+
 /// gRPC's NOT_FOUND, as the gateway reports a lease that is gone.
 const GRPC_NOT_FOUND: i64 = 5;
 
@@ -174,7 +177,13 @@ impl Etcd {
     /// `urls` as `--etcd` gives them: `http://HOST:PORT`, comma-separated.
     pub(crate) fn connect(urls: &str) -> Result<Etcd> {
         let endpoints = parse_endpoints(urls)?;
-        Ok(Etcd { endpoints, preferred: AtomicUsize::new(0), agent: agent() })
+        Ok(Etcd { endpoints, preferred: AtomicUsize::new(0), agent: agent(ANSWER_WITHIN) })
+    }
+
+    /// The same etcd, waiting at most `timeout` for an answer to start: a
+    /// lease renewal must give up in time to try again before the TTL ends.
+    pub(crate) fn answering_within(&self, timeout: Duration) -> Etcd {
+        Etcd { agent: agent(timeout.min(ANSWER_WITHIN)), ..self.clone() }
     }
 
     pub(crate) fn endpoints(&self) -> &[String] {
@@ -322,11 +331,11 @@ impl Etcd {
 
 /// The HTTP agent for etcd: short timeouts, since a lease renewal that waits
 /// longer than its TTL has already failed; statuses read, not raised.
-fn agent() -> Agent {
+fn agent(answer_within: Duration) -> Agent {
     let config = Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_connect(Some(Duration::from_secs(2)))
-        .timeout_recv_response(Some(Duration::from_secs(5)))
+        .timeout_connect(Some(answer_within.min(Duration::from_secs(2))))
+        .timeout_recv_response(Some(answer_within))
         .timeout_recv_body(Some(Duration::from_secs(10)))
         .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
         .build();

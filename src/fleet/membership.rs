@@ -175,7 +175,10 @@ pub(crate) fn start(
     on_leave: impl FnOnce() + Send + 'static,
 ) -> Result<()> {
     let node = survey(&engine, &who.name, &who.agent, who.board.as_deref())?;
-    let membership = Membership::join(etcd, node, ttl_secs)?;
+    // A renewal stuck for longer than a third of the TTL leaves no time to
+    // try again (at least a second: etcd commits through Raft first).
+    let patience = Duration::from_millis(ttl_secs as u64 * 1000 / 3).max(RETRY);
+    let membership = Membership::join(etcd.answering_within(patience), node, ttl_secs)?;
     thread::Builder::new()
         .name("fleet-lease".to_string())
         .spawn(move || {
