@@ -127,19 +127,19 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
 }
 
 /// Where and as whom this agent joins a fleet, and its lease's TTL.
-fn fleet_member(args: &Args, urls: &str) -> Result<(Etcd, membership::Identity, i64)> {
+fn fleet_member(args: &Args, urls: &str) -> Result<(Etcd, membership::Who, i64)> {
     let ttl = i64::try_from(args.lease_ttl).ok().filter(|ttl| *ttl >= 2).ok_or_else(|| {
         Error::new(Kind::Usage, format!("--lease-ttl {}: give 2 seconds or more (renewed every third of it)", args.lease_ttl))
     })?;
     let name = args.node.clone().unwrap_or_else(host::hostname);
     let agent = fleet::advertised_agent(&args.listen, args.advertise.as_deref())?;
-    let who = membership::Identity { name: fleet::checked_name("--node", &name)?, agent, board: args.board.clone() };
+    let who = membership::Who { name: fleet::checked_name("--node", &name)?, agent, board: args.board.clone() };
     Ok((Etcd::connect(urls)?, who, ttl))
 }
 
 /// Joins the fleet and keeps this node's lease alive until SIGTERM or
 /// SIGINT, which revoke it before the agent ends.
-fn join_fleet(context: &Context, etcd: Etcd, who: membership::Identity, ttl: i64) -> Result<()> {
+fn join_fleet(context: &Context, etcd: Etcd, who: membership::Who, ttl: i64) -> Result<()> {
     // SAFETY: the handler only stores to atomics.
     unsafe {
         libc::signal(libc::SIGTERM, request_leave as *const () as libc::sighandler_t);

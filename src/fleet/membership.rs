@@ -155,7 +155,7 @@ impl Membership {
 }
 
 /// Who this node is in the fleet, as `ferry serve` was told.
-pub(crate) struct Identity {
+pub(crate) struct Who {
     pub name: String,
     /// Where other agents reach this one (HOST:PORT).
     pub agent: String,
@@ -169,7 +169,7 @@ pub(crate) struct Identity {
 pub(crate) fn start(
     etcd: Etcd,
     engine: Engine,
-    who: Identity,
+    who: Who,
     ttl_secs: i64,
     stop: &'static AtomicBool,
     on_leave: impl FnOnce() + Send + 'static,
