@@ -5,6 +5,7 @@
 
 use std::fmt;
 
+use crate::fleet::etcd;
 use crate::{engine, payload};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +102,19 @@ impl From<payload::Error> for Error {
             payload::Error::Io { .. } => Kind::Io,
             payload::Error::BaseMissing(_) => Kind::BaseMissing,
             _ => Kind::BadPayload,
+        };
+        Error::new(kind, error.to_string())
+    }
+}
+
+impl From<etcd::Error> for Error {
+    fn from(error: etcd::Error) -> Error {
+        let kind = match &error {
+            etcd::Error::BadUrl(_) => Kind::Usage,
+            // Nothing was applied, or it may have been: either way asking
+            // again (after reading again) is the remedy.
+            etcd::Error::Unreachable { .. } | etcd::Error::AnswerLost { .. } => Kind::Disconnected,
+            etcd::Error::Refused { .. } | etcd::Error::Protocol { .. } => Kind::Failure,
         };
         Error::new(kind, error.to_string())
     }

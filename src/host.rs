@@ -74,6 +74,18 @@ pub(crate) fn hostname() -> String {
         .unwrap_or_default()
 }
 
+/// MemAvailable from /proc/meminfo, in bytes: what the kernel estimates new
+/// work can take without swapping (free memory plus reclaimable cache). 0 if
+/// unknown.
+pub(crate) fn mem_available_bytes() -> u64 {
+    let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
 /// Bytes available to an unprivileged writer on the filesystem holding `path`.
 pub(crate) fn free_bytes(path: &Path) -> io::Result<u64> {
     let c_path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;

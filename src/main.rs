@@ -18,6 +18,7 @@ mod commands;
 mod doctor;
 mod engine;
 mod error;
+mod fleet;
 mod host;
 mod identity;
 mod migration;
@@ -84,6 +85,7 @@ enum Command {
     Recover(commands::recover::Args),
     Keys(commands::keys::Args),
     Trust(commands::trust::Args),
+    Fleet(commands::fleet::Args),
 }
 
 fn main() -> ExitCode {
@@ -152,6 +154,7 @@ fn try_main(cli: Cli) -> Result<(), Error> {
         Command::Recover(args) => commands::recover::run(&context, args),
         Command::Keys(args) => commands::keys::run(args),
         Command::Trust(args) => commands::trust::run(args),
+        Command::Fleet(args) => commands::fleet::run(args),
     }
 }
 

@@ -5,6 +5,7 @@ pub(crate) mod boards;
 pub(crate) mod checkpoint;
 pub(crate) mod doctor;
 pub(crate) mod failover;
+pub(crate) mod fleet;
 pub(crate) mod keys;
 pub(crate) mod migrate;
 pub(crate) mod recover;

@@ -1,12 +1,15 @@
 //! `ferry serve`: the agent that receives containers from peers.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Duration;
 
 use argh::FromArgs;
 
 use super::Context;
-use crate::error::Result;
+use crate::error::{Error, Kind, Result};
+use crate::fleet::{self, etcd::Etcd, membership};
+use crate::host;
 use crate::identity::Verifier;
 use crate::transfer::client::Link;
 use crate::transfer::agent::{Agent, Settings};
@@ -46,9 +49,40 @@ pub(crate) struct Args {
     /// source within this long (default 5m)
     #[argh(option, default = "Duration::from_secs(300)", from_str_fn(parse_duration))]
     pub handover_timeout: Duration,
+    /// join the fleet kept in etcd at these client URLs (http://HOST:PORT,
+    /// comma-separated): this node's record lives as long as the agent
+    /// renews its lease
+    #[argh(option)]
+    pub etcd: Option<String>,
+    /// this node's name in the fleet (default: the host name)
+    #[argh(option)]
+    pub node: Option<String>,
+    /// where other agents reach this one, as the fleet records it (default:
+    /// --listen, which must then name an address, not 0.0.0.0)
+    #[argh(option)]
+    pub advertise: Option<String>,
+    /// seconds the fleet keeps this node's record after its last lease
+    /// renewal (renewed every third of it; default 10)
+    #[argh(option, default = "10")]
+    pub lease_ttl: u64,
+}
+
+/// Set by SIGTERM or SIGINT when the node is in a fleet: the lease's thread
+/// revokes the lease, then ends the process with that signal.
+static LEAVE: AtomicBool = AtomicBool::new(false);
+static LEAVE_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn request_leave(signal: libc::c_int) {
+    LEAVE_SIGNAL.store(signal, Ordering::SeqCst);
+    LEAVE.store(true, Ordering::SeqCst);
 }
 
 pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
+    // Checked before anything starts: a fleet option that cannot work is a usage error.
+    let fleet = args.etcd.as_deref().map(|urls| fleet_member(&args, urls)).transpose()?;
+    if fleet.is_none() && (args.node.is_some() || args.advertise.is_some()) {
+        return Err(Error::new(Kind::Usage, "--node and --advertise name this node in a fleet: give --etcd URL too"));
+    }
     let token = args.token_file.as_deref().map(transfer::load_token).transpose()?;
     let credentials = if args.insecure {
         log::warn!(
@@ -66,6 +100,9 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     };
     let tuning = context.tuning(args.board.as_deref())?;
     let engine = context.engine()?;
+    if let Some((etcd, who, ttl)) = fleet {
+        join_fleet(context, etcd, who, ttl)?;
+    }
     if let Some(board) = &tuning.board {
         log::info!("board {}: containers capped at {} MiB and {} CPUs", board.name, board.memory_mib, board.cpus);
     }
@@ -87,4 +124,34 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
         handover_timeout: args.handover_timeout,
     };
     server::serve(&Agent::new(engine, settings), &args.listen, acceptor)
+}
+
+/// Where and as whom this agent joins a fleet, and its lease's TTL.
+fn fleet_member(args: &Args, urls: &str) -> Result<(Etcd, membership::Who, i64)> {
+    let ttl = i64::try_from(args.lease_ttl).ok().filter(|ttl| *ttl >= 2).ok_or_else(|| {
+        Error::new(Kind::Usage, format!("--lease-ttl {}: give 2 seconds or more (renewed every third of it)", args.lease_ttl))
+    })?;
+    let name = args.node.clone().unwrap_or_else(host::hostname);
+    let agent = fleet::advertised_agent(&args.listen, args.advertise.as_deref())?;
+    let who = membership::Who { name: fleet::checked_name("--node", &name)?, agent, board: args.board.clone() };
+    Ok((Etcd::connect(urls)?, who, ttl))
+}
+
+/// Joins the fleet and keeps this node's lease alive until SIGTERM or
+/// SIGINT, which revoke it before the agent ends.
+fn join_fleet(context: &Context, etcd: Etcd, who: membership::Who, ttl: i64) -> Result<()> {
+    // SAFETY: the handler only stores to atomics.
+    unsafe {
+        libc::signal(libc::SIGTERM, request_leave as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, request_leave as *const () as libc::sighandler_t);
+    }
+    membership::start(etcd, context.engine()?, who, ttl, &LEAVE, || {
+        // Dying of the signal, as without a fleet: init systems read it.
+        let signal = LEAVE_SIGNAL.load(Ordering::SeqCst);
+        // SAFETY: restoring the default action and raising a signal.
+        unsafe {
+            libc::signal(signal, libc::SIG_DFL);
+            libc::raise(signal);
+        }
+    })
 }

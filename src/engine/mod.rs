@@ -484,6 +484,35 @@ impl Engine {
         self.get_json(&format!("/images/{}/json", encode(name_or_id)))
     }
 
+    /// `GET /containers/json`: the running containers, by name (without
+    /// Docker's leading slash) and id.
+    pub(crate) fn running_containers(&self) -> Result<Vec<(String, String)>> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Summary {
+            id: String,
+            #[serde(default)]
+            names: Vec<String>,
+        }
+        let list: Vec<Summary> = self.get_json("/containers/json")?;
+        Ok(list
+            .into_iter()
+            .map(|s| (s.names.first().map(|n| n.trim_start_matches('/').to_string()).unwrap_or_default(), s.id))
+            .collect())
+    }
+
+    /// The memory container `id` holds, as `docker stats` counts it: its
+    /// cgroup's usage less the page cache it could drop (`inactive_file`,
+    /// `total_inactive_file` on cgroup v1). `one-shot` (API 1.41) answers at
+    /// once instead of after a second sample.
+    pub(crate) fn memory_in_use(&self, id: &str) -> Result<u64> {
+        let stats: Value = self.get_json(&format!("/containers/{}/stats?stream=false&one-shot=true", encode(id)))?;
+        let memory = &stats["memory_stats"];
+        let usage = memory["usage"].as_u64().unwrap_or(0);
+        let cache = memory["stats"]["inactive_file"].as_u64().or(memory["stats"]["total_inactive_file"].as_u64());
+        Ok(usage.saturating_sub(cache.unwrap_or(0)))
+    }
+
     /// `GET /images/json`: the images this engine has.
     pub(crate) fn list_images(&self) -> Result<Vec<ImageInspect>> {
         #[derive(Deserialize)]

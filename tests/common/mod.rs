@@ -5,7 +5,10 @@
 //! sets the host up, starts the engines and runs them with `--ignored`.
 #![allow(dead_code)]
 
+mod etcd;
 mod tls;
+#[allow(unused_imports)]
+pub use etcd::LocalEtcd;
 #[allow(unused_imports)]
 pub use tls::{https, keys, keys_init, trust, ClientCert, Keys};
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what ferry's tests and demo need on a bare Debian bookworm host
 # (amd64), idempotently: Docker 20.10 in experimental mode, a CRIU that works
-# on this kernel, and the tools the tests call. A second run only checks.
+# on this kernel, etcd for the fleet tests, and the tools the tests call. A
+# second run only checks.
 #
 # Why CRIU comes from Debian forky, unpacked into a private prefix:
 #  - bookworm's criu 3.17 fails on kernels that have [vvar_vclock]
@@ -31,7 +32,9 @@ apt_update() {
 }
 
 # --- Debian packages ------------------------------------------------------
-packages=(docker.io iproute2 redis-server redis-tools file binutils util-linux time gcc libc6-dev python3)
+# etcd-server: bookworm's etcd 3.4, whose v3 JSON gateway ferry's fleet speaks
+# (tests/fleet.rs starts its own on a loopback port; see "etcd" below).
+packages=(docker.io iproute2 redis-server redis-tools file binutils util-linux time gcc libc6-dev python3 etcd-server)
 # --bench: Podman too, the stronger peer `make bench-migrate` compares against.
 [ "${1:-}" = "--bench" ] && packages+=(podman)
 missing=()
@@ -50,6 +53,26 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
   [ -n "$created_policy" ] && rm -f "$policy"
 fi
+
+# --- etcd: the binary only, never the system service -----------------------------
+# The fleet tests run their own etcd, each on a free loopback port with a
+# throwaway data dir, stopped by PID. The package's service (port 2379, data
+# in /var/lib/etcd) would serve no one and hold the port a user's own etcd
+# wants: policy-rc.d kept the package from starting it; keep it stopped (a host
+# set up before may have run it) and off at boot, under systemd and sysvinit.
+if [ -d /run/systemd/system ] && systemctl is-active --quiet etcd 2>/dev/null; then
+  log "stopping the system etcd service"; systemctl stop etcd
+elif [ -x /etc/init.d/etcd ] && [ ! -d /run/systemd/system ] && /etc/init.d/etcd status >/dev/null 2>&1; then
+  log "stopping the system etcd service"; /etc/init.d/etcd stop >/dev/null
+fi
+if systemctl is-enabled --quiet etcd 2>/dev/null; then
+  log "disabling the system etcd service at boot"; systemctl disable --quiet etcd 2>/dev/null
+fi
+if ls /etc/rc[2345].d/S*etcd >/dev/null 2>&1; then
+  log "disabling etcd's init script at boot"; update-rc.d etcd disable >/dev/null 2>&1
+fi
+etcd --version 2>/dev/null | grep -q '^etcd Version: 3\.' || { log "etcd does not run: $(etcd --version 2>&1 | tail -1)"; exit 1; }
+log "$(etcd --version | head -1) — for the fleet tests; its system service is off"
 
 # --- CRIU 4.2 from forky, in a private prefix --------------------------------
 criu_ok() {

@@ -1,0 +1,152 @@
+//! A fleet of ferry agents coordinated through etcd (issue 15): the records
+//! the fleet keeps there, and the transactions that change them.
+//!
+//! Everything lives under [`PREFIX`], as JSON:
+//! - `/ferry/nodes/<node>` — a node's membership ([`Node`]): written by its
+//!   agent under a lease the agent keeps alive (see `membership.rs`), so
+//!   the record disappears by itself when the agent stops renewing it;
+//! - `/ferry/placements/<container>` — where a managed container runs
+//!   ([`Placement`]): the single truth about which node should run it.
+//!   Written only by transactions conditioned on what was read, so that of
+//!   two decisions taken from the same state exactly one wins.
+//!
+//! Balancing, failover on a lease's expiry and self-fencing are built on
+//! these records later; nothing here starts or stops a container.
+
+pub(crate) mod etcd;
+pub(crate) mod membership;
+pub(crate) mod placement;
+#[cfg(test)]
+pub(crate) mod testing;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Kind, Result};
+use etcd::Etcd;
+
+/// Where the fleet's keys start: one etcd may serve other users.
+pub(crate) const PREFIX: &str = "/ferry/";
+const NODES: &str = "/ferry/nodes/";
+const PLACEMENTS: &str = "/ferry/placements/";
+
+pub(crate) fn node_key(node: &str) -> String {
+    format!("{NODES}{node}")
+}
+
+/// `name` if it can be a node's or container's name in a key: what Docker
+/// allows in a container name (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`), so no `/`
+/// makes one record look like another's.
+pub(crate) fn checked_name(option: &str, name: &str) -> Result<String> {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
+        return Ok(name.to_string());
+    }
+    Err(Error::new(
+        Kind::Usage,
+        format!("{option} '{name}' cannot name a fleet record: use letters, digits, '_', '.' and '-', starting with a letter or digit"),
+    ))
+}
+
+/// The agent address a node records: `--advertise`, else `--listen` when it
+/// names an address others can dial.
+pub(crate) fn advertised_agent(listen: &str, advertise: Option<&str>) -> Result<String> {
+    if let Some(advertise) = advertise {
+        return Ok(advertise.to_string());
+    }
+    let host = listen.rsplit_once(':').map_or(listen, |(host, _)| host);
+    if matches!(host, "" | "0.0.0.0" | "[::]" | "::") {
+        return Err(Error::new(
+            Kind::Usage,
+            format!("--listen {listen} is no address other nodes can reach: give --advertise HOST:PORT for the fleet"),
+        ));
+    }
+    Ok(listen.to_string())
+}
+
+/// A node as its agent describes itself: what a planner needs to choose
+/// where a container goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Node {
+    pub name: String,
+    /// Where other agents reach this one's agent (HOST:PORT).
+    pub agent: String,
+    /// As the engine reports it (`uname -m`): a checkpoint restores only on
+    /// the same architecture.
+    pub arch: String,
+    /// MemAvailable, in MiB.
+    pub mem_available_mib: u64,
+    /// The board profile the agent caps its containers with, if any.
+    pub board: Option<String>,
+    /// The containers running on this node's engine.
+    pub containers: Vec<Hosted>,
+    pub ferry_version: String,
+}
+
+/// A container on a node, and the memory it holds (what a migration moves).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Hosted {
+    pub name: String,
+    pub memory_mib: u64,
+}
+
+/// Where a managed container should run. `generation` counts its placements:
+/// 1 when claimed, one more with every move.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Placement {
+    pub node: String,
+    pub generation: u64,
+}
+
+/// A node's record with the time its lease has left.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Member {
+    #[serde(flatten)]
+    pub node: Node,
+    /// Seconds until the node's lease expires unless renewed; None when the
+    /// record has no lease or it just went.
+    pub lease_ttl_secs: Option<i64>,
+}
+
+/// A managed container and where it should run.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Placed {
+    pub container: String,
+    #[serde(flatten)]
+    pub placement: Placement,
+}
+
+/// The fleet as etcd holds it now, nodes and placements by name.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Status {
+    pub nodes: Vec<Member>,
+    pub placements: Vec<Placed>,
+}
+
+/// Every node and placement, with each node's remaining lease time.
+pub(crate) fn status(etcd: &Etcd) -> Result<Status> {
+    let mut nodes = Vec::new();
+    let mut placements = Vec::new();
+    for kv in etcd.get_prefix(PREFIX)? {
+        if kv.key.starts_with(NODES) {
+            let node: Node = decode(&kv.key, &kv.value)?;
+            let lease_ttl_secs = if kv.lease == 0 { None } else { etcd.time_to_live(kv.lease)? };
+            nodes.push(Member { node, lease_ttl_secs });
+        } else if let Some(container) = kv.key.strip_prefix(PLACEMENTS) {
+            placements.push(Placed { container: container.to_string(), placement: decode(&kv.key, &kv.value)? });
+        }
+    }
+    Ok(Status { nodes, placements })
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T> {
+    serde_json::from_slice(value).map_err(|e| {
+        Error::new(
+            Kind::Failure,
+            format!("etcd's {key} is not a record this ferry can read ({e}) — was it written by another version or tool?"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests;
