@@ -156,11 +156,16 @@ fn retention_keeps_exactly_n_and_never_more_than_n_plus_one() {
     let mut most = 0;
     while hosts.stored(name).last().copied().unwrap_or(0) < 5 {
         assert!(Instant::now() < deadline, "replicate did not reach generation 5");
-        // Numbered snapshots plus the one being received, at every moment.
+        // Numbered snapshots plus the one being received, at every moment. A
+        // snapshot renamed into place between the two reads would count
+        // twice: a sample during which the stored ones changed is dropped.
+        let stored = hosts.stored(name).len();
         let incoming = std::fs::read_dir(&snapshots)
             .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".incoming")).count())
             .unwrap_or(0);
-        most = most.max(hosts.stored(name).len() + incoming);
+        if hosts.stored(name).len() == stored {
+            most = most.max(stored + incoming);
+        }
         thread::sleep(Duration::from_millis(20));
     }
     terminate(&mut replicate);
