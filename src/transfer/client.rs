@@ -265,6 +265,16 @@ impl Peer {
         self.json("the pre-copy round", response)
     }
 
+    /// Asks this (fleet) agent to migrate `container` to fleet node `to`,
+    /// provided its placement is still `generation` on that agent's node;
+    /// answers once the container runs on `to` or the move failed.
+    pub(crate) fn fleet_migrate(&self, container: &str, to: &str, generation: u64) -> Result<super::FleetMove> {
+        let path = format!("{}?name={container}&to={to}&generation={generation}", super::FLEET_MIGRATE);
+        let request = self.request("POST", &path).body(()).map_err(http_error)?;
+        let response = self.run(&format!("migrating {container} to {to}"), request)?;
+        self.json(&format!("migrating {container} to {to}"), response)
+    }
+
     /// Whether the agent answers its health check within a short time.
     pub(crate) fn healthy(&self) -> bool {
         let Ok(request) = ureq::http::Request::get(self.url(super::HEALTH)).body(()) else {

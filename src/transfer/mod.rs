@@ -23,6 +23,11 @@
 //!                              (BlockOffer): a payload may then be a delta
 //! POST /v1/stage               body: a payload (a pre-copy round); stored
 //!                              verified as the base of the next delta, not restored
+//! POST /v1/fleet/migrate?name=C&to=NODE&generation=G
+//!                              (agents in a fleet) migrates container C from
+//!                              here to fleet node NODE, the move recorded in etcd
+//!                              by a transaction conditioned on C's placement
+//!                              being generation G here; answers FleetMove
 //! ```
 //!
 //! Every connection is mutual TLS 1.3 (`tls/`): the agent knows the calling
@@ -72,6 +77,28 @@ pub(crate) const FAILOVERS: &str = "/v1/failovers";
 pub(crate) const CONTAINERS: &str = "/v1/containers/";
 pub(crate) const BLOCKS: &str = "/v1/blocks";
 pub(crate) const STAGE: &str = "/v1/stage";
+pub(crate) const FLEET_MIGRATE: &str = "/v1/fleet/migrate";
+
+/// What `POST /v1/fleet/migrate` answers: the move that was made and the
+/// paper's Table 1 for it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub(crate) struct FleetMove {
+    pub container: String,
+    /// The node it left and the node it runs on now.
+    pub from: String,
+    pub to: String,
+    /// Its placement's generation now (the one asked for + 1).
+    pub generation: u64,
+    pub save_secs: f64,
+    pub transfer_secs: f64,
+    pub resume_secs: f64,
+    pub commit_secs: f64,
+    /// From the freeze until it ran on `to`.
+    pub downtime_secs: f64,
+    /// The whole migration as the source's agent ran it.
+    pub elapsed_secs: f64,
+    pub bytes_sent: u64,
+}
 
 /// What `GET /v1/blocks?name=N` answers: the blocks the agent holds of that
 /// container from the caller (its newest snapshot, staged and partial copies),
