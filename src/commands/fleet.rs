@@ -2,7 +2,8 @@
 
 use argh::FromArgs;
 
-use crate::error::Result;
+use crate::error::{Error, Kind, Result};
+use crate::fleet::placement::{self, Claimed};
 use crate::fleet::{self, etcd::Etcd};
 
 #[derive(FromArgs, Debug)]
@@ -17,6 +18,23 @@ pub(crate) struct Args {
 #[argh(subcommand)]
 enum FleetCommand {
     Status(StatusArgs),
+    Manage(ManageArgs),
+}
+
+#[derive(FromArgs, Debug)]
+/// Make a running container one the fleet manages: record where it runs
+/// (its placement), so that it is balanced, fenced and failed over.
+#[argh(subcommand, name = "manage")]
+struct ManageArgs {
+    /// the container's name: one name for it in the whole fleet
+    #[argh(positional)]
+    container: String,
+    /// etcd's client URLs, comma-separated (http://HOST:PORT,…)
+    #[argh(option)]
+    etcd: String,
+    /// the node that runs it (default: the one member whose record lists it)
+    #[argh(option)]
+    node: Option<String>,
 }
 
 #[derive(FromArgs, Debug)]
@@ -32,7 +50,46 @@ struct StatusArgs {
 }
 
 pub(crate) fn run(args: Args) -> Result<()> {
-    let FleetCommand::Status(args) = args.command;
+    match args.command {
+        FleetCommand::Status(args) => status(args),
+        FleetCommand::Manage(args) => manage(args),
+    }
+}
+
+fn manage(args: ManageArgs) -> Result<()> {
+    let container = fleet::checked_name("container", &args.container)?;
+    let etcd = Etcd::connect(&args.etcd)?;
+    let status = fleet::status(&etcd)?;
+    let running_on: Vec<&str> = status
+        .nodes
+        .iter()
+        .filter(|m| m.node.containers.iter().any(|c| c.name == container))
+        .map(|m| m.node.name.as_str())
+        .collect();
+    let node = match (&args.node, running_on.as_slice()) {
+        (Some(node), _) => fleet::checked_name("--node", node)?,
+        (None, [one]) => one.to_string(),
+        (None, []) => {
+            return Err(Error::new(
+                Kind::NotFound,
+                format!("no member of the fleet lists {container} among its running containers (records are refreshed every third of a lease) — start it, or name its node with --node"),
+            ));
+        }
+        (None, many) => {
+            return Err(Error::new(
+                Kind::Refused,
+                format!("{container} runs on several nodes ({}): a managed container runs once — stop the extra copies, or name its node with --node", many.join(", ")),
+            ));
+        }
+    };
+    match placement::claim(&etcd, &container, &node)? {
+        Claimed::Won(placed) => say!("{container} is managed by the fleet: placed on '{}' (generation {})", placed.node, placed.generation),
+        Claimed::Taken(placed) => say!("{container} was managed already: placed on '{}' (generation {})", placed.node, placed.generation),
+    }
+    Ok(())
+}
+
+fn status(args: StatusArgs) -> Result<()> {
     let status = fleet::status(&Etcd::connect(&args.etcd)?)?;
     if args.json {
         say!("{}", serde_json::to_string(&status).unwrap_or_default());

@@ -64,6 +64,7 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
         keep_source: args.keep_source,
         limit_rate: args.limit_rate,
         precopy: args.precopy.then_some(args.precopy_rounds),
+        before_commit: None,
     };
     let report = migrate(&engine, &peer, &args.container, &options)?;
     let precopy = match &report.precopy_stopped {

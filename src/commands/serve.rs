@@ -8,7 +8,9 @@ use argh::FromArgs;
 
 use super::Context;
 use crate::error::{Error, Kind, Result};
-use crate::fleet::{self, etcd::Etcd, membership};
+use crate::engine::Engine;
+use crate::fleet::{self, etcd::Etcd, membership, Seat};
+use crate::snapshots::Store;
 use crate::host;
 use crate::identity::Verifier;
 use crate::transfer::client::Link;
@@ -100,9 +102,15 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     };
     let tuning = context.tuning(args.board.as_deref())?;
     let engine = context.engine()?;
-    if let Some((etcd, who, ttl)) = fleet {
-        join_fleet(context, etcd, who, ttl)?;
-    }
+    let spool = args.spool.unwrap_or_else(|| tuning.work_dir.clone());
+    let seat = match fleet {
+        Some((etcd, who, ttl)) => {
+            let seat = Seat { etcd: etcd.clone(), node: who.name.clone() };
+            join_fleet(engine.clone(), Store::new(&spool), etcd, who, ttl)?;
+            Some(seat)
+        }
+        None => None,
+    };
     if let Some(board) = &tuning.board {
         log::info!("board {}: containers capped at {} MiB and {} CPUs", board.name, board.memory_mib, board.cpus);
     }
@@ -116,12 +124,13 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
         token,
         verifier,
         link,
-        spool: args.spool.unwrap_or_else(|| tuning.work_dir.clone()),
+        spool,
         max_payload: args.max_payload,
         fast: context.fast,
         tuning,
         failover_after: args.failover_after,
         handover_timeout: args.handover_timeout,
+        fleet: seat,
     };
     server::serve(&Agent::new(engine, settings), &args.listen, acceptor)
 }
@@ -139,13 +148,13 @@ fn fleet_member(args: &Args, urls: &str) -> Result<(Etcd, membership::Who, i64)>
 
 /// Joins the fleet and keeps this node's lease alive until SIGTERM or
 /// SIGINT, which revoke it before the agent ends.
-fn join_fleet(context: &Context, etcd: Etcd, who: membership::Who, ttl: i64) -> Result<()> {
+fn join_fleet(engine: Engine, store: Store, etcd: Etcd, who: membership::Who, ttl: i64) -> Result<()> {
     // SAFETY: the handler only stores to atomics.
     unsafe {
         libc::signal(libc::SIGTERM, request_leave as *const () as libc::sighandler_t);
         libc::signal(libc::SIGINT, request_leave as *const () as libc::sighandler_t);
     }
-    membership::start(etcd, context.engine()?, who, ttl, &LEAVE, || {
+    membership::start(etcd, engine, store, who, ttl, &LEAVE, || {
         // Dying of the signal, as without a fleet: init systems read it.
         let signal = LEAVE_SIGNAL.load(Ordering::SeqCst);
         // SAFETY: restoring the default action and raising a signal.

@@ -159,6 +159,8 @@ pub(crate) struct Info {
 pub(crate) struct ContainerState {
     pub status: String,
     pub running: bool,
+    #[serde(default)]
+    pub paused: bool,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -248,8 +250,9 @@ enum RequestBody<'a> {
     Stream(&'a mut dyn Read),
 }
 
-/// A client for one Docker engine, bound to the API version both sides speak.
-#[derive(Debug)]
+/// A client for one Docker engine, bound to the API version both sides
+/// speak. A clone shares its connection pool.
+#[derive(Debug, Clone)]
 pub(crate) struct Engine {
     agent: Agent,
     socket: PathBuf,
@@ -401,6 +404,20 @@ impl Engine {
             Err(e) if e.status() == Some(304) => Ok(()),
             other => other,
         }
+    }
+
+    /// `POST /containers/{id}/pause`: freezes every process (cgroup freezer).
+    pub(crate) fn pause_container(&self, id: &str) -> Result<()> {
+        self.call("POST", &format!("/containers/{}/pause", encode(id)))
+    }
+
+    pub(crate) fn unpause_container(&self, id: &str) -> Result<()> {
+        self.call("POST", &format!("/containers/{}/unpause", encode(id)))
+    }
+
+    /// `POST /containers/{id}/kill` (SIGKILL).
+    pub(crate) fn kill_container(&self, id: &str) -> Result<()> {
+        self.call("POST", &format!("/containers/{}/kill", encode(id)))
     }
 
     pub(crate) fn remove_container(&self, id: &str, force: bool) -> Result<()> {

@@ -9,9 +9,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::etcd::{Cmp, Compare, Etcd, Op, Txn};
-use super::{node_key, Hosted, Node};
+use super::fence::{self, Fence};
+use super::{node_key, Held, Hosted, Node};
 use crate::engine::Engine;
 use crate::error::{Error, Kind, Result};
+use crate::snapshots::Store;
 
 /// How often a renewal that failed is tried again, within the renewal period.
 const RETRY: Duration = Duration::from_secs(1);
@@ -79,10 +81,12 @@ impl Membership {
     /// so the fleet sees the node leave at once rather than after its TTL.
     ///
     /// A renewal that fails is logged and tried again every second: the
-    /// record survives until the TTL runs out. If the lease is gone anyway
-    /// the node joins again under a new one — self-fencing (stopping what
-    /// it runs first) is for later, see the README.
-    pub(crate) fn keep_alive(mut self, stop: &AtomicBool, mut survey: impl FnMut() -> Option<Node>) {
+    /// record survives until the TTL runs out, and `fence` freezes the
+    /// managed containers before it can. Each renewal tells `fence` when it
+    /// was sent and which containers are managed. If the lease is gone
+    /// anyway the node joins again under a new one and runs only what the
+    /// placements assign to it.
+    pub(crate) fn keep_alive(mut self, stop: &AtomicBool, fence: Option<&Fence>, mut survey: impl FnMut() -> Option<Node>) {
         let period = Duration::from_millis(self.ttl_secs as u64 * 1000 / 3);
         let mut last_renewed = Instant::now();
         let mut next = Instant::now() + period;
@@ -91,10 +95,22 @@ impl Membership {
                 thread::sleep(Duration::from_millis(100).min(next - Instant::now()));
                 continue;
             }
+            let sent = Instant::now();
             match self.etcd.keep_alive(self.lease) {
                 Ok(Some(_)) => {
                     last_renewed = Instant::now();
                     next = last_renewed + period;
+                    if let Some(fence) = fence {
+                        let managed = fence::managed(&self.etcd);
+                        if let Err(error) = &managed {
+                            log::warn!("node '{}': cannot read the placements: {error}", self.name);
+                        }
+                        fence.renewed(sent, managed.ok());
+                        if fence.is_up() {
+                            log::warn!("node '{}': its lease was renewed after all", self.name);
+                            self.reconcile(fence);
+                        }
+                    }
                     if let Some(node) = survey() {
                         self.refresh(node);
                     }
@@ -110,9 +126,14 @@ impl Membership {
                     if let Some(node) = survey() {
                         self.written = node;
                     }
+                    let sent = Instant::now();
                     match Membership::join(self.etcd.clone(), self.written.clone(), self.ttl_secs) {
                         Ok(joined) => {
                             self = joined;
+                            if let Some(fence) = fence {
+                                fence.renewed(sent, fence::managed(&self.etcd).ok());
+                                self.reconcile(fence);
+                            }
                             last_renewed = Instant::now();
                             next = last_renewed + period;
                         }
@@ -133,6 +154,16 @@ impl Membership {
         match self.etcd.revoke(self.lease) {
             Ok(()) => log::info!("node '{}' left the fleet (lease {:x} revoked)", self.name, self.lease),
             Err(error) => log::warn!("node '{}': cannot revoke its lease, its record expires with it: {error}", self.name),
+        }
+    }
+
+    /// Runs only what the placements assign to this node (see
+    /// [`Fence::reconcile`]); tried again at the next renewal if etcd or the
+    /// engine fails.
+    fn reconcile(&self, fence: &Fence) {
+        match super::status(&self.etcd).and_then(|status| fence.reconcile(&status.placements)) {
+            Ok(()) => {}
+            Err(error) => log::error!("node '{}': cannot bring its containers in line with the placements: {error}", self.name),
         }
     }
 
@@ -162,27 +193,40 @@ pub(crate) struct Who {
     pub board: Option<String>,
 }
 
-/// Joins the fleet at `etcd` under a lease of `ttl_secs` and keeps the
-/// membership alive from a thread of its own, so that a busy or stuck
-/// request handler never delays a renewal. When `stop` is set the thread
-/// revokes the lease, then calls `on_leave`. Returns once joined.
+/// Joins the fleet at `etcd` under a lease of `ttl_secs`, brings the
+/// containers here in line with the placements, and keeps the membership
+/// alive from a thread of its own, so that a busy or stuck request handler
+/// never delays a renewal; another thread fences (see `fence.rs`). When
+/// `stop` is set the thread revokes the lease, then calls `on_leave`.
+/// Returns once joined.
 pub(crate) fn start(
     etcd: Etcd,
     engine: Engine,
+    store: Store,
     who: Who,
     ttl_secs: i64,
     stop: &'static AtomicBool,
     on_leave: impl FnOnce() + Send + 'static,
 ) -> Result<()> {
-    let node = survey(&engine, &who.name, &who.agent, who.board.as_deref())?;
+    let node = survey(&engine, &store, &who.name, &who.agent, who.board.as_deref())?;
     // A renewal stuck for longer than a third of the TTL leaves no time to
     // try again (at least a second: etcd commits through Raft first).
     let patience = Duration::from_millis(ttl_secs as u64 * 1000 / 3).max(RETRY);
+    let sent = Instant::now();
     let membership = Membership::join(etcd.answering_within(patience), node, ttl_secs)?;
+    let ttl = Duration::from_secs(ttl_secs as u64);
+    let fence: &'static Fence = Box::leak(Box::new(Fence::new(engine.clone(), &who.name, ttl)));
+    fence.renewed(sent, Some(fence::managed(&membership.etcd)?));
+    fence.reconcile(&super::status(&membership.etcd)?.placements)?;
+    log::info!("node '{}': {}", who.name, fence::describe(ttl));
+    thread::Builder::new()
+        .name("fleet-fence".to_string())
+        .spawn(move || fence.watch(stop))
+        .map_err(|e| Error::new(Kind::Failure, format!("cannot start the fleet fence's thread: {e}")))?;
     thread::Builder::new()
         .name("fleet-lease".to_string())
         .spawn(move || {
-            membership.keep_alive(stop, || match survey(&engine, &who.name, &who.agent, who.board.as_deref()) {
+            membership.keep_alive(stop, Some(fence), || match survey(&engine, &store, &who.name, &who.agent, who.board.as_deref()) {
                 Ok(node) => Some(node),
                 Err(error) => {
                     log::debug!("node '{}': cannot survey the engine, its record stays as it was: {error}", who.name);
@@ -196,9 +240,9 @@ pub(crate) fn start(
 }
 
 /// What this node tells the fleet about itself: its engine's architecture
-/// and running containers (with the memory each holds), the host's free
-/// memory.
-pub(crate) fn survey(engine: &Engine, name: &str, agent: &str, board: Option<&str>) -> Result<Node> {
+/// and running containers (with the memory each holds), the newest snapshot
+/// it holds of each container, the host's free memory.
+pub(crate) fn survey(engine: &Engine, store: &Store, name: &str, agent: &str, board: Option<&str>) -> Result<Node> {
     let arch = engine.info()?.architecture;
     let mut containers = Vec::new();
     for (container, id) in engine.running_containers()? {
@@ -207,6 +251,16 @@ pub(crate) fn survey(engine: &Engine, name: &str, agent: &str, board: Option<&st
         containers.push(Hosted { name: container, memory_mib: bytes.div_ceil(1 << 20) });
     }
     containers.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut snapshots: Vec<Held> = Vec::new();
+    for snapshot in store.list().into_iter().filter(|s| s.verified) {
+        let held = Held { container: snapshot.container, generation: snapshot.generation, taken_unix: snapshot.taken_unix };
+        match snapshots.iter_mut().find(|h| h.container == held.container) {
+            Some(newest) if (newest.taken_unix, newest.generation) >= (held.taken_unix, held.generation) => {}
+            Some(newest) => *newest = held,
+            None => snapshots.push(held),
+        }
+    }
+    snapshots.sort_by(|a, b| a.container.cmp(&b.container));
     Ok(Node {
         name: name.to_string(),
         agent: agent.to_string(),
@@ -214,6 +268,7 @@ pub(crate) fn survey(engine: &Engine, name: &str, agent: &str, board: Option<&st
         mem_available_mib: crate::host::mem_available_bytes() >> 20,
         board: board.map(str::to_string),
         containers,
+        snapshots,
         ferry_version: env!("CARGO_PKG_VERSION").to_string(),
     })
 }

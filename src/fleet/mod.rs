@@ -10,10 +10,12 @@
 //!   Written only by transactions conditioned on what was read, so that of
 //!   two decisions taken from the same state exactly one wins.
 //!
-//! Balancing, failover on a lease's expiry and self-fencing are built on
-//! these records later; nothing here starts or stops a container.
+//! How a node acts on them: `fence.rs` (it stops what it runs before its
+//! lease can expire elsewhere, and on its return runs only what is placed
+//! on it); the agent's side of moves and failovers is in `transfer/fleet.rs`.
 
 pub(crate) mod etcd;
+pub(crate) mod fence;
 pub(crate) mod membership;
 pub(crate) mod placement;
 #[cfg(test)]
@@ -27,7 +29,7 @@ use etcd::Etcd;
 /// Where the fleet's keys start: one etcd may serve other users.
 pub(crate) const PREFIX: &str = "/ferry/";
 const NODES: &str = "/ferry/nodes/";
-const PLACEMENTS: &str = "/ferry/placements/";
+pub(crate) const PLACEMENTS: &str = "/ferry/placements/";
 
 pub(crate) fn node_key(node: &str) -> String {
     format!("{NODES}{node}")
@@ -64,6 +66,12 @@ pub(crate) fn advertised_agent(listen: &str, advertise: Option<&str>) -> Result<
     Ok(listen.to_string())
 }
 
+/// Where an agent sits in a fleet: etcd, and its own node's name.
+pub(crate) struct Seat {
+    pub etcd: Etcd,
+    pub node: String,
+}
+
 /// A node as its agent describes itself: what a planner needs to choose
 /// where a container goes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,7 +88,20 @@ pub(crate) struct Node {
     pub board: Option<String>,
     /// The containers running on this node's engine.
     pub containers: Vec<Hosted>,
+    /// The newest verified snapshot this node holds of each container
+    /// (`ferry replicate`): where a container goes when its node fails.
+    #[serde(default)]
+    pub snapshots: Vec<Held>,
     pub ferry_version: String,
+}
+
+/// A snapshot a node holds, as a failover chooses among them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Held {
+    pub container: String,
+    pub generation: u64,
+    /// When its source took it (the source's clock).
+    pub taken_unix: u64,
 }
 
 /// A container on a node, and the memory it holds (what a migration moves).

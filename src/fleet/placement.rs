@@ -1,9 +1,8 @@
 //! Placements: which node should run each managed container, changed only
 //! by compare-and-swap transactions on the record that was read.
 //!
-//! `claim` and `move_to` are what the balancer and failover (issue 15, next)
-//! will decide with; until they exist only the tests call them.
-#![cfg_attr(not(test), allow(dead_code))]
+//! `claim` (`ferry fleet manage`), `move_to` (a move, by the source's agent
+//! just before its commit) and `take_over` (a failover) are the only writers.
 
 use serde::Serialize;
 
@@ -85,6 +84,45 @@ pub(crate) fn move_to(etcd: &Etcd, container: &str, expected: u64, node: &str) -
         Some(now) if now.mod_revision != read.mod_revision => Ok(Moved::Lost(decode(&now.key, &now.value)?)),
         // The placement is as read: it was the target's membership that failed.
         Some(_) => Err(not_a_member(node, &format!("moving '{container}'"))),
+    }
+}
+
+/// Fails `container` over to `node`: like [`move_to`], and only while the
+/// node it was placed on, `gone`, has no record — its lease expired, so it
+/// has frozen what it ran (see `fence.rs`). Of several nodes taking over
+/// the same container, exactly one wins.
+pub(crate) fn take_over(etcd: &Etcd, container: &str, expected: u64, gone: &str, node: &str) -> Result<Moved> {
+    let key = placement_key(container);
+    let Some(read) = etcd.get(&key)? else {
+        return Err(not_placed(container));
+    };
+    let placement: Placement = decode(&read.key, &read.value)?;
+    if placement.generation != expected || placement.node != gone {
+        return Ok(Moved::Lost(placement));
+    }
+    let next = Placement { node: node.to_string(), generation: expected + 1 };
+    let txn = Txn {
+        compare: vec![
+            Compare::ModRevision(key.clone(), Cmp::Equal, read.mod_revision),
+            Compare::Version(node_key(gone), Cmp::Equal, 0),
+            member(node),
+        ],
+        success: vec![put(&key, &next)?],
+        failure: vec![Op::Get(key.clone()), Op::Get(node_key(gone))],
+    };
+    let outcome = etcd.txn(&txn)?;
+    if outcome.succeeded {
+        return Ok(Moved::Won(next));
+    }
+    let gone_is_back = outcome.gets.get(1).is_some_and(|kvs| !kvs.is_empty());
+    match read_back(&outcome.gets) {
+        None => Err(not_placed(container)),
+        Some(now) if now.mod_revision != read.mod_revision => Ok(Moved::Lost(decode(&now.key, &now.value)?)),
+        Some(_) if gone_is_back => Err(Error::new(
+            Kind::Refused,
+            format!("not failing '{container}' over: node '{gone}' is still a member of the fleet (its lease lives)"),
+        )),
+        Some(_) => Err(not_a_member(node, &format!("failing '{container}' over"))),
     }
 }
 

@@ -19,6 +19,7 @@ fn node(name: &str) -> Node {
         mem_available_mib: 100,
         board: Some("edge-128m".to_string()),
         containers: vec![Hosted { name: "web".to_string(), memory_mib: 16 }],
+        snapshots: Vec::new(),
         ferry_version: "0.1.0".to_string(),
     }
 }
@@ -156,6 +157,42 @@ fn of_two_concurrent_moves_from_one_generation_exactly_one_wins() {
 
 #[test]
 #[ignore = "needs the etcd binary (tests/scripts/setup-host.sh)"]
+fn a_failover_takes_a_container_only_from_a_node_that_is_gone_and_only_once() {
+    let local = LocalEtcd::start("takeover");
+    let etcd = Etcd::connect(&local.url).unwrap();
+    let a = member(&etcd, "a");
+    let _b = member(&etcd, "b");
+    let _c = member(&etcd, "c");
+    claim(&etcd, "web", "a").unwrap();
+    // While a is a member, nobody takes its container.
+    let refused = take_over(&etcd, "web", 1, "a", "b").unwrap_err();
+    assert!(refused.to_string().contains("'a' is still a member"), "{refused}");
+    assert_eq!(placement(&etcd, "web").unwrap().unwrap().node, "a");
+    // a's lease goes: of two nodes taking over at once, one wins.
+    let stop = std::sync::atomic::AtomicBool::new(true);
+    a.keep_alive(&stop, None, || None);
+    let start = Arc::new(Barrier::new(2));
+    let takers: Vec<_> = ["b", "c"]
+        .into_iter()
+        .map(|node| {
+            let (etcd, start) = (etcd.clone(), start.clone());
+            thread::spawn(move || {
+                start.wait();
+                take_over(&etcd, "web", 1, "a", node).unwrap()
+            })
+        })
+        .collect();
+    let outcomes: Vec<Moved> = takers.into_iter().map(|t| t.join().unwrap()).collect();
+    let won: Vec<&Placement> = outcomes.iter().filter_map(|o| if let Moved::Won(p) = o { Some(p) } else { None }).collect();
+    assert_eq!(won.len(), 1, "{outcomes:?}");
+    assert_eq!(placement(&etcd, "web").unwrap().as_ref(), Some(won[0]));
+    assert_eq!(won[0].generation, 2);
+    // A stale take-over (from the generation that was) changes nothing.
+    assert!(matches!(take_over(&etcd, "web", 1, "a", "b").unwrap(), Moved::Lost(Placement { generation: 2, .. })));
+}
+
+#[test]
+#[ignore = "needs the etcd binary (tests/scripts/setup-host.sh)"]
 fn a_name_is_held_by_one_live_member_and_freed_by_its_revoke() {
     let local = LocalEtcd::start("names");
     let etcd = Etcd::connect(&local.url).unwrap();
@@ -168,7 +205,7 @@ fn a_name_is_held_by_one_live_member_and_freed_by_its_revoke() {
     assert!(matches!(status.nodes[0].lease_ttl_secs, Some(ttl) if ttl > 50));
     // Leaving: the keep-alive loop revokes the lease once told to stop.
     let stop = std::sync::atomic::AtomicBool::new(true);
-    first.keep_alive(&stop, || None);
+    first.keep_alive(&stop, None, || None);
     assert!(super::status(&etcd).unwrap().nodes.is_empty());
     member(&etcd, "a");
 }

@@ -57,7 +57,7 @@ impl std::str::FromStr for ShipImage {
 }
 
 /// How to migrate, beside the container and the peer.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub(crate) struct Options<'a> {
     pub tuning: &'a Tuning,
     pub fast: bool,
@@ -68,6 +68,11 @@ pub(crate) struct Options<'a> {
     pub limit_rate: Option<u64>,
     /// Pre-copy: at most this many rounds while the app runs (`--precopy`).
     pub precopy: Option<u32>,
+    /// Called once the container is prepared on the peer, just before the
+    /// commit is sent: an error gives the migration up (the app runs on
+    /// here, the peer discards its copy). A fleet records the move in etcd
+    /// here, so that the decision and the commit cannot part.
+    pub before_commit: Option<&'a dyn Fn() -> Result<()>>,
 }
 
 /// The paper's Table 1 for one migration.
@@ -205,6 +210,9 @@ pub(crate) fn migrate(engine: &Engine, peer: &Peer, container: &str, options: &O
         let id = entry.id.clone();
         let sending = Sending { io_buffer: options.tuning.io_buffer, pace: pace.clone(), offer: offer.as_ref(), sent: &sent };
         let handed = hand_over(peer, &mut taken, &name, &id, sending, || {
+            if let Some(before_commit) = options.before_commit {
+                before_commit()?;
+            }
             entry.phase = Phase::Committing;
             journal.record(&entry)
         });

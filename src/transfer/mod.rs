@@ -39,6 +39,7 @@
 
 pub(crate) mod agent;
 pub(crate) mod client;
+mod fleet;
 mod handover;
 pub(crate) mod http;
 pub(crate) mod journal;

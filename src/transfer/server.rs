@@ -13,8 +13,8 @@ use super::ledger::{valid_client_id, CLIENT_ID_RULE};
 use crate::identity::Peer;
 use super::http::{self, Method, Request};
 use super::{
-    authorized, ErrorBody, ABORT, BLOCKS, COMMIT, STAGE, CONTAINERS, FAILOVERS, HEALTH, IMAGES, INFO, MIGRATIONS, MIGRATION_HEADER, RESTORE,
-    SNAPSHOTS,
+    authorized, ErrorBody, ABORT, BLOCKS, COMMIT, CONTAINERS, FAILOVERS, FLEET_MIGRATE, HEALTH, IMAGES, INFO, MIGRATIONS, MIGRATION_HEADER,
+    RESTORE, SNAPSHOTS, STAGE,
 };
 use crate::error::{Error, Kind, Result};
 
@@ -36,6 +36,9 @@ pub(crate) fn serve(agent: &Agent, listen: &str, tls: Option<std::sync::Arc<supe
     thread::scope(|scope| {
         if let Some(after) = agent.settings.failover_after {
             scope.spawn(move || super::watchdog::watch_for_failover(agent, after));
+        }
+        if let Some(seat) = &agent.settings.fleet {
+            scope.spawn(move || super::fleet::watch_for_failover(agent, seat));
         }
         scope.spawn(|| loop {
             agent.tidy_handovers();
@@ -120,6 +123,14 @@ fn route(agent: &Agent, request: &mut Request, method: &Method, path: &str, quer
             agent.blocks(&name, caller).map(Reply::json)
         }
         (Method::Post, STAGE) => agent.stage(request.as_reader(), declared, caller).map(Reply::json),
+        (Method::Post, FLEET_MIGRATE) => {
+            let name = query_value(query, "name").unwrap_or_default();
+            let to = query_value(query, "to").unwrap_or_default();
+            let generation = query_value(query, "generation").and_then(|g| g.parse().ok()).ok_or_else(|| {
+                Error::new(Kind::Usage, "give the placement's generation as it was read: ?generation=N")
+            })?;
+            agent.fleet_migrate(&name, &to, generation).map(Reply::json)
+        }
         (Method::Get, FAILOVERS) => Ok(Reply::json(agent.failovers())),
         (Method::Delete, p) if p.starts_with(CONTAINERS) => agent.remove_restored(&p[CONTAINERS.len()..], caller).map(Reply::json),
         _ => Err(Error::new(Kind::NotFound, format!("no such endpoint: {method} {path}")).with_status(404)),

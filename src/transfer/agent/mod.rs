@@ -41,6 +41,8 @@ pub(crate) struct Settings {
     pub failover_after: Option<Duration>,
     /// A prepared container not committed within this long is discarded.
     pub handover_timeout: Duration,
+    /// The fleet this agent's node is a member of (`--etcd`).
+    pub fleet: Option<crate::fleet::Seat>,
 }
 
 pub(crate) struct Agent {
@@ -65,6 +67,8 @@ pub(crate) struct Agent {
     pub(crate) kept: kept::Kept,
     /// The block index last built, with what it was built from.
     base_cache: Mutex<Option<kept::CachedBase>>,
+    /// One fleet move out of here at a time.
+    pub(super) fleet_moving: Mutex<()>,
 }
 
 /// An error with the HTTP status to answer it with, when its kind's is not right.
@@ -113,6 +117,7 @@ impl Agent {
             ledger,
             ledger_lock: Mutex::new(()),
             engine_info: std::sync::OnceLock::new(),
+            fleet_moving: Mutex::new(()),
         }
     }
 

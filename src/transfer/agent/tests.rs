@@ -19,6 +19,7 @@ fn agent(spool: &std::path::Path, max_payload: Option<u64>) -> (Agent, FakeDocke
         tuning: Tuning::new(None, None, spool),
         failover_after: None,
         handover_timeout: Duration::from_secs(300),
+        fleet: None,
         verifier: crate::identity::Verifier::new(crate::identity::Trust::default(), None, false),
         link: crate::transfer::client::Link::default(),
     };
