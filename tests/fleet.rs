@@ -57,13 +57,28 @@ struct FleetAgent {
 
 impl FleetAgent {
     fn start(scratch: &Scratch, etcd: &LocalEtcd, node: &str, lease_ttl: u32) -> FleetAgent {
+        FleetAgent::start_on(ENGINE_A, scratch, &etcd.url, node, lease_ttl)
+    }
+
+    /// An agent for the engine at `socket` (A, or B inside B's mount
+    /// namespace) joining the fleet through `etcd_url`.
+    fn start_on(socket: &str, scratch: &Scratch, etcd_url: &str, node: &str, lease_ttl: u32) -> FleetAgent {
         let addr = format!("127.0.0.1:{}", free_port());
         let log = scratch.path(&format!("agent-{node}.log"));
-        let child = Command::new(ferry_bin())
-            .env("FERRY_CONFIG_DIR", config_dir(ENGINE_A))
-            .args(["--docker-socket", ENGINE_A, "--work-dir"])
-            .arg(scratch.work_dir())
-            .args(["serve", "--insecure", "--listen", &addr, "--etcd", &etcd.url, "--node", node])
+        let work_dir = scratch.path(&format!("work-{node}"));
+        std::fs::create_dir_all(&work_dir).unwrap();
+        let mut command = if socket == ENGINE_B {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--mount=/proc/{}/ns/mnt", engine_b_pid())).arg("--").arg(ferry_bin());
+            c
+        } else {
+            Command::new(ferry_bin())
+        };
+        let child = command
+            .env("FERRY_CONFIG_DIR", config_dir(socket))
+            .args(["--docker-socket", socket, "--work-dir"])
+            .arg(&work_dir)
+            .args(["serve", "--insecure", "--listen", &addr, "--etcd", etcd_url, "--node", node])
             .args(["--lease-ttl", &lease_ttl.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
@@ -204,4 +219,249 @@ fn serve_refuses_fleet_options_that_cannot_work_before_touching_anything() {
     expect_failure(&slash, USAGE, "--node 'a/b' cannot name a fleet record");
     let short = run(&[&["--listen", "127.0.0.1:1", "--lease-ttl", "1"][..], &etcd].concat());
     expect_failure(&short, USAGE, "--lease-ttl 1: give 2 seconds or more");
+}
+
+/// A link to etcd that can be partitioned: while cut, every connection
+/// through it is closed and new ones are held without an answer, as a
+/// network that drops packets would; healed, it forwards again.
+struct Partition {
+    url: String,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Partition {
+    fn start(etcd: &LocalEtcd) -> Partition {
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        use std::sync::atomic::Ordering;
+        let target = etcd.url.trim_start_matches("http://").to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let is_cut = cut.clone();
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let (is_cut, target) = (is_cut.clone(), target.clone());
+                thread::spawn(move || {
+                    // Held while cut: the client waits for an answer that never comes.
+                    while is_cut.load(Ordering::SeqCst) {
+                        thread::sleep(Duration::from_millis(50));
+                    }
+                    let Ok(server) = TcpStream::connect(&target) else { return };
+                    let pipe = |mut from: TcpStream, mut to: TcpStream, is_cut: std::sync::Arc<std::sync::atomic::AtomicBool>| {
+                        thread::spawn(move || {
+                            from.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+                            let mut buffer = [0u8; 16 * 1024];
+                            loop {
+                                if is_cut.load(Ordering::SeqCst) {
+                                    break;
+                                }
+                                match std::io::Read::read(&mut from, &mut buffer) {
+                                    Ok(0) => break,
+                                    Ok(n) => {
+                                        if std::io::Write::write_all(&mut to, &buffer[..n]).is_err() {
+                                            break;
+                                        }
+                                    }
+                                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                                    Err(_) => break,
+                                }
+                            }
+                            let _ = from.shutdown(Shutdown::Both);
+                            let _ = to.shutdown(Shutdown::Both);
+                        })
+                    };
+                    pipe(client.try_clone().unwrap(), server.try_clone().unwrap(), is_cut.clone());
+                    pipe(server, client, is_cut);
+                });
+            }
+        });
+        Partition { url, cut }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn heal(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// `docker inspect` of `name`: (running and not paused, paused); (false,
+/// false) when there is no such container.
+fn run_state(socket: &str, name: &str) -> (bool, bool) {
+    let out = docker(socket, &["inspect", "-f", "{{.State.Running}} {{.State.Paused}}", name]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut words = text.split_whitespace();
+    let running = words.next() == Some("true");
+    let paused = words.next() == Some("true");
+    (running && !paused, paused)
+}
+
+/// The placement of `container` as `ferry fleet status --json` shows it.
+fn placement_of(etcd: &LocalEtcd, container: &str) -> Option<(String, u64)> {
+    let status = status(etcd);
+    let placed = status["placements"].as_array()?.iter().find(|p| p["container"] == container)?.clone();
+    Some((placed["node"].as_str()?.to_string(), placed["generation"].as_u64()?))
+}
+
+fn manage(etcd: &LocalEtcd, container: &str) -> Output {
+    Command::new(ferry_bin()).args(["fleet", "manage", container, "--etcd", &etcd.url]).output().expect("ferry runs")
+}
+
+/// Waits until node `name` lists `container` among its running containers.
+fn wait_until_listed(etcd: &LocalEtcd, agent: &FleetAgent, name: &str, container: &str) {
+    let (seen, _) = wait_for_node(etcd, name, Duration::from_secs(20), |n| {
+        n.as_ref().is_some_and(|n| n["containers"].as_array().unwrap().iter().any(|c| c["name"] == container))
+    });
+    assert!(seen.is_some_and(|n| n["containers"].to_string().contains(container)), "{container} never listed on {name}; log:\n{}", agent.log());
+}
+
+/// `POST /v1/fleet/migrate` on an `--insecure` agent: (status, body).
+fn ask_to_move(agent: &FleetAgent, container: &str, to: &str, generation: u64) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(&agent.addr).unwrap();
+    write!(
+        stream,
+        "POST /v1/fleet/migrate?name={container}&to={to}&generation={generation} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[test]
+#[ignore = "needs engines A and B (tests/scripts/with-engines.sh) and etcd (setup-host.sh)"]
+fn a_fleet_move_is_recorded_with_its_commit_and_a_stale_decision_moves_nothing() {
+    let scratch = Scratch::new("fleet-move");
+    let etcd = LocalEtcd::start("fleet-move");
+    let a = FleetAgent::start_on(ENGINE_A, &scratch, &etcd.url, "e2e-a", 6);
+    let b = FleetAgent::start_on(ENGINE_B, &scratch, &etcd.url, "e2e-b", 6);
+    let (mut on_a, mut on_b) = (Containers::new(ENGINE_A), Containers::new(ENGINE_B));
+    let name = on_a.track("ferry-e2e-fleet-move");
+    on_b.track(&name);
+    start_counter(ENGINE_A, &name, 16);
+    wait_for_count(ENGINE_A, &name, 3, Duration::from_secs(30));
+    let checksum = memory_sum(ENGINE_A, &name);
+    wait_until_listed(&etcd, &a, "e2e-a", &name);
+    wait_for_node(&etcd, "e2e-b", Duration::from_secs(15), Option::is_some);
+
+    // Not managed yet: no move.
+    let (status, body) = ask_to_move(&a, &name, "e2e-b", 1);
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("fleet manage"), "{body}");
+    let managed = manage(&etcd, &name);
+    assert!(managed.status.success(), "{}", stderr(&managed));
+    assert_eq!(placement_of(&etcd, &name), Some(("e2e-a".to_string(), 1)));
+
+    // A decision taken from a generation that is not the placement's: refused
+    // before anything stops.
+    let (status, body) = ask_to_move(&a, &name, "e2e-b", 7);
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("generation 1"), "{body}");
+    assert!(is_running(ENGINE_A, &name) && !exists(ENGINE_B, &name));
+    // Nor to a node that is not a member.
+    let (status, body) = ask_to_move(&a, &name, "e2e-ghost", 1);
+    assert_eq!(status, 409, "{body}");
+
+    let before = latest_count(ENGINE_A, &name);
+    let (status, moved) = ask_to_move(&a, &name, "e2e-b", 1);
+    assert_eq!(status, 200, "{moved}; log of a:\n{}", a.log());
+    assert_eq!((moved["from"].as_str(), moved["to"].as_str(), moved["generation"].as_u64()), (Some("e2e-a"), Some("e2e-b"), Some(2)));
+    for phase in ["save_secs", "transfer_secs", "resume_secs", "downtime_secs"] {
+        assert!(moved[phase].as_f64().unwrap() > 0.0, "{phase}: {moved}");
+    }
+    assert_eq!(placement_of(&etcd, &name), Some(("e2e-b".to_string(), 2)));
+    assert!(!exists(ENGINE_A, &name), "the source is removed once the move is committed");
+    assert!(wait_for_count(ENGINE_B, &name, before + 1, Duration::from_secs(30)) > before);
+    assert_eq!(memory_check(ENGINE_B, &name), checksum);
+
+    // And back, asked of B's agent with the generation it now has.
+    wait_until_listed(&etcd, &b, "e2e-b", &name);
+    let (status, back) = ask_to_move(&b, &name, "e2e-a", 2);
+    assert_eq!(status, 200, "{back}; log of b:\n{}", b.log());
+    assert_eq!(placement_of(&etcd, &name), Some(("e2e-a".to_string(), 3)));
+    assert!(is_running(ENGINE_A, &name) && !exists(ENGINE_B, &name));
+    assert_eq!(memory_check(ENGINE_A, &name), checksum);
+}
+
+#[test]
+#[ignore = "needs engines A and B (tests/scripts/with-engines.sh) and etcd (setup-host.sh)"]
+fn a_node_cut_off_from_etcd_freezes_its_container_before_the_failover_starts_it_elsewhere() {
+    let scratch = Scratch::new("fleet-partition");
+    let etcd = LocalEtcd::start("fleet-partition");
+    let link = Partition::start(&etcd);
+    let ttl = 6;
+    let a = FleetAgent::start_on(ENGINE_A, &scratch, &link.url, "e2e-a", ttl);
+    let b = FleetAgent::start_on(ENGINE_B, &scratch, &etcd.url, "e2e-b", ttl);
+    let (mut on_a, mut on_b) = (Containers::new(ENGINE_A), Containers::new(ENGINE_B));
+    let name = on_a.track("ferry-e2e-fleet-fenced");
+    on_b.track(&name);
+    start_counter(ENGINE_A, &name, 16);
+    wait_for_count(ENGINE_A, &name, 3, Duration::from_secs(30));
+    let checksum = memory_sum(ENGINE_A, &name);
+    wait_until_listed(&etcd, &a, "e2e-a", &name);
+    wait_for_node(&etcd, "e2e-b", Duration::from_secs(15), Option::is_some);
+    let managed = manage(&etcd, &name);
+    assert!(managed.status.success(), "{}", stderr(&managed));
+
+    // A snapshot on B: what the failover restores.
+    let replicated = ferry(ENGINE_A, &scratch.work_dir(), &["replicate", &name, "--to", &b.addr, "--insecure", "--every", "1s", "--once"]);
+    assert!(replicated.status.success(), "{}", stderr(&replicated));
+    let snapshot_count = latest_count(ENGINE_A, &name);
+    let (seen, _) = wait_for_node(&etcd, "e2e-b", Duration::from_secs(10), |n| {
+        n.as_ref().is_some_and(|n| n["snapshots"].to_string().contains(name.as_str()))
+    });
+    assert!(seen.is_some_and(|n| n["snapshots"].to_string().contains(name.as_str())), "B never listed its snapshot; log:\n{}", b.log());
+    // Renewals have told A which containers are managed.
+    thread::sleep(Duration::from_secs(3));
+
+    // A loses etcd but keeps its container and engine.
+    let cut_at = Instant::now();
+    link.cut();
+    let (mut frozen_at, mut gone_at, mut failed_over_at) = (None, None, None);
+    let mut samples = 0;
+    while failed_over_at.is_none() && cut_at.elapsed() < Duration::from_secs(60) {
+        let (live_a, paused_a) = run_state(ENGINE_A, &name);
+        let (live_b, _) = run_state(ENGINE_B, &name);
+        samples += 1;
+        assert!(!(live_a && live_b), "{name} ran on A and B at once, {:?} after the cut", cut_at.elapsed());
+        if paused_a && frozen_at.is_none() {
+            frozen_at = Some(cut_at.elapsed());
+        }
+        if gone_at.is_none() && node(&etcd, "e2e-a").is_none() {
+            gone_at = Some(cut_at.elapsed());
+        }
+        if live_b {
+            failed_over_at = Some(cut_at.elapsed());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let frozen_at = frozen_at.unwrap_or_else(|| panic!("A never froze {name}; log of a:\n{}", a.log()));
+    let gone_at = gone_at.unwrap_or_else(|| panic!("A's record never went; log of a:\n{}", a.log()));
+    let failed_over_at = failed_over_at.unwrap_or_else(|| panic!("{name} never came back on B; log of b:\n{}", b.log()));
+    eprintln!("cut → frozen on A {frozen_at:?}, A's record gone {gone_at:?}, running on B {failed_over_at:?} ({samples} samples)");
+    assert!(frozen_at < gone_at, "A froze {name} at {frozen_at:?}, after its record went at {gone_at:?}");
+    assert!(gone_at <= failed_over_at);
+    assert!(failed_over_at < Duration::from_secs(ttl as u64) + Duration::from_secs(20), "{failed_over_at:?}");
+    assert!(a.log().contains("froze 1 managed container"), "{}", a.log());
+    assert_eq!(placement_of(&etcd, &name), Some(("e2e-b".to_string(), 2)));
+    // It carries on from the snapshot, its memory intact.
+    assert!(first_count(ENGINE_B, &name) >= snapshot_count);
+    assert_eq!(memory_check(ENGINE_B, &name), checksum);
+
+    // A comes back: its lease is gone, it joins again and removes its stale copy.
+    link.heal();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while exists(ENGINE_A, &name) {
+        assert!(!run_state(ENGINE_A, &name).0 || !is_running(ENGINE_B, &name), "two copies after the heal");
+        assert!(Instant::now() < deadline, "A kept its stale copy of {name}; log of a:\n{}", a.log());
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(node(&etcd, "e2e-a").is_some(), "A joined again");
+    assert!(run_state(ENGINE_B, &name).0, "{name} runs on B");
 }
