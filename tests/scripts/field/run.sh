@@ -193,8 +193,8 @@ hop() {
     echo "      the app still runs on $(echo "$from" | tr a-z A-Z): ${still:-no}"
     return 1
   fi
-  echo "      $label (emulated): $(printf '%s' "$line" | sed -n 's/.*: save \([^,]*\), transfer \([^,]*\), resume \([^,]*\), total \([^,]*\), \(.*\)/Save \1, Transfer \2, Resume \3, Total \4, \5/p')"
-  timing "hop $label (emulated)" "$(printf '%s' "$line" | sed -n 's/.*: \(save.*total [^,]*\).*/\1/p')"
+  echo "      $label (emulated): $(printf '%s' "$line" | sed -n 's/.*: save \([^,]*\), transfer \([^,]*\), resume \([^,]*\), downtime \([^,]*\), \(.*\)/Save \1, Transfer \2, Resume \3, Downtime \4, \5/p')"
+  timing "hop $label (emulated)" "$(printf '%s' "$line" | sed -n 's/.*: \(save.*downtime [^,]*\).*/\1/p')"
   if after="$(wait_count_above "$to" "$name" "$before")"; then ok "$label: the counter carries on ($before on the source, $after now)"
   else fail "$label: the counter does not count on $(echo "$to" | tr a-z A-Z) (was $before): $(g "$to" docker logs --tail 3 "$name" 2>&1 | tr '\n' ' ')"; return 1; fi
   if check="$(memory_check "$to" "$name")" && [ "$check" = "$SUM" ]; then ok "$label: memory checksum $check unchanged"
@@ -235,8 +235,8 @@ echo "      redis on A: $keys_a keys, digest $digest_a, field:marker=$marker_a"
 rout="$(g a ferry migrate field-redis --to "$(peer_addr b)" $FERRY_ARGS 2>&1)"; rc=$?
 if [ $rc -eq 0 ]; then
   line="$(printf '%s\n' "$rout" | grep '^migrated ' | tail -1)"
-  echo "      redis A -> B (emulated): $(printf '%s' "$line" | sed -n 's/.*: save \([^,]*\), transfer \([^,]*\), resume \([^,]*\), total \([^,]*\), \(.*\)/Save \1, Transfer \2, Resume \3, Total \4, \5/p')"
-  timing "hop redis A -> B (emulated)" "$(printf '%s' "$line" | sed -n 's/.*: \(save.*total [^,]*\).*/\1/p')"
+  echo "      redis A -> B (emulated): $(printf '%s' "$line" | sed -n 's/.*: save \([^,]*\), transfer \([^,]*\), resume \([^,]*\), downtime \([^,]*\), \(.*\)/Save \1, Transfer \2, Resume \3, Downtime \4, \5/p')"
+  timing "hop redis A -> B (emulated)" "$(printf '%s' "$line" | sed -n 's/.*: \(save.*downtime [^,]*\).*/\1/p')"
   for _ in $(seq 30); do [ "$(redis_cli b PING 2>/dev/null)" = PONG ] && break; sleep 1; done
   digest_b="$(redis_cli b "DEBUG DIGEST")"; keys_b="$(redis_cli b DBSIZE)"; marker_b="$(redis_cli b "GET field:marker")"
   echo "      redis on B: $keys_b keys, digest $digest_b, field:marker=$marker_b"
