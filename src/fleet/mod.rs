@@ -14,6 +14,7 @@
 //! these records later; nothing here starts or stops a container.
 
 pub(crate) mod etcd;
+pub(crate) mod leader;
 pub(crate) mod membership;
 pub(crate) mod placement;
 #[cfg(test)]
