@@ -17,6 +17,7 @@ pub(crate) mod etcd;
 pub(crate) mod leader;
 pub(crate) mod membership;
 pub(crate) mod placement;
+pub(crate) mod plan;
 #[cfg(test)]
 pub(crate) mod testing;
 
