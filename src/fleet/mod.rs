@@ -16,6 +16,7 @@
 pub(crate) mod etcd;
 pub(crate) mod leader;
 pub(crate) mod membership;
+pub(crate) mod moves;
 pub(crate) mod placement;
 pub(crate) mod plan;
 #[cfg(test)]
