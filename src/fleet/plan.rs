@@ -201,9 +201,12 @@ mod tests {
     use super::*;
     use crate::fleet::{Hosted, Member, Placed, Placement};
 
-    /// A fleet from `(node, arch, [(container, MiB)])`, every container
-    /// placed where it runs at generation 1.
-    fn fleet(nodes: &[(&str, &str, &[(&str, u64)])]) -> Status {
+    /// A node as `(name, arch, [(container, MiB)])`.
+    type NodeSpec<'a> = (&'a str, &'a str, &'a [(&'a str, u64)]);
+
+    /// A fleet of `nodes`, every container placed where it runs at
+    /// generation 1.
+    fn fleet(nodes: &[NodeSpec]) -> Status {
         let mut status = Status { nodes: Vec::new(), placements: Vec::new() };
         for (name, arch, containers) in nodes {
             let hosted = containers.iter().map(|(c, mib)| Hosted { name: c.to_string(), memory_mib: *mib }).collect();

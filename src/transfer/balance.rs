@@ -71,7 +71,7 @@ enum Round {
     /// This one leads, and there is nothing to move.
     Still,
     /// A move was tried: its record, and its error when it failed.
-    Tried(LastMove, Option<Error>),
+    Tried(Box<LastMove>, Option<Error>),
 }
 
 struct Rounds<'a> {
@@ -156,7 +156,7 @@ impl Rounds<'_> {
         if let Err(error) = moves::record(&self.options.etcd, &record) {
             log::warn!("cannot record the move of {} in etcd: {error}", record.container);
         }
-        Ok(Round::Tried(record, answer.err()))
+        Ok(Round::Tried(Box::new(record), answer.err()))
     }
 
     /// Tries once to lead; true if this process now does.
