@@ -86,6 +86,7 @@ enum Command {
     Keys(commands::keys::Args),
     Trust(commands::trust::Args),
     Fleet(commands::fleet::Args),
+    Balance(commands::balance::Args),
 }
 
 fn main() -> ExitCode {
@@ -155,6 +156,7 @@ fn try_main(cli: Cli) -> Result<(), Error> {
         Command::Keys(args) => commands::keys::run(args),
         Command::Trust(args) => commands::trust::run(args),
         Command::Fleet(args) => commands::fleet::run(args),
+        Command::Balance(args) => commands::balance::run(&context, args),
     }
 }
 

@@ -1,5 +1,6 @@
 //! One thin file per subcommand: arguments → options → one call → print.
 
+pub(crate) mod balance;
 pub(crate) mod bench;
 pub(crate) mod boards;
 pub(crate) mod checkpoint;

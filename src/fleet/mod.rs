@@ -16,8 +16,11 @@
 
 pub(crate) mod etcd;
 pub(crate) mod fence;
+pub(crate) mod leader;
 pub(crate) mod membership;
+pub(crate) mod moves;
 pub(crate) mod placement;
+pub(crate) mod plan;
 #[cfg(test)]
 pub(crate) mod testing;
 

@@ -38,6 +38,7 @@
 //! kind.
 
 pub(crate) mod agent;
+pub(crate) mod balance;
 pub(crate) mod client;
 mod fleet;
 mod handover;
