@@ -197,7 +197,7 @@ fn a_second_agent_under_a_live_nodes_name_is_refused() {
 fn fleet_status_lists_an_empty_fleet_and_names_what_is_wrong_with_etcd() {
     let etcd = LocalEtcd::start("fleet-empty");
     let empty = status(&etcd);
-    assert_eq!(empty, serde_json::json!({ "nodes": [], "placements": [] }));
+    assert_eq!(empty, serde_json::json!({ "nodes": [], "placements": [], "last_moves": [] }));
 
     let unreachable = fleet_status("http://127.0.0.1:1", &[]);
     expect_failure(&unreachable, PEER, "etcd cannot be reached at http://127.0.0.1:1");

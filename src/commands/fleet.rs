@@ -125,5 +125,22 @@ fn status(args: StatusArgs) -> Result<()> {
             if absent { "  (node not a member)" } else { "" }
         );
     }
+    if status.last_moves.is_empty() {
+        return Ok(());
+    }
+    say!("");
+    say!("{:<24} {:<8} {:<16} {:<16} {}", "last move of", "kind", "from", "to", "outcome");
+    for last in &status.last_moves {
+        let outcome = match (&last.made, &last.error) {
+            (Some(made), _) if last.failover => format!("restored in {:.2}s (generation {})", made.resume_secs, made.generation),
+            (Some(made), _) => format!(
+                "save {:.2}s, transfer {:.2}s, resume {:.2}s, downtime {:.2}s (generation {})",
+                made.save_secs, made.transfer_secs, made.resume_secs, made.downtime_secs, made.generation
+            ),
+            (None, error) => format!("failed: {}", error.as_deref().unwrap_or("?")),
+        };
+        let kind = if last.failover { "failover" } else { "move" };
+        say!("{:<24} {:<8} {:<16} {:<16} {outcome}", last.container, kind, last.from, last.to);
+    }
     Ok(())
 }

@@ -145,12 +145,15 @@ pub(crate) struct Placed {
 pub(crate) struct Status {
     pub nodes: Vec<Member>,
     pub placements: Vec<Placed>,
+    /// The last move or failover of each container that had one.
+    pub last_moves: Vec<moves::LastMove>,
 }
 
 /// Every node and placement, with each node's remaining lease time.
 pub(crate) fn status(etcd: &Etcd) -> Result<Status> {
     let mut nodes = Vec::new();
     let mut placements = Vec::new();
+    let mut last_moves = Vec::new();
     for kv in etcd.get_prefix(PREFIX)? {
         if kv.key.starts_with(NODES) {
             let node: Node = decode(&kv.key, &kv.value)?;
@@ -158,9 +161,14 @@ pub(crate) fn status(etcd: &Etcd) -> Result<Status> {
             nodes.push(Member { node, lease_ttl_secs });
         } else if let Some(container) = kv.key.strip_prefix(PLACEMENTS) {
             placements.push(Placed { container: container.to_string(), placement: decode(&kv.key, &kv.value)? });
+        } else if kv.key.starts_with(moves::MIGRATIONS) {
+            match decode(&kv.key, &kv.value) {
+                Ok(last) => last_moves.push(last),
+                Err(error) => log::warn!("{error}"),
+            }
         }
     }
-    Ok(Status { nodes, placements })
+    Ok(Status { nodes, placements, last_moves })
 }
 
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T> {

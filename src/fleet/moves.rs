@@ -31,6 +31,10 @@ pub(crate) struct LastMove {
     /// Why it was not made, for a person.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// A failover (`from` had gone; restored on `to` from a snapshot), not
+    /// a migration.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub failover: bool,
 }
 
 /// What a move that was made reports.
@@ -85,10 +89,11 @@ mod tests {
             to: "b".into(),
             made: Some(Made { generation: 3, bytes_sent: 42, ..Made::default() }),
             error: None,
+            failover: false,
         };
         let line = serde_json::to_string(&made).unwrap();
         assert!(line.starts_with(r#"{"unix_ms":1,"ok":true,"container":"web","from":"a","to":"b","generation":3,"#), "{line}");
-        assert!(line.contains(r#""bytes_sent":42"#) && !line.contains("error"), "{line}");
+        assert!(line.contains(r#""bytes_sent":42"#) && !line.contains("error") && !line.contains("failover"), "{line}");
         assert_eq!(serde_json::from_str::<LastMove>(&line).unwrap(), made);
 
         let failed = LastMove { ok: false, made: None, error: Some("refused".into()), ..made };

@@ -207,7 +207,7 @@ mod tests {
     /// A fleet of `nodes`, every container placed where it runs at
     /// generation 1.
     fn fleet(nodes: &[NodeSpec]) -> Status {
-        let mut status = Status { nodes: Vec::new(), placements: Vec::new() };
+        let mut status = Status { nodes: Vec::new(), placements: Vec::new(), last_moves: Vec::new() };
         for (name, arch, containers) in nodes {
             let hosted = containers.iter().map(|(c, mib)| Hosted { name: c.to_string(), memory_mib: *mib }).collect();
             status.nodes.push(Member {

@@ -275,6 +275,7 @@ fn record_of(planned: &Move, answer: &Result<FleetMove>) -> LastMove {
         to: planned.to.clone(),
         made: None,
         error: None,
+        failover: false,
     };
     match answer {
         Ok(moved) => {

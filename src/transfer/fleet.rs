@@ -15,6 +15,7 @@ use super::client::Peer;
 use super::migrate::{self, ShipImage};
 use super::FleetMove;
 use crate::error::{Error, Kind, Result};
+use crate::fleet::moves::{self, LastMove, Made};
 use crate::fleet::placement::{self, Moved};
 use crate::fleet::{self, node_key, Node, Seat, Status};
 use crate::migration::failover::failover;
@@ -195,7 +196,21 @@ fn take_over(agent: &Agent, seat: &Seat, container: &str, generation: u64, gone:
         }
         Moved::Won(now) => log::warn!("fleet: node '{gone}' is gone: {container} is placed here (generation {})", now.generation),
     }
-    let done = failover(&agent.engine, &agent.store, container, None, &agent.restore_options(None))?;
+    let restored = failover(&agent.engine, &agent.store, container, None, &agent.restore_options(None));
+    let record = LastMove {
+        unix_ms: crate::host::unix_now() * 1000,
+        ok: restored.is_ok(),
+        container: container.to_string(),
+        from: gone.to_string(),
+        to: seat.node.clone(),
+        made: restored.as_ref().ok().map(|done| Made { generation: generation + 1, resume_secs: done.restore_secs, ..Made::default() }),
+        error: restored.as_ref().err().map(|e| e.to_string()),
+        failover: true,
+    };
+    if let Err(error) = moves::record(&seat.etcd, &record) {
+        log::warn!("fleet: cannot record the failover of {container}: {error}");
+    }
+    let done = restored?;
     log::warn!(
         "fleet: failed {container} over from snapshot generation {} ({} s old): runs here as {}",
         done.generation,
@@ -229,7 +244,7 @@ mod tests {
 
     #[test]
     fn the_heir_holds_the_newest_snapshot_and_ties_go_to_the_first_name() {
-        let status = |nodes| Status { nodes, placements: Vec::new() };
+        let status = |nodes| Status { nodes, placements: Vec::new(), last_moves: Vec::new() };
         let fleet = status(vec![member("c", &[("web", 7, 100)]), member("b", &[("web", 8, 100), ("db", 1, 50)]), member("a", &[])]);
         assert_eq!(heir(&fleet, "web").as_deref(), Some("b"), "same time: the later generation");
         assert_eq!(heir(&fleet, "db").as_deref(), Some("b"));
