@@ -24,8 +24,9 @@ Meanwhile a liveness service watches, independently of ferry:
 At the end it prints the moves from the balancer's log (attempted, succeeded,
 failed), the paper's Table 1 over the successful ones (min, median, mean, max
 of save, transfer, resume and downtime), the longest gap in progress, and the
-incidents; it exits 1 on any failure. Everything it started is stopped by its
-PID, and the containers it made are removed, however it ends.
+incidents; it exits 1 on any failure (and then keeps its work dir, with the
+logs of etcd, the agents and the balancer). Everything it started is stopped
+by its PID, and the containers it made are removed, however it ends.
 
 Usage: fleet-soak.py [--minutes M] [--every DURATION] [--counters N] [--mib MIB]
                      [--harness-only]
@@ -603,12 +604,18 @@ def main():
             balance_rc = balancer.returncode
         time.sleep(1)
         liveness.final_check()
+    except BaseException:
+        log(f"stopped early; the logs of etcd, the agents and the balancer are in {work}")
+        raise
     finally:
         if liveness is not None:
             liveness.finish()
         run.close()
     status = report(args, liveness, balance_log, balance_rc)
-    shutil.rmtree(work, ignore_errors=True)
+    if status == 0:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        log(f"the logs of etcd, the agents and the balancer are in {work}")
     return status
 
 
