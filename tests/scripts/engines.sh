@@ -100,10 +100,15 @@ stop() {
   rm -f "$(pidfile_of "$engine")"
 }
 
-# PIDs whose parent is one of the PIDs given (one a line on stdin).
+# PIDs whose parent is one of the PIDs given (one a line on stdin). Processes
+# come and go while /proc is read: a vanished one is no error. The parent is
+# the second field after the command name, which may hold spaces and parens.
 children_of() {
-  awk 'NR == FNR { parent[$1] = 1; next } ($4 in parent) { print FILENAME }' - /proc/[0-9]*/stat 2>/dev/null |
-    sed -n 's|^/proc/\([0-9]*\)/stat$|\1|p'
+  local parents; parents="$(cat)"
+  { cat /proc/[0-9]*/stat 2>/dev/null || true; } |
+    awk -v parents="$parents" '
+      BEGIN { n = split(parents, list, "\n"); for (i = 1; i <= n; i++) parent[list[i]] = 1 }
+      { rest = $0; sub(/^.*\) /, "", rest); split(rest, field, " "); if (field[2] in parent) print $1 }'
 }
 
 # The mount namespace of engine $1 (b or c): its dockerd's, else (dockerd
@@ -127,10 +132,14 @@ kill_host() {
   log "killing host $engine (every process in $ns and their descendants)"
   # Stop first, then kill: a stopped process cannot fork a child we would miss.
   # Rounds until no new process turns up (a fork in flight while we looked).
-  local victims="" found pid
+  local found pid
+  # Whatever happens from here, nothing is left stopped: a stopped engine
+  # hangs every client of its socket.
+  victims=""
+  trap 'kill -KILL $victims 2>/dev/null || true' EXIT
   for _ in $(seq 1 20); do
     found="$(
-      stat -L -c '%i %n' /proc/[0-9]*/ns/mnt 2>/dev/null |
+      { stat -L -c '%i %n' /proc/[0-9]*/ns/mnt 2>/dev/null || true; } |
         awk -v ns="$ns" '"mnt:[" $1 "]" == ns { split($2, part, "/"); print part[3] }'
       if [ -n "$victims" ]; then printf '%s\n' $victims | children_of; fi
     )"
@@ -142,6 +151,7 @@ kill_host() {
   done
   # shellcheck disable=SC2086
   kill -KILL $victims 2>/dev/null || true
+  trap - EXIT
   for pid in $victims; do
     for _ in $(seq 1 100); do
       [ -e "/proc/$pid" ] && [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ] || break
