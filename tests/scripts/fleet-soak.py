@@ -623,8 +623,8 @@ def report(args, liveness, balance_log, balance_rc):
     moves, unreadable = read_moves(balance_log)
     succeeded = [m for m in moves if m.get("ok") is True]
     failed = [m for m in moves if m.get("ok") is not True]
-    print(f"\nfleet soak: {args.counters} counters of {args.mib} MiB over engines a, b, c, "
-          f"{args.minutes:g} min, a move every {args.every}")
+    print(f"\nfleet soak: {args.counters} counters of {args.mib} MiB over engines a, b, c, {args.minutes:g} min, "
+          + ("moves by hand (--harness-only)" if args.harness_only else f"a move every {args.every}"))
     print(f"migrations: {len(moves)} attempted, {len(succeeded)} succeeded, {len(failed)} failed"
           + (f", {unreadable} unreadable log lines" if unreadable else ""))
     for move in failed[:10]:
