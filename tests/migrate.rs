@@ -1,4 +1,4 @@
-//! Migration between two real engines (A, and B in its own mount and network
+//! Migration between real engines (A, and B and C each in its own mount and network
 //! namespace) through real agents, and every way it can fail: after each, the
 //! app runs on exactly one engine and nothing half-restored is left.
 //! Run by `make test`.
@@ -93,6 +93,36 @@ fn migrate_a_to_b_and_back_keeps_counter_and_memory() {
     assert!(first_on_a > before, "counter restarted on A: {first_on_a} after {before}");
     assert_eq!(memory_check(ENGINE_A, &name), sum);
     assert_eq!(containerd_leftovers(), 0, "containerd's checkpoint extractions were left in /tmp");
+}
+
+#[test]
+#[ignore = "needs three real engines + CRIU: run `make test`"]
+fn a_counter_goes_round_three_hosts_keeping_count_and_memory() {
+    let mut hosts = TwoHosts::new("round", &[]);
+    let agent_c = AgentProcess::start_on(ENGINE_C, &hosts.scratch.path("spool-c"), &hosts.token, &[]);
+    let mut on_c = Containers::new(ENGINE_C);
+    let (name, sum) = hosts.counter_on_a("ferry-e2e-round", 16, &[]);
+    on_c.track(&name);
+
+    // A → B → C → A, each move driven by the host that has the counter,
+    // as that host (C trusts A and B, and both trust C).
+    let token = hosts.token.to_str().unwrap().to_string();
+    let legs = [
+        (ENGINE_A, ENGINE_B, hosts.agent_b.addr.clone()),
+        (ENGINE_B, ENGINE_C, agent_c.addr.clone()),
+        (ENGINE_C, ENGINE_A, hosts.agent_a.addr.clone()),
+    ];
+    for (from, to, addr) in legs {
+        let before = wait_until_counting(from, &name);
+        let out = ferry_on(from, &hosts.scratch.work_dir(), &["migrate", &name, "--to", &addr, "--token-file", &token]);
+        assert!(out.status.success(), "{from} → {to} failed: {}", stderr(&out));
+        assert!(!exists(from, &name), "{name} stays on {from} after moving to {to}");
+        assert!(is_running(to, &name), "{name} does not run on {to}");
+        latest_count(to, &name);
+        let first = first_count(to, &name);
+        assert!(first > before, "counter restarted on {to}: {first} after {before}");
+        assert_eq!(memory_check(to, &name), sum, "memory changed on the way to {to}");
+    }
 }
 
 #[test]

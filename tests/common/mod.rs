@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 pub const ENGINE_A: &str = "/var/run/docker.sock";
 pub const ENGINE_B: &str = "/run/dockerb.sock";
+pub const ENGINE_C: &str = "/run/dockerc.sock";
 pub const WORKLOAD: &str = "ferry-workload:latest";
 pub const REDIS: &str = "ferry-redis:latest";
 
@@ -238,22 +239,38 @@ pub fn containerd_leftovers() -> usize {
 /// Runs ferry against engine B, inside B's mount namespace (where B's data
 /// root and runc state are at the standard paths).
 pub fn ferry_on_b(work_dir: &Path, args: &[&str]) -> Output {
-    Command::new("nsenter")
-        .env("FERRY_CONFIG_DIR", &keys().b)
-        .arg(format!("--mount=/proc/{}/ns/mnt", engine_b_pid()))
-        .arg("--")
-        .arg(ferry_bin())
-        .args(["--docker-socket", ENGINE_B, "--work-dir"])
-        .arg(work_dir)
-        .args(args)
-        .output()
-        .expect("nsenter runs ferry")
+    ferry_on(ENGINE_B, work_dir, args)
+}
+
+/// Runs ferry as the host of `socket`: for B and C inside that engine's
+/// mount namespace, as their agents run; for A the same as [`ferry`].
+pub fn ferry_on(socket: &str, work_dir: &Path, args: &[&str]) -> Output {
+    ferry_in_namespace_of(socket).arg("--work-dir").arg(work_dir).args(args).output().expect("ferry runs")
+}
+
+/// A ferry command (socket and config folder set) in the mount namespace of
+/// the engine at `socket`.
+fn ferry_in_namespace_of(socket: &str) -> Command {
+    let mut command = match engine_pid(socket) {
+        Some(pid) => {
+            let mut nsenter = Command::new("nsenter");
+            nsenter.arg(format!("--mount=/proc/{pid}/ns/mnt")).arg("--").arg(ferry_bin());
+            nsenter
+        }
+        None => Command::new(ferry_bin()),
+    };
+    command.env("FERRY_CONFIG_DIR", config_dir(socket)).args(["--docker-socket", socket]);
+    command
 }
 
 /// The config folder (key, certificate, trusted peers) of the host whose
 /// engine is at `socket`.
 pub fn config_dir(socket: &str) -> &'static Path {
-    if socket == ENGINE_B { &keys().b } else { &keys().a }
+    match socket {
+        ENGINE_B => &keys().b,
+        ENGINE_C => &keys().c,
+        _ => &keys().a,
+    }
 }
 
 /// A ferry command for the host of `socket`, with its config folder.
@@ -281,6 +298,20 @@ pub fn engine_b_pid() -> String {
     std::fs::read_to_string("/run/dockerb.pid").expect("engine B runs (tests/scripts/engines.sh start b)").trim().to_string()
 }
 
+pub fn engine_c_pid() -> String {
+    std::fs::read_to_string("/run/dockerc.pid").expect("engine C runs (tests/scripts/engines.sh start c)").trim().to_string()
+}
+
+/// The dockerd PID of a namespaced engine (B or C), whose mount namespace its
+/// ferry must enter; None for A, which lives in this namespace.
+pub fn engine_pid(socket: &str) -> Option<String> {
+    match socket {
+        ENGINE_B => Some(engine_b_pid()),
+        ENGINE_C => Some(engine_c_pid()),
+        _ => None,
+    }
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -295,28 +326,33 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Starts an agent for engine A (`on_b` false) or B, and waits for /health.
     pub fn start(on_b: bool, spool: &Path, token_file: &Path, extra: &[&str]) -> AgentProcess {
-        AgentProcess::start_at(on_b, &format!("127.0.0.1:{}", free_port()), spool, token_file, extra)
+        AgentProcess::start_on(engine_of(on_b), spool, token_file, extra)
     }
 
     /// The same, listening on `addr`.
     pub fn start_at(on_b: bool, addr: &str, spool: &Path, token_file: &Path, extra: &[&str]) -> AgentProcess {
-        let config = if on_b { &keys().b } else { &keys().a };
-        AgentProcess::start_as(on_b, addr, config, spool, token_file, extra)
+        AgentProcess::start_on_at(engine_of(on_b), addr, spool, token_file, extra)
     }
 
     /// The same, with the key and trust store in `config` instead of its host's.
     pub fn start_as(on_b: bool, addr: &str, config: &Path, spool: &Path, token_file: &Path, extra: &[&str]) -> AgentProcess {
+        AgentProcess::start_on_as(engine_of(on_b), addr, config, spool, token_file, extra)
+    }
+
+    /// Starts the agent of the host whose engine is at `socket` (A, B or C).
+    pub fn start_on(socket: &str, spool: &Path, token_file: &Path, extra: &[&str]) -> AgentProcess {
+        AgentProcess::start_on_at(socket, &format!("127.0.0.1:{}", free_port()), spool, token_file, extra)
+    }
+
+    /// The same, listening on `addr`.
+    pub fn start_on_at(socket: &str, addr: &str, spool: &Path, token_file: &Path, extra: &[&str]) -> AgentProcess {
+        AgentProcess::start_on_as(socket, addr, config_dir(socket), spool, token_file, extra)
+    }
+
+    /// The same, with the key and trust store in `config` instead of its host's.
+    pub fn start_on_as(socket: &str, addr: &str, config: &Path, spool: &Path, token_file: &Path, extra: &[&str]) -> AgentProcess {
         let addr = addr.to_string();
-        let mut command = if on_b {
-            let mut c = Command::new("nsenter");
-            c.arg(format!("--mount=/proc/{}/ns/mnt", engine_b_pid())).arg("--").arg(ferry_bin());
-            c.args(["--docker-socket", ENGINE_B]);
-            c
-        } else {
-            let mut c = Command::new(ferry_bin());
-            c.args(["--docker-socket", ENGINE_A]);
-            c
-        };
+        let mut command = ferry_in_namespace_of(socket);
         command.env("FERRY_CONFIG_DIR", config);
         command.arg("--work-dir").arg(spool).args(["serve", "--listen", &addr, "--token-file"]).arg(token_file).args(extra);
         command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
@@ -331,7 +367,7 @@ impl AgentProcess {
     }
 
     /// Whether it answers /health: over TLS with A's certificate (which
-    /// both agents trust), or over plain HTTP for an `--insecure` agent.
+    /// every agent trusts), or over plain HTTP for an `--insecure` agent.
     pub fn healthy(&self) -> bool {
         use std::io::{Read, Write};
         if let Ok((status, _)) = https(&self.addr, ClientCert::Dir(&keys().a), "GET", "/health", &[], b"") {
@@ -354,6 +390,10 @@ impl Drop for AgentProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+fn engine_of(on_b: bool) -> &'static str {
+    if on_b { ENGINE_B } else { ENGINE_A }
 }
 
 /// Writes a token file readable by root only.

@@ -1,9 +1,9 @@
 //! Host identities for the end-to-end tests, and a raw HTTPS client.
 //!
-//! Hosts A and B each get a key and certificate made by the real `ferry keys
-//! init`, and trust each other with `ferry trust add`, once per test binary
+//! Hosts A, B and C each get a key and certificate made by the real `ferry keys
+//! init`, and trust one another with `ferry trust add`, once per test binary
 //! run, in a folder under cargo's scratch space for integration tests. Every
-//! ferry the tests start for A or B gets its folder as `FERRY_CONFIG_DIR`.
+//! ferry the tests start for A, B or C gets its folder as `FERRY_CONFIG_DIR`.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -20,11 +20,13 @@ use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 pub struct Keys {
     pub a: PathBuf,
     pub b: PathBuf,
+    pub c: PathBuf,
     pub fingerprint_a: String,
     pub fingerprint_b: String,
+    pub fingerprint_c: String,
 }
 
-/// A's and B's config folders, made on first use.
+/// A's, B's and C's config folders, made on first use.
 pub fn keys() -> &'static Keys {
     static KEYS: OnceLock<Keys> = OnceLock::new();
     KEYS.get_or_init(|| {
@@ -39,12 +41,17 @@ pub fn keys() -> &'static Keys {
             }
         }
         let dir = root.join(format!("e2e-keys-{}", std::process::id()));
-        let (a, b) = (dir.join("a"), dir.join("b"));
+        let (a, b, c) = (dir.join("a"), dir.join("b"), dir.join("c"));
         let fingerprint_a = keys_init(&a, "host-a");
         let fingerprint_b = keys_init(&b, "host-b");
+        let fingerprint_c = keys_init(&c, "host-c");
         trust(&a, "host-b", &fingerprint_b);
+        trust(&a, "host-c", &fingerprint_c);
         trust(&b, "host-a", &fingerprint_a);
-        Keys { a, b, fingerprint_a, fingerprint_b }
+        trust(&b, "host-c", &fingerprint_c);
+        trust(&c, "host-a", &fingerprint_a);
+        trust(&c, "host-b", &fingerprint_b);
+        Keys { a, b, c, fingerprint_a, fingerprint_b, fingerprint_c }
     })
 }
 

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Runs a command with Docker engines up: `with-engines.sh a|b|all -- CMD…`.
+# Runs a command with Docker engines up: `with-engines.sh a|b|c|all -- CMD…`.
 # Engines that were already running are left running; the ones this script
 # started are stopped again (by PID, in tests/scripts/engines.sh) however CMD ends.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-which="${1:?usage: with-engines.sh a|b|all -- CMD...}"
+which="${1:?usage: with-engines.sh a|b|c|all -- CMD...}"
 shift
 [ "${1:-}" = "--" ] && shift
 
 case "$which" in
-  all) engines=(a b) ;;
+  all) engines=(a b c) ;;
   *) engines=("$which") ;;
 esac
 
