@@ -60,19 +60,24 @@ impl FleetAgent {
         FleetAgent::start_on(ENGINE_A, scratch, &etcd.url, node, lease_ttl)
     }
 
-    /// An agent for the engine at `socket` (A, or B inside B's mount
+    /// An agent for the engine at `socket` (A, or B or C inside its mount
     /// namespace) joining the fleet through `etcd_url`.
     fn start_on(socket: &str, scratch: &Scratch, etcd_url: &str, node: &str, lease_ttl: u32) -> FleetAgent {
+        FleetAgent::start_with(socket, scratch, etcd_url, node, lease_ttl, &[])
+    }
+
+    fn start_with(socket: &str, scratch: &Scratch, etcd_url: &str, node: &str, lease_ttl: u32, extra: &[&str]) -> FleetAgent {
         let addr = format!("127.0.0.1:{}", free_port());
         let log = scratch.path(&format!("agent-{node}.log"));
         let work_dir = scratch.path(&format!("work-{node}"));
         std::fs::create_dir_all(&work_dir).unwrap();
-        let mut command = if socket == ENGINE_B {
-            let mut c = Command::new("nsenter");
-            c.arg(format!("--mount=/proc/{}/ns/mnt", engine_b_pid())).arg("--").arg(ferry_bin());
-            c
-        } else {
-            Command::new(ferry_bin())
+        let mut command = match engine_pid(socket) {
+            Some(pid) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--mount=/proc/{pid}/ns/mnt")).arg("--").arg(ferry_bin());
+                c
+            }
+            None => Command::new(ferry_bin()),
         };
         let child = command
             .env("FERRY_CONFIG_DIR", config_dir(socket))
@@ -80,6 +85,7 @@ impl FleetAgent {
             .arg(&work_dir)
             .args(["serve", "--insecure", "--listen", &addr, "--etcd", etcd_url, "--node", node])
             .args(["--lease-ttl", &lease_ttl.to_string()])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
             .spawn()
@@ -410,9 +416,9 @@ fn a_node_cut_off_from_etcd_freezes_its_container_before_the_failover_starts_it_
     assert!(managed.status.success(), "{}", stderr(&managed));
 
     // A snapshot on B: what the failover restores.
+    let before_snapshot = latest_count(ENGINE_A, &name);
     let replicated = ferry(ENGINE_A, &scratch.work_dir(), &["replicate", &name, "--to", &b.addr, "--insecure", "--every", "1s", "--once"]);
     assert!(replicated.status.success(), "{}", stderr(&replicated));
-    let snapshot_count = latest_count(ENGINE_A, &name);
     let (seen, _) = wait_for_node(&etcd, "e2e-b", Duration::from_secs(10), |n| {
         n.as_ref().is_some_and(|n| n["snapshots"].to_string().contains(name.as_str()))
     });
@@ -450,8 +456,8 @@ fn a_node_cut_off_from_etcd_freezes_its_container_before_the_failover_starts_it_
     assert!(failed_over_at < Duration::from_secs(ttl as u64) + Duration::from_secs(20), "{failed_over_at:?}");
     assert!(a.log().contains("froze 1 managed container"), "{}", a.log());
     assert_eq!(placement_of(&etcd, &name), Some(("e2e-b".to_string(), 2)));
-    // It carries on from the snapshot, its memory intact.
-    assert!(first_count(ENGINE_B, &name) >= snapshot_count);
+    // It carries on from the snapshot (taken after `before_snapshot`), its memory intact.
+    assert!(first_count(ENGINE_B, &name) >= before_snapshot);
     assert_eq!(memory_check(ENGINE_B, &name), checksum);
 
     // A comes back: its lease is gone, it joins again and removes its stale copy.
@@ -464,4 +470,227 @@ fn a_node_cut_off_from_etcd_freezes_its_container_before_the_failover_starts_it_
     }
     assert!(node(&etcd, "e2e-a").is_some(), "A joined again");
     assert!(run_state(ENGINE_B, &name).0, "{name} runs on B");
+}
+
+/// Which of `names` run (and are not paused) on the engine at `socket`, from
+/// one `GET /containers/json` over its socket: fast enough to sample three
+/// engines every 100 ms.
+fn running_on(socket: &str, names: &[String]) -> Vec<String> {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else { return Vec::new() };
+    let _ = stream.write_all(b"GET /containers/json HTTP/1.0\r\nHost: docker\r\n\r\n");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    let listed: Vec<Value> = serde_json::from_str(body).unwrap_or_default();
+    listed
+        .iter()
+        .filter(|c| c["State"] == "running")
+        .filter_map(|c| c["Names"][0].as_str().map(|n| n.trim_start_matches('/').to_string()))
+        .filter(|n| names.contains(n))
+        .collect()
+}
+
+/// Samples every 100 ms where each of `names` runs on `engines`, until
+/// `stop`: (the instants any ran on two engines at once, each one's longest
+/// time on none).
+fn watch_copies(
+    engines: &'static [&'static str],
+    names: Vec<String>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> thread::JoinHandle<(Vec<String>, Vec<Duration>)> {
+    thread::spawn(move || {
+        let mut twice = Vec::new();
+        let mut longest_gap = vec![Duration::ZERO; names.len()];
+        let mut missing_since: Vec<Option<Instant>> = vec![None; names.len()];
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let sampled = Instant::now();
+            let seen: Vec<Vec<String>> = engines.iter().map(|socket| running_on(socket, &names)).collect();
+            for (i, name) in names.iter().enumerate() {
+                let copies = seen.iter().filter(|on| on.contains(name)).count();
+                if copies > 1 {
+                    twice.push(format!("{name} on {copies} engines"));
+                }
+                match (copies, missing_since[i]) {
+                    (0, None) => missing_since[i] = Some(sampled),
+                    (0, Some(_)) => {}
+                    (_, Some(since)) => {
+                        longest_gap[i] = longest_gap[i].max(sampled - since);
+                        missing_since[i] = None;
+                    }
+                    (_, None) => {}
+                }
+            }
+            thread::sleep(Duration::from_millis(100).saturating_sub(sampled.elapsed()));
+        }
+        for (i, since) in missing_since.iter().enumerate() {
+            if let Some(since) = since {
+                longest_gap[i] = longest_gap[i].max(since.elapsed());
+            }
+        }
+        (twice, longest_gap)
+    })
+}
+
+const THREE: &[&str] = &[ENGINE_A, ENGINE_B, ENGINE_C];
+
+#[test]
+#[ignore = "needs engines A, B and C (tests/scripts/with-engines.sh) and etcd (setup-host.sh)"]
+fn three_nodes_balanced_every_two_seconds_never_run_a_counter_twice_nor_lose_one() {
+    let scratch = Scratch::new("fleet-balance");
+    let etcd = LocalEtcd::start("fleet-balance");
+    let nodes = ["e2e-a", "e2e-b", "e2e-c"];
+    let agents: Vec<FleetAgent> = THREE
+        .iter()
+        .zip(nodes)
+        .map(|(socket, node)| FleetAgent::start_with(socket, &scratch, &etcd.url, node, 6, &["--board", "edge-128m"]))
+        .collect();
+    let mut tracked: Vec<Containers> = THREE.iter().map(|socket| Containers::new(socket)).collect();
+    let names: Vec<String> = (1..=3).map(|i| format!("ferry-e2e-fleet-{i}")).collect();
+    for name in &names {
+        for containers in tracked.iter_mut() {
+            containers.track(name);
+        }
+    }
+    let mut checksums = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        start_counter(THREE[i], name, 16);
+        wait_for_count(THREE[i], name, 2, Duration::from_secs(30));
+        checksums.push(memory_sum(THREE[i], name));
+        wait_until_listed(&etcd, &agents[i], nodes[i], name);
+        let managed = manage(&etcd, name);
+        assert!(managed.status.success(), "{}", stderr(&managed));
+    }
+    let counts_before: Vec<u64> = names.iter().enumerate().map(|(i, name)| latest_count(THREE[i], name)).collect();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = watch_copies(THREE, names.clone(), stop.clone());
+    let log = scratch.path("balance.jsonl");
+    let balance_err = scratch.path("balance.err");
+    let mut balancer = Command::new(ferry_bin())
+        .env("FERRY_CONFIG_DIR", config_dir(ENGINE_A))
+        .args(["--work-dir"])
+        .arg(scratch.work_dir())
+        .args(["balance", "--etcd", &etcd.url, "--every", "2s", "--policy", "rotate", "--insecure", "--log"])
+        .arg(&log)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&balance_err).unwrap()))
+        .spawn()
+        .expect("ferry balance starts");
+    thread::sleep(Duration::from_secs(90));
+    let _ = Command::new("kill").args(["-TERM", &balancer.id().to_string()]).status();
+    let ended = balancer.wait().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (twice, gaps) = watcher.join().unwrap();
+    let balance_log = std::fs::read_to_string(&balance_err).unwrap_or_default();
+    assert!(ended.success() || ended.signal() == Some(SIGTERM), "{ended:?}: {balance_log}");
+
+    let moves: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect();
+    let failed: Vec<&Value> = moves.iter().filter(|m| m["ok"] != true).collect();
+    eprintln!("{} moves in 90 s, {} failed; longest time on no engine per counter: {gaps:?}", moves.len(), failed.len());
+    assert!(moves.len() >= 10, "only {} moves in 90 s; balancer log:\n{balance_log}", moves.len());
+    assert!(failed.is_empty(), "failed moves: {failed:?}");
+    assert!(twice.is_empty(), "a counter ran twice: {twice:?}");
+    let longest_downtime = moves.iter().filter_map(|m| m["downtime_secs"].as_f64()).fold(0.0, f64::max);
+    let mut table = [Vec::new(), Vec::new(), Vec::new()];
+    for m in &moves {
+        for (i, phase) in ["save_secs", "transfer_secs", "resume_secs"].iter().enumerate() {
+            table[i].push(m[*phase].as_f64().unwrap());
+        }
+    }
+    for (i, phase) in ["Save", "Transfer", "Resume"].iter().enumerate() {
+        let mut v = table[i].clone();
+        v.sort_by(f64::total_cmp);
+        eprintln!("{phase}: min {:.3} median {:.3} max {:.3} s", v[0], v[v.len() / 2], v[v.len() - 1]);
+    }
+    for (i, gap) in gaps.iter().enumerate() {
+        // A sample every 100 ms, and Docker reports a start a little after it.
+        assert!(gap.as_secs_f64() <= longest_downtime + 1.0, "{} ran nowhere for {gap:?}; the longest downtime was {longest_downtime:.2}s", names[i]);
+    }
+    // Each counter runs on exactly one engine, carries on, its memory intact.
+    for (i, name) in names.iter().enumerate() {
+        let on: Vec<&str> = THREE.iter().copied().filter(|socket| is_running(socket, name)).collect();
+        assert_eq!(on.len(), 1, "{name} runs on {on:?}");
+        assert!(latest_count(on[0], name) > counts_before[i], "{name} did not carry on");
+        assert_eq!(memory_check(on[0], name), checksums[i], "{name}'s memory changed");
+        let node = nodes[THREE.iter().position(|s| *s == on[0]).unwrap()];
+        assert_eq!(placement_of(&etcd, name).map(|p| p.0).as_deref(), Some(node), "{name}'s placement is where it runs");
+    }
+}
+
+/// Starts engine C again when dropped: a test that killed it leaves the
+/// engines as it found them.
+struct RestartC;
+
+impl Drop for RestartC {
+    fn drop(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scripts/engines.sh");
+        let _ = Command::new("bash").args([script, "start", "c"]).status();
+    }
+}
+
+#[test]
+#[ignore = "needs engines A, B and C (tests/scripts/with-engines.sh) and etcd (setup-host.sh)"]
+fn a_dead_nodes_counter_comes_back_once_elsewhere_from_its_newest_snapshot() {
+    let scratch = Scratch::new("fleet-death");
+    let etcd = LocalEtcd::start("fleet-death");
+    let ttl = 4;
+    let a = FleetAgent::start_on(ENGINE_A, &scratch, &etcd.url, "e2e-a", ttl);
+    let b = FleetAgent::start_on(ENGINE_B, &scratch, &etcd.url, "e2e-b", ttl);
+    let mut c = FleetAgent::start_on(ENGINE_C, &scratch, &etcd.url, "e2e-c", ttl);
+    let (mut on_a, mut on_b, mut on_c) = (Containers::new(ENGINE_A), Containers::new(ENGINE_B), Containers::new(ENGINE_C));
+    let name = on_c.track("ferry-e2e-fleet-doomed");
+    on_a.track(&name);
+    on_b.track(&name);
+    start_counter(ENGINE_C, &name, 16);
+    wait_for_count(ENGINE_C, &name, 2, Duration::from_secs(30));
+    let checksum = memory_sum(ENGINE_C, &name);
+    wait_until_listed(&etcd, &c, "e2e-c", &name);
+    let managed = manage(&etcd, &name);
+    assert!(managed.status.success(), "{}", stderr(&managed));
+
+    // Snapshots on A, then a newer one on B: B is the heir.
+    let before_snapshot = latest_count(ENGINE_C, &name);
+    for peer in [&a, &b] {
+        let out = ferry_on(ENGINE_C, &scratch.work_dir(), &["replicate", &name, "--to", &peer.addr, "--insecure", "--every", "1s", "--once"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        thread::sleep(Duration::from_millis(1100));
+    }
+    for (agent, node_name) in [(&a, "e2e-a"), (&b, "e2e-b")] {
+        let (seen, _) = wait_for_node(&etcd, node_name, Duration::from_secs(10), |n| {
+            n.as_ref().is_some_and(|n| n["snapshots"].to_string().contains(name.as_str()))
+        });
+        assert!(seen.is_some(), "{node_name} never listed its snapshot; log:\n{}", agent.log());
+    }
+
+    // Host C dies: its agent, its engine and the counter, SIGKILLed.
+    let _restart = RestartC;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = watch_copies(&[ENGINE_A, ENGINE_B], vec![name.clone()], stop.clone());
+    c.signal("KILL");
+    let killed = Command::new("bash").args([concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scripts/engines.sh"), "kill", "c"]).status().unwrap();
+    assert!(killed.success());
+    let died = Instant::now();
+    let deadline = died + Duration::from_secs(ttl as u64 + 30);
+    while !is_running(ENGINE_B, &name) && !is_running(ENGINE_A, &name) {
+        assert!(Instant::now() < deadline, "{name} never came back; log of b:\n{}\nlog of a:\n{}", b.log(), a.log());
+        thread::sleep(Duration::from_millis(100));
+    }
+    let back_after = died.elapsed();
+    thread::sleep(Duration::from_secs(3));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (twice, _) = watcher.join().unwrap();
+    eprintln!("host C killed → {name} running again after {back_after:?}");
+    assert!(twice.is_empty(), "{twice:?}");
+    assert!(is_running(ENGINE_B, &name) && !exists(ENGINE_A, &name), "the heir (newest snapshot: B) restored it, and only it");
+    assert_eq!(placement_of(&etcd, &name), Some(("e2e-b".to_string(), 2)));
+    assert!(first_count(ENGINE_B, &name) >= before_snapshot);
+    assert_eq!(memory_check(ENGINE_B, &name), checksum);
+    let last = status(&etcd)["last_moves"].as_array().unwrap().iter().find(|m| m["container"] == name.as_str()).cloned();
+    let last = last.unwrap_or_else(|| panic!("no failover recorded"));
+    assert_eq!((last["failover"].as_bool(), last["from"].as_str(), last["to"].as_str()), (Some(true), Some("e2e-c"), Some("e2e-b")), "{last}");
 }
