@@ -69,6 +69,31 @@ impl fmt::Debug for TlsTransport {
     }
 }
 
+impl TlsTransport {
+    /// The server's alert behind a connection closed under us, if one came,
+    /// else `error`.
+    ///
+    /// In TLS 1.3 the client's handshake ends before the server has checked
+    /// the client's certificate. A server that refuses it (etcd's Go, or an
+    /// agent) sends an alert and closes, and the request written next may
+    /// meet the closed socket ("broken pipe") with the alert saying why
+    /// still unread: read what is left, so the caller learns the reason.
+    fn alert_behind(&mut self, error: io::Error) -> io::Error {
+        use io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+        // Not after a timeout: reading again would wait as long again.
+        if !matches!(error.kind(), BrokenPipe | ConnectionReset | ConnectionAborted | UnexpectedEof) {
+            return error;
+        }
+        let StreamOwned { conn, sock } = &mut self.stream;
+        while let Ok(1..) = conn.read_tls(sock) {
+            if let Err(refusal) = conn.process_new_packets() {
+                return io::Error::new(io::ErrorKind::InvalidData, refusal);
+            }
+        }
+        error
+    }
+}
+
 impl Transport for TlsTransport {
     fn buffers(&mut self) -> &mut dyn Buffers {
         &mut self.buffers
@@ -77,14 +102,19 @@ impl Transport for TlsTransport {
     fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), ureq::Error> {
         self.stream.get_mut().set_timeout(timeout);
         let output = &self.buffers.output()[..amount];
-        self.stream.write_all(output)?;
+        if let Err(error) = self.stream.write_all(output) {
+            return Err(self.alert_behind(error).into());
+        }
         Ok(())
     }
 
     fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
         self.stream.get_mut().set_timeout(timeout);
-        let input = self.buffers.input_append_buf();
-        let amount = self.stream.read(input)?;
+        let amount = match self.stream.read(self.buffers.input_append_buf()) {
+            Ok(amount) => amount,
+            // The request may still be unsent: its write fails here.
+            Err(error) => return Err(self.alert_behind(error).into()),
+        };
         self.buffers.input_appended(amount);
         Ok(amount > 0)
     }
