@@ -115,6 +115,8 @@ impl From<etcd::Error> for Error {
             // again (after reading again) is the remedy.
             etcd::Error::Unreachable { .. } | etcd::Error::AnswerLost { .. } => Kind::Disconnected,
             etcd::Error::Refused { .. } | etcd::Error::Protocol { .. } => Kind::Failure,
+            // A certificate refused, one way or the other: as with an agent.
+            etcd::Error::Tls { .. } => Kind::Peer,
         };
         Error::new(kind, error.to_string())
     }

@@ -27,6 +27,7 @@ mod runc;
 mod snapshots;
 #[cfg(test)]
 mod testing;
+mod tls_client;
 mod transfer;
 mod units;
 

@@ -210,7 +210,7 @@ fn fleet_status_lists_an_empty_fleet_and_names_what_is_wrong_with_etcd() {
     // The next endpoint is tried when one cannot be reached.
     let second = fleet_status(&format!("http://127.0.0.1:1,{}", etcd.url), &["--json"]);
     assert!(second.status.success(), "{}", stderr(&second));
-    expect_failure(&fleet_status("https://127.0.0.1:2379", &[]), USAGE, "TLS to etcd is not supported yet");
+    expect_failure(&fleet_status("https://127.0.0.1:2379", &[]), USAGE, "give --etcd-ca FILE");
     expect_failure(&fleet_status("127.0.0.1:2379", &[]), USAGE, "give http://HOST:PORT");
 }
 

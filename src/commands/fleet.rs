@@ -1,10 +1,12 @@
 //! `ferry fleet`: the fleet of agents as etcd holds it (issue 15).
 
+use std::path::PathBuf;
+
 use argh::FromArgs;
 
 use crate::error::{Error, Kind, Result};
 use crate::fleet::placement::{self, Claimed};
-use crate::fleet::{self, etcd::Etcd};
+use crate::fleet;
 
 #[derive(FromArgs, Debug)]
 /// Look at the fleet of agents that joined etcd with `ferry serve --etcd`.
@@ -29,9 +31,12 @@ struct ManageArgs {
     /// the container's name: one name for it in the whole fleet
     #[argh(positional)]
     container: String,
-    /// etcd's client URLs, comma-separated (http://HOST:PORT,…)
+    /// etcd's client URLs, comma-separated (http://HOST:PORT,… or https://)
     #[argh(option)]
     etcd: String,
+    /// the CA that issued etcd's certificate, for https:// (default: the fleet CA, ca.pem)
+    #[argh(option)]
+    etcd_ca: Option<PathBuf>,
     /// the node that runs it (default: the one member whose record lists it)
     #[argh(option)]
     node: Option<String>,
@@ -41,9 +46,12 @@ struct ManageArgs {
 /// The nodes (with the time their lease has left) and where each managed container should run.
 #[argh(subcommand, name = "status")]
 struct StatusArgs {
-    /// etcd's client URLs, comma-separated (http://HOST:PORT,…)
+    /// etcd's client URLs, comma-separated (http://HOST:PORT,… or https://)
     #[argh(option)]
     etcd: String,
+    /// the CA that issued etcd's certificate, for https:// (default: the fleet CA, ca.pem)
+    #[argh(option)]
+    etcd_ca: Option<PathBuf>,
     /// print the status as one JSON object
     #[argh(switch)]
     json: bool,
@@ -58,7 +66,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
 
 fn manage(args: ManageArgs) -> Result<()> {
     let container = fleet::checked_name("container", &args.container)?;
-    let etcd = Etcd::connect(&args.etcd)?;
+    let etcd = super::etcd_client(&args.etcd, args.etcd_ca.as_deref())?;
     let status = fleet::status(&etcd)?;
     let running_on: Vec<&str> = status
         .nodes
@@ -90,7 +98,7 @@ fn manage(args: ManageArgs) -> Result<()> {
 }
 
 fn status(args: StatusArgs) -> Result<()> {
-    let status = fleet::status(&Etcd::connect(&args.etcd)?)?;
+    let status = fleet::status(&super::etcd_client(&args.etcd, args.etcd_ca.as_deref())?)?;
     if args.json {
         say!("{}", serde_json::to_string(&status).unwrap_or_default());
         return Ok(());

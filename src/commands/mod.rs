@@ -25,6 +25,7 @@ use serde::Serialize;
 use crate::board::{Board, Tuning};
 use crate::engine::{self, Engine};
 use crate::error::{Error, Kind, Result};
+use crate::fleet::etcd::{self, Etcd, EtcdTls};
 use crate::identity::{self, Identity};
 use crate::transfer::tls::Tls;
 use crate::transfer::{self, client::{Link, Peer}, pace};
@@ -55,6 +56,23 @@ impl Context {
         let board = board.map(Board::load).transpose()?;
         Ok(Tuning::new(board, self.chosen_work_dir.as_deref(), &self.work_dir))
     }
+}
+
+/// etcd at `urls` (`--etcd`), for every command that takes it: over TLS when
+/// they are `https://`, trusting the CA in `etcd_ca` (`--etcd-ca`, else the
+/// fleet CA) and presenting this host's key and certificate.
+pub(crate) fn etcd_client(urls: &str, etcd_ca: Option<&Path>) -> Result<Etcd> {
+    let tls = if etcd::wants_tls(urls)? {
+        Some(EtcdTls::load(&identity::config_dir(), etcd_ca)?)
+    } else if let Some(ca) = etcd_ca {
+        return Err(Error::new(
+            Kind::Usage,
+            format!("--etcd-ca {} is for https:// etcd URLs, and --etcd gives http:// ones: give https:// URLs, or drop --etcd-ca", ca.display()),
+        ));
+    } else {
+        None
+    };
+    Ok(Etcd::connect_with(urls, tls)?)
 }
 
 /// This host's key, to sign what it writes, when it has one; a payload

@@ -51,11 +51,15 @@ pub(crate) struct Args {
     /// source within this long (default 5m)
     #[argh(option, default = "Duration::from_secs(300)", from_str_fn(parse_duration))]
     pub handover_timeout: Duration,
-    /// join the fleet kept in etcd at these client URLs (http://HOST:PORT,
-    /// comma-separated): this node's record lives as long as the agent
-    /// renews its lease
+    /// join the fleet kept in etcd at these client URLs (http://HOST:PORT
+    /// or https://, comma-separated): this node's record lives as long as
+    /// the agent renews its lease
     #[argh(option)]
     pub etcd: Option<String>,
+    /// the CA that issued etcd's certificate, for https:// --etcd URLs
+    /// (default: the fleet CA, ca.pem in the config dir)
+    #[argh(option)]
+    pub etcd_ca: Option<PathBuf>,
     /// this node's name in the fleet (default: the host name)
     #[argh(option)]
     pub node: Option<String>,
@@ -143,7 +147,7 @@ fn fleet_member(args: &Args, urls: &str) -> Result<(Etcd, membership::Who, i64)>
     let name = args.node.clone().unwrap_or_else(host::hostname);
     let agent = fleet::advertised_agent(&args.listen, args.advertise.as_deref())?;
     let who = membership::Who { name: fleet::checked_name("--node", &name)?, agent, board: args.board.clone() };
-    Ok((Etcd::connect(urls)?, who, ttl))
+    Ok((super::etcd_client(urls, args.etcd_ca.as_deref())?, who, ttl))
 }
 
 /// Joins the fleet and keeps this node's lease alive until SIGTERM or

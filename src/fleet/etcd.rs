@@ -18,13 +18,16 @@
 //! a transaction may have been applied, and repeating a compare-and-swap
 //! that won would report that it lost.
 //!
-//! TLS (an `https://` endpoint with etcd's client certificates) is not done
-//! yet: `connect` refuses such a URL by name. The agent is built in one place
-//! ([`agent`]) so that a rustls connector can be chained there, as
-//! `transfer/client.rs` does for peers.
+//! `https://` endpoints are reached over TLS 1.3 with [`EtcdTls`] (etcd's CA,
+//! this host's certificate; see `etcd_tls.rs`), given to
+//! [`Etcd::connect_with`]: the agent chains the same rustls connector as
+//! the peer client (`tls_client.rs`). All endpoints of one etcd share one
+//! scheme. A TLS failure is not a network one: each endpoint is still tried,
+//! then the failure is reported with what to fix rather than as unreachable.
 
 use std::fmt;
 use std::io::Read;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -32,6 +35,11 @@ use base64::Engine as _;
 use base64::prelude::BASE64_STANDARD;
 use serde_json::{json, Map, Value};
 use ureq::Agent;
+use ureq::unversioned::resolver::DefaultResolver;
+use ureq::unversioned::transport::{Connector, TcpConnector};
+
+pub(crate) use super::etcd_tls::EtcdTls;
+use crate::tls_client::TlsConnector;
 
 /// How much of one answer is read: a range over the fleet's prefix is the
 /// largest, a few KiB per node and container.
@@ -45,8 +53,10 @@ const GRPC_NOT_FOUND: i64 = 5;
 
 #[derive(Debug)]
 pub(crate) enum Error {
-    /// `--etcd` is not a list of `http://HOST:PORT` URLs.
+    /// `--etcd` is not a list of `http://HOST:PORT` or `https://HOST:PORT` URLs.
     BadUrl(String),
+    /// TLS with etcd failed: a certificate was refused, one way or the other.
+    Tls { endpoint: String, detail: String },
     /// No endpoint could be reached: nothing was sent.
     Unreachable { endpoints: String, detail: String },
     /// The request was sent, its answer was lost: it may have been applied.
@@ -61,6 +71,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::BadUrl(why) => f.write_str(why),
+            Error::Tls { endpoint, detail } => write!(f, "TLS to etcd at {endpoint} failed: {detail}"),
             Error::Unreachable { endpoints, detail } => write!(
                 f,
                 "etcd cannot be reached at {endpoints} ({detail}) — is etcd running there, and is --etcd its client \
@@ -161,6 +172,8 @@ pub(crate) struct Etcd {
     /// The endpoint that answered last: tried first next time.
     preferred: AtomicUsize,
     agent: Agent,
+    /// For `https://` endpoints.
+    tls: Option<Arc<EtcdTls>>,
 }
 
 impl Clone for Etcd {
@@ -169,21 +182,37 @@ impl Clone for Etcd {
             endpoints: self.endpoints.clone(),
             preferred: AtomicUsize::new(self.preferred.load(Ordering::Relaxed)),
             agent: self.agent.clone(),
+            tls: self.tls.clone(),
         }
     }
 }
 
 impl Etcd {
     /// `urls` as `--etcd` gives them: `http://HOST:PORT`, comma-separated.
+    /// Commands go through `commands::etcd_client`, which also does https.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn connect(urls: &str) -> Result<Etcd> {
-        let endpoints = parse_endpoints(urls)?;
-        Ok(Etcd { endpoints, preferred: AtomicUsize::new(0), agent: agent(ANSWER_WITHIN) })
+        Etcd::connect_with(urls, None)
+    }
+
+    /// `urls` as `--etcd` gives them, `https://` ones reached with `tls`.
+    pub(crate) fn connect_with(urls: &str, tls: Option<EtcdTls>) -> Result<Etcd> {
+        let (endpoints, https) = parse_endpoints(urls)?;
+        if https && tls.is_none() {
+            return Err(Error::BadUrl(format!(
+                "'{}' is https://: ferry needs the CA that issued etcd's certificate — give --etcd-ca FILE (PEM), or \
+                 install the fleet CA as ca.pem in ferry's config dir",
+                endpoints[0]
+            )));
+        }
+        let tls = tls.map(Arc::new);
+        Ok(Etcd { endpoints, preferred: AtomicUsize::new(0), agent: agent(ANSWER_WITHIN, tls.as_deref()), tls })
     }
 
     /// The same etcd, waiting at most `timeout` for an answer to start: a
     /// lease renewal must give up in time to try again before the TTL ends.
     pub(crate) fn answering_within(&self, timeout: Duration) -> Etcd {
-        Etcd { agent: agent(timeout.min(ANSWER_WITHIN)), ..self.clone() }
+        Etcd { agent: agent(timeout.min(ANSWER_WITHIN), self.tls.as_deref()), ..self.clone() }
     }
 
     pub(crate) fn endpoints(&self) -> &[String] {
@@ -271,6 +300,7 @@ impl Etcd {
         let count = self.endpoints.len();
         let first = self.preferred.load(Ordering::Relaxed) % count;
         let mut failures = Vec::new();
+        let mut tls_failure = None;
         for index in (first..count).chain(0..first) {
             let endpoint = &self.endpoints[index];
             let request = ureq::http::Request::post(format!("{endpoint}{path}"))
@@ -280,6 +310,14 @@ impl Etcd {
             let response = match self.agent.run(request) {
                 Ok(response) => response,
                 Err(error) => {
+                    // A refused certificate ends the handshake before etcd
+                    // reads the request: nothing was applied.
+                    if let Some(why) = self.tls.as_deref().and_then(|tls| tls.describe(&error)) {
+                        log::debug!("etcd at {endpoint}: {call} failed ({why}); trying the next endpoint");
+                        failures.push(format!("{endpoint}: {error}"));
+                        tls_failure.get_or_insert_with(|| Error::Tls { endpoint: endpoint.clone(), detail: why });
+                        continue;
+                    }
                     if !(repeatable || not_sent(&error)) {
                         return Err(Error::AnswerLost { endpoint: endpoint.clone(), call, detail: error.to_string() });
                     }
@@ -325,13 +363,15 @@ impl Etcd {
             }
             return Ok((endpoint.clone(), answer));
         }
-        Err(Error::Unreachable { endpoints: self.endpoints.join(","), detail: failures.join("; ") })
+        // Where TLS failed, the network did not: its remedy is the one to tell.
+        Err(tls_failure.unwrap_or(Error::Unreachable { endpoints: self.endpoints.join(","), detail: failures.join("; ") }))
     }
 }
 
 /// The HTTP agent for etcd: short timeouts, since a lease renewal that waits
-/// longer than its TTL has already failed; statuses read, not raised.
-fn agent(answer_within: Duration) -> Agent {
+/// longer than its TTL has already failed; statuses read, not raised; TLS
+/// with `tls` for `https://` endpoints.
+fn agent(answer_within: Duration, tls: Option<&EtcdTls>) -> Agent {
     let config = Agent::config_builder()
         .http_status_as_error(false)
         .timeout_connect(Some(answer_within.min(Duration::from_secs(2))))
@@ -339,7 +379,13 @@ fn agent(answer_within: Duration) -> Agent {
         .timeout_recv_body(Some(Duration::from_secs(10)))
         .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
         .build();
-    Agent::new_with_config(config)
+    match tls {
+        Some(tls) => {
+            let connector = ().chain(TcpConnector::default()).chain(TlsConnector { config: tls.config.clone() });
+            Agent::with_parts(config, connector, DefaultResolver::default())
+        }
+        None => Agent::new_with_config(config),
+    }
 }
 
 /// Whether `error` happened before the request left: another endpoint may
@@ -357,30 +403,46 @@ fn not_sent(error: &ureq::Error) -> bool {
     }
 }
 
-fn parse_endpoints(urls: &str) -> Result<Vec<String>> {
+/// Whether `urls` (as `--etcd` gives them) are `https://` ones, which need
+/// [`EtcdTls`]; an error if they are not etcd client URLs at all.
+pub(crate) fn wants_tls(urls: &str) -> Result<bool> {
+    parse_endpoints(urls).map(|(_, https)| https)
+}
+
+/// The endpoints, without a trailing slash, and whether they are `https://`.
+fn parse_endpoints(urls: &str) -> Result<(Vec<String>, bool)> {
     let mut endpoints = Vec::new();
+    let mut schemes = Vec::new();
     for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
         let url = url.trim_end_matches('/');
-        if url.starts_with("https://") {
-            return Err(Error::BadUrl(format!(
-                "'{url}': TLS to etcd is not supported yet — reach etcd over http:// on a network you trust (or \
-                 through a local TLS proxy) for now"
-            )));
-        }
-        let Some(authority) = url.strip_prefix("http://") else {
-            return Err(Error::BadUrl(format!("'{url}' is not an etcd client URL: give http://HOST:PORT")));
+        let (scheme, authority) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+            (Some(authority), _) => ("http", authority),
+            (_, Some(authority)) => ("https", authority),
+            (None, None) => {
+                return Err(Error::BadUrl(format!(
+                    "'{url}' is not an etcd client URL: give http://HOST:PORT (or https://HOST:PORT)"
+                )));
+            }
         };
         if authority.is_empty() || authority.contains('/') {
             return Err(Error::BadUrl(format!(
-                "'{url}' is not an etcd client URL: give http://HOST:PORT, without a path"
+                "'{url}' is not an etcd client URL: give http://HOST:PORT (or https://), without a path"
             )));
         }
+        if schemes.first().is_some_and(|first| *first != scheme) {
+            return Err(Error::BadUrl(format!(
+                "--etcd mixes http:// and https:// URLs ({}, {url}): the members of one etcd serve clients alike — \
+                 give them all with the scheme of their --advertise-client-urls",
+                endpoints[0]
+            )));
+        }
+        schemes.push(scheme);
         endpoints.push(url.to_string());
     }
     if endpoints.is_empty() {
         return Err(Error::BadUrl("--etcd names no endpoint: give http://HOST:PORT[,http://HOST:PORT…]".to_string()));
     }
-    Ok(endpoints)
+    Ok((endpoints, schemes[0] == "https"))
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -528,13 +590,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn endpoints_are_http_urls_and_https_is_refused_by_name_for_now() {
+    fn endpoints_are_http_or_https_urls_of_one_scheme_and_https_needs_tls_settings() {
         let etcd = Etcd::connect("http://10.0.0.1:2379, http://10.0.0.2:2379/").unwrap();
         assert_eq!(etcd.endpoints(), ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]);
+        assert!(!wants_tls("http://10.0.0.1:2379").unwrap());
+        assert!(wants_tls("https://10.0.0.1:2379,https://etcd-2:2379").unwrap());
         let https = Etcd::connect("https://10.0.0.1:2379").err().unwrap().to_string();
-        assert!(https.contains("TLS to etcd is not supported yet"), "{https}");
+        assert!(https.contains("give --etcd-ca FILE"), "{https}");
+        let mixed = wants_tls("https://10.0.0.1:2379,http://10.0.0.2:2379").unwrap_err().to_string();
+        assert!(mixed.contains("mixes http:// and https://"), "{mixed}");
         assert!(Etcd::connect("10.0.0.1:2379").err().unwrap().to_string().contains("http://HOST:PORT"));
         assert!(Etcd::connect("http://10.0.0.1:2379/v3").is_err());
+        assert!(Etcd::connect("https://").is_err());
         assert!(Etcd::connect(" , ").err().unwrap().to_string().contains("names no endpoint"));
     }
 

@@ -15,6 +15,7 @@
 //! on it); the agent's side of moves and failovers is in `transfer/fleet.rs`.
 
 pub(crate) mod etcd;
+mod etcd_tls;
 pub(crate) mod fence;
 pub(crate) mod leader;
 pub(crate) mod membership;

@@ -1,100 +1,12 @@
-//! The source's side of TLS: a ureq connector that wraps the TCP transport
-//! ureq's own `TcpConnector` opened in a rustls client connection with our
-//! [`ClientConfig`] (ureq's `RustlsConnector` builds its config from ureq's
-//! `TlsConfig`, which has no place for our verifier). It works as ureq's
-//! does: the handshake runs through a [`TransportAdapter`] over the TCP
-//! transport, bounded by the connect timeout, and each read or write after it
-//! hands ureq's timeout down to the TCP transport.
+//! What a failed TLS call to an agent means, in words: the connector itself
+//! ([`TlsConnector`]) is shared with the fleet's etcd client and lives below
+//! both, in `tls_client.rs`.
 
-use std::fmt;
-use std::io::{self, Read, Write};
-use std::sync::Arc;
+use rustls::{AlertDescription, CertificateError};
 
-use rustls::pki_types::ServerName;
-use rustls::{AlertDescription, CertificateError, ClientConfig, ClientConnection, StreamOwned};
-use ureq::unversioned::transport::{
-    Buffers, ConnectionDetails, Connector, Either, LazyBuffers, NextTimeout, Transport, TransportAdapter,
-};
+pub(crate) use crate::tls_client::TlsConnector;
 
 use super::Untrusted;
-
-/// Wraps every `https://` connection in TLS with `config`; passes plain
-/// `http://` ones through untouched.
-pub(crate) struct TlsConnector {
-    pub(crate) config: Arc<ClientConfig>,
-}
-
-impl fmt::Debug for TlsConnector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TlsConnector").finish_non_exhaustive()
-    }
-}
-
-impl<In: Transport> Connector<In> for TlsConnector {
-    type Out = Either<In, TlsTransport>;
-
-    fn connect(&self, details: &ConnectionDetails, chained: Option<In>) -> Result<Option<Self::Out>, ureq::Error> {
-        let Some(transport) = chained else { return Ok(None) };
-        if !details.needs_tls() || transport.is_tls() {
-            return Ok(Some(Either::A(transport)));
-        }
-        let host = details.uri.host().unwrap_or_default();
-        // An IPv6 literal comes bracketed in a URL.
-        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-        let name = ServerName::try_from(host.to_string()).map_err(|_| {
-            ureq::Error::Io(io::Error::new(io::ErrorKind::InvalidInput, format!("{host:?} is neither a host name nor an IP address")))
-        })?;
-        let mut connection = ClientConnection::new(self.config.clone(), name).map_err(|e| ureq::Error::Io(io::Error::other(e)))?;
-        let mut socket = TransportAdapter::new(transport.boxed(), details.current_time.clone());
-        socket.set_timeout(details.timeout);
-        while connection.is_handshaking() {
-            connection.complete_io(&mut socket)?;
-        }
-        let buffers = LazyBuffers::new(details.config.input_buffer_size(), details.config.output_buffer_size());
-        Ok(Some(Either::B(TlsTransport { buffers, stream: StreamOwned::new(connection, socket) })))
-    }
-}
-
-/// One TLS connection to an agent.
-pub(crate) struct TlsTransport {
-    buffers: LazyBuffers,
-    stream: StreamOwned<ClientConnection, TransportAdapter>,
-}
-
-impl fmt::Debug for TlsTransport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TlsTransport").field("chained", &self.stream.sock.inner()).finish()
-    }
-}
-
-impl Transport for TlsTransport {
-    fn buffers(&mut self) -> &mut dyn Buffers {
-        &mut self.buffers
-    }
-
-    fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), ureq::Error> {
-        self.stream.get_mut().set_timeout(timeout);
-        let output = &self.buffers.output()[..amount];
-        self.stream.write_all(output)?;
-        Ok(())
-    }
-
-    fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
-        self.stream.get_mut().set_timeout(timeout);
-        let input = self.buffers.input_append_buf();
-        let amount = self.stream.read(input)?;
-        self.buffers.input_appended(amount);
-        Ok(amount > 0)
-    }
-
-    fn is_open(&mut self) -> bool {
-        self.stream.get_mut().get_mut().is_open()
-    }
-
-    fn is_tls(&self) -> bool {
-        true
-    }
-}
 
 /// What went wrong with TLS in a failed call, as what the agent did ("is
 /// not trusted: …", "refused our certificate …"), or None when the failure
