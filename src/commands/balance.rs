@@ -9,7 +9,6 @@ use argh::FromArgs;
 
 use super::Context;
 use crate::error::{Error, Kind, Result};
-use crate::fleet::etcd::Etcd;
 use crate::fleet::moves::LastMove;
 use crate::fleet::plan::Policy;
 use crate::transfer::balance::{balance, Options};
@@ -23,9 +22,13 @@ const MIN_LEASE_TTL_SECS: u64 = 6;
 /// Balance the fleet: one balancer at a time (elected through etcd) moves at most one container per round.
 #[argh(subcommand, name = "balance")]
 pub(crate) struct Args {
-    /// etcd's client URLs, comma-separated (http://HOST:PORT,…)
+    /// etcd's client URLs, comma-separated (http://HOST:PORT or https://…)
     #[argh(option)]
     etcd: String,
+    /// the CA that issued etcd's certificate, for https URLs (default: the
+    /// fleet CA, ca.pem in the config dir)
+    #[argh(option)]
+    etcd_ca: Option<PathBuf>,
     /// time between rounds, at least 1s (default 10s)
     #[argh(option, from_str_fn(parse_duration), default = "Duration::from_secs(10)")]
     every: Duration,
@@ -87,7 +90,7 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
         libc::signal(libc::SIGTERM, count_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGINT, count_signal as *const () as libc::sighandler_t);
     }
-    let etcd = Etcd::connect(&args.etcd)?;
+    let etcd = super::etcd_client(&args.etcd, args.etcd_ca.as_deref())?;
     let link = super::link(args.token_file.as_deref(), args.insecure)?;
     let log = args.log.unwrap_or_else(|| context.work_dir.join("fleet-migrations.jsonl"));
     let options = Options {
