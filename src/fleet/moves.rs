@@ -6,7 +6,6 @@
 use serde::{Deserialize, Serialize};
 
 use super::etcd::Etcd;
-use super::decode;
 use crate::error::{Error, Kind, Result};
 
 /// Under the fleet's prefix, so that `status` reads these in the same range.
@@ -59,20 +58,6 @@ pub(crate) fn record(etcd: &Etcd, last: &LastMove) -> Result<()> {
         .map_err(|e| Error::new(Kind::Failure, format!("cannot encode the record for {key}: {e}")))?;
     etcd.put(&key, &value, None)?;
     Ok(())
-}
-
-/// The last move of every container that has one, by container name. A
-/// record this ferry cannot read is skipped with a warning: one odd key must
-/// not stop the balancer.
-pub(crate) fn last_moves(etcd: &Etcd) -> Result<Vec<LastMove>> {
-    let mut moves = Vec::new();
-    for kv in etcd.get_prefix(MIGRATIONS)? {
-        match decode::<LastMove>(&kv.key, &kv.value) {
-            Ok(last) => moves.push(last),
-            Err(error) => log::warn!("{error}"),
-        }
-    }
-    Ok(moves)
 }
 
 #[cfg(test)]

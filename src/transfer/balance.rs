@@ -127,8 +127,7 @@ impl Rounds<'_> {
         }
         let etcd = &self.options.etcd;
         let status = crate::fleet::status(etcd)?;
-        let last_moved: BTreeMap<String, u64> =
-            moves::last_moves(etcd)?.into_iter().map(|last| (last.container, last.unix_ms)).collect();
+        let last_moved: BTreeMap<String, u64> = status.last_moves.iter().map(|last| (last.container.clone(), last.unix_ms)).collect();
         let Some(planned) = plan::plan(self.options.policy, &status, &last_moved) else {
             return Ok(Round::Still);
         };
@@ -410,7 +409,7 @@ mod tests {
         let lines = fs::read_to_string(&log).unwrap();
         assert_eq!(lines, format!("{}\n", serde_json::to_string(record).unwrap()));
         assert_eq!(fs::metadata(&log).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(moves::last_moves(&etcd).unwrap(), reported);
+        assert_eq!(crate::fleet::status(&etcd).unwrap().last_moves, reported);
         assert!(etcd.get(BALANCER).unwrap().is_none(), "the balancer resigns when it exits");
     }
 
@@ -436,7 +435,7 @@ mod tests {
         assert_eq!(line["ok"], false);
         assert_eq!((line["container"].as_str(), line["to"].as_str()), (Some("web"), Some("b")));
         assert!(line["error"].as_str().unwrap().contains("is busy") && line.get("generation").is_none(), "{line}");
-        assert_eq!(moves::last_moves(&etcd).unwrap(), reported);
+        assert_eq!(crate::fleet::status(&etcd).unwrap().last_moves, reported);
 
         // While another balancer leads, --once plans nothing and says who leads.
         let Campaign::Won(other) = Leadership::campaign(&etcd, "other", 30).unwrap() else { panic!("no leader yet") };

@@ -491,6 +491,16 @@ def start_counters(run, count, mib):
 
 
 def manage(run, etcd, envs, placed):
+    # A node's record lists a new container at its next lease renewal (every
+    # third of the TTL): `fleet manage` finds the node there.
+    deadline = time.monotonic() + 30
+    while True:
+        listed = {(c["name"], n["name"]) for n in fleet_status(etcd, envs).get("nodes", []) for c in n.get("containers", [])}
+        if all((name, engine) in listed for name, engine in placed.items()):
+            break
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the nodes' records never listed all counters: {sorted(listed)}")
+        time.sleep(0.5)
     for name, engine in placed.items():
         out = subprocess.run(ferry_as(engine, "--work-dir", os.path.join(run.work, f"client-{engine}"),
                                       "fleet", "manage", name, "--etcd", etcd),
