@@ -71,8 +71,11 @@ fi
 if ls /etc/rc[2345].d/S*etcd >/dev/null 2>&1; then
   log "disabling etcd's init script at boot"; update-rc.d etcd disable >/dev/null 2>&1
 fi
-etcd --version 2>/dev/null | grep -q '^etcd Version: 3\.' || { log "etcd does not run: $(etcd --version 2>&1 | tail -1)"; exit 1; }
-log "$(etcd --version | head -1) — for the fleet tests; its system service is off"
+# Read whole, then matched: `etcd --version | grep -q` fails under pipefail
+# whenever grep exits before etcd has written its last line (SIGPIPE).
+etcd_version="$(etcd --version 2>&1)" || true
+grep -q '^etcd Version: 3\.' <<<"$etcd_version" || { log "etcd does not run: $(tail -1 <<<"$etcd_version")"; exit 1; }
+log "$(head -1 <<<"$etcd_version") — for the fleet tests; its system service is off"
 
 # --- CRIU 4.2 from forky, in a private prefix --------------------------------
 criu_ok() {
