@@ -218,6 +218,7 @@ fn fleet_status_lists_an_empty_fleet_and_names_what_is_wrong_with_etcd() {
 fn serve_refuses_fleet_options_that_cannot_work_before_touching_anything() {
     let run = |args: &[&str]| Command::new(ferry_bin()).args(["serve", "--insecure"]).args(args).output().unwrap();
     expect_failure(&run(&["--listen", "127.0.0.1:1", "--node", "a"]), USAGE, "give --etcd URL too");
+    expect_failure(&run(&["--listen", "127.0.0.1:1", "--etcd-ca", "/nonexistent/ca.pem"]), USAGE, "give --etcd URL too");
     let etcd = ["--etcd", "http://127.0.0.1:1"];
     let wildcard = run(&[&["--listen", "0.0.0.0:7070"][..], &etcd].concat());
     expect_failure(&wildcard, USAGE, "--listen 0.0.0.0:7070 is no address other nodes can reach: give --advertise");

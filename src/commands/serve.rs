@@ -86,8 +86,8 @@ extern "C" fn request_leave(signal: libc::c_int) {
 pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     // Checked before anything starts: a fleet option that cannot work is a usage error.
     let fleet = args.etcd.as_deref().map(|urls| fleet_member(&args, urls)).transpose()?;
-    if fleet.is_none() && (args.node.is_some() || args.advertise.is_some()) {
-        return Err(Error::new(Kind::Usage, "--node and --advertise name this node in a fleet: give --etcd URL too"));
+    if fleet.is_none() && (args.node.is_some() || args.advertise.is_some() || args.etcd_ca.is_some()) {
+        return Err(Error::new(Kind::Usage, "--node, --advertise and --etcd-ca are about this node's fleet: give --etcd URL too"));
     }
     let token = args.token_file.as_deref().map(transfer::load_token).transpose()?;
     let credentials = if args.insecure {
