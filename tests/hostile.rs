@@ -114,6 +114,26 @@ fn edited_payloads_gain_no_power_and_write_nothing_outside() {
     let out = restores.restore("caps", &rebuild(raised, |_| {}));
     expect_failure(&out, BAD_PAYLOAD, "cap_eff 0x00000000a82425fb exceeds what this host grants");
 
+    // 1b. seccomp.img's program made to allow everything (its first
+    //     instruction, "load the arch", turned into "return ALLOW"), digest
+    //     recomputed: still filter mode, but no filter left in effect. The
+    //     restore puts this host's program in its place: keyctl, which
+    //     Docker's profile refuses, is refused to the restored process (and
+    //     not to an unconfined one: the probe tells them apart).
+    let mut opened = files.clone();
+    let seccomp = opened.iter_mut().find(|(p, _)| p == "checkpoint/seccomp.img").expect("seccomp.img in the payload");
+    let load_arch = [0x20, 0, 0, 0, 4, 0, 0, 0];
+    let at = seccomp.1.windows(8).position(|w| w == load_arch).expect("a BPF program in seccomp.img");
+    seccomp.1[at..at + 8].copy_from_slice(&[0x06, 0, 0, 0, 0, 0, 0xff, 0x7f]);
+    let out = restores.restore("seccomp", &rebuild(opened, |_| {}));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(keyctl_errno(ENGINE_A, &target), 1, "the restored process runs without this host's filter");
+    docker_ok(ENGINE_A, &["rm", "-f", &target]);
+    let unconfined = containers.track("ferry-e2e-hostile-unconfined");
+    docker_ok(ENGINE_A, &["run", "-d", "--security-opt", "seccomp=unconfined", "--name", &unconfined, WORKLOAD, "/counter", "1", "100"]);
+    assert_ne!(keyctl_errno(ENGINE_A, &unconfined), 1, "keyctl is refused even without seccomp here");
+    docker_ok(ENGINE_A, &["rm", "-f", &unconfined]);
+
     // 2. A rootfs archive that plants `link -> <host dir>`, and a deleted
     //    `/link/x`: the whiteout would follow the link onto the host.
     let mut linked = files.clone();

@@ -107,6 +107,12 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     let tuning = context.tuning(args.board.as_deref())?;
     let engine = context.engine()?;
     let spool = args.spool.unwrap_or_else(|| tuning.work_dir.clone());
+    // Before the first restore can ask for it, and before anyone is told
+    // this agent is up.
+    if let Err(e) = std::fs::create_dir_all(&spool) {
+        log::warn!("creating the spool {}: {e}", spool.display());
+    }
+    crate::migration::seccomp::warm(&engine, &spool);
     let seat = match fleet {
         Some((etcd, who, ttl)) => {
             let seat = Seat { etcd: etcd.clone(), node: who.name.clone() };

@@ -152,6 +152,12 @@ pub(crate) struct Info {
     /// "1" or "2" (reported since API 1.41; empty on older engines).
     #[serde(default)]
     pub cgroup_version: String,
+    /// The daemon's own id: another daemon, another runtime.
+    #[serde(default, rename = "ID")]
+    pub id: String,
+    /// e.g. `name=seccomp,profile=default`, `name=apparmor`.
+    #[serde(default)]
+    pub security_options: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -161,6 +167,9 @@ pub(crate) struct ContainerState {
     pub running: bool,
     #[serde(default)]
     pub paused: bool,
+    /// The main process's pid as the engine sees it (0 when not running).
+    #[serde(default)]
+    pub pid: i64,
 }
 
 #[derive(Debug, Deserialize, Clone)]

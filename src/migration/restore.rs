@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{cgroup, preflight, resume, rootfs, CHECKPOINT_NAME};
+use super::{cgroup, preflight, resume, rootfs, seccomp, CHECKPOINT_NAME};
 use crate::board::Board;
 use crate::engine::{self, Engine, Info};
 use crate::error::{io_error, Error, Kind, Result};
@@ -170,8 +170,14 @@ pub(crate) fn prepare(engine: &Engine, info: &Info, dir: &Path, manifest: &Manif
             }
             // The images decide the restored process's powers, whatever the
             // container's config says: they must be within what it is granted.
-            images::check(&dir.join(payload::CHECKPOINT_DIR), &granted(manifest))?;
             require_image(engine, manifest)?;
+            // The filters the images hold are replaced by the ones this
+            // host's engine installs; the filters an app added stay above.
+            let filters = seccomp::reference(engine, info, &spec.image_id, dir)?;
+            let images_dir = dir.join(payload::CHECKPOINT_DIR);
+            let replaced = images::enforce_seccomp(&images_dir, &filters)?;
+            log::debug!("seccomp.img: {replaced} filter(s) replaced by this host's ({filters})");
+            images::check(&images_dir, &granted(manifest).with_seccomp_reference(filters))?;
         }
         Mode::Commit => {
             let image_path = dir.join(payload::IMAGE_ENTRY);
@@ -259,7 +265,7 @@ pub(crate) fn discard(engine: &Engine, prepared: &Prepared) -> Result<()> {
 /// What the container created from `manifest` is granted: Docker's default
 /// capabilities and seccomp filter mode (the manifest carries no CapAdd and
 /// no security options: checkpoint refuses them), its tmpfs mounts, and its
-/// terminal.
+/// terminal. The caller adds the seccomp filters this host installs.
 fn granted(manifest: &Manifest) -> images::Allowed {
     let spec = &manifest.container;
     let tmpfs = spec.host_config.tmpfs.iter().flat_map(|t| t.keys().map(String::as_str));
@@ -353,6 +359,8 @@ mod tests {
                 info["ExperimentalBuild"] = experimental.into();
                 info["CgroupVersion"] = cgroup_version.into();
                 info["CgroupDriver"] = "systemd".into();
+                // One engine per test: each assumes its own seccomp filters.
+                info["ID"] = root.display().to_string().into();
                 (200, info.to_string())
             }
             ("POST", p) if p.starts_with("/images/load") => (200, r#"{"stream":"Loaded image"}"#.into()),
@@ -422,14 +430,15 @@ mod tests {
         assert!(!fake.lines().iter().any(|l| l.contains("/containers/create")), "{:?}", fake.lines());
     }
 
+    const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/payload/images/testdata/docker-default");
+
     /// A payload folder holding a real checkpoint (cgroup v1, Docker's
     /// default profile), as unpack leaves it.
     fn criu_payload_dir(label: &str) -> TempDir {
         let dir = TempDir::new(label);
         let images = dir.path().join(payload::CHECKPOINT_DIR);
         std::fs::create_dir_all(&images).unwrap();
-        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/payload/images/testdata/docker-default");
-        for file in std::fs::read_dir(fixture).unwrap() {
+        for file in std::fs::read_dir(FIXTURE).unwrap() {
             let file = file.unwrap();
             std::fs::copy(file.path(), images.join(file.file_name())).unwrap();
         }
@@ -444,9 +453,23 @@ mod tests {
         let fake = engine_on_cgroup(dir.path().to_path_buf(), 204, true, "1");
         let engine = fake.engine();
         let info = engine.info().unwrap();
+        seccomp::assume(&info, images::reference_of(Path::new(FIXTURE)));
         let prepared = prepare(&engine, &info, dir.path(), &manifest(Mode::Criu), &Options::default()).unwrap();
         assert_eq!(prepared.id, ID);
         assert_eq!(std::fs::read(&cgroup_img).unwrap(), before);
+    }
+
+    #[test]
+    fn criu_restore_puts_this_engines_filter_beneath_the_apps() {
+        let dir = criu_payload_dir("restore-seccomp");
+        let fake = engine_on_cgroup(dir.path().to_path_buf(), 204, true, "1");
+        let engine = fake.engine();
+        let info = engine.info().unwrap();
+        let this_hosts = vec![0x06, 0, 0, 0, 1, 0, 0x05, 0x00];
+        seccomp::assume(&info, images::SeccompReference { programs: vec![this_hosts.clone()] });
+        prepare(&engine, &info, dir.path(), &manifest(Mode::Criu), &Options::default()).unwrap();
+        let images_dir = dir.path().join(payload::CHECKPOINT_DIR);
+        assert_eq!(images::reference_of(&images_dir).programs, vec![this_hosts], "the fixture's filter is replaced");
     }
 
     #[test]
@@ -459,6 +482,7 @@ mod tests {
         let fake = engine_on_cgroup(dir.path().to_path_buf(), 204, true, "2");
         let engine = fake.engine();
         let info = engine.info().unwrap();
+        seccomp::assume(&info, images::reference_of(Path::new(FIXTURE)));
         let error = prepare(&engine, &info, dir.path(), &manifest(Mode::Criu), &Options::default()).unwrap_err();
         assert_eq!(error.kind, Kind::BadPayload, "{error}");
         assert!(error.message.contains("cgroup.img") && error.message.contains("cannot be told"), "{error}");

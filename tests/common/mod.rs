@@ -198,6 +198,13 @@ pub fn memory_check(socket: &str, name: &str) -> String {
     wait_for(socket, name, "check=", |line| field(line, "check").map(str::to_owned))
 }
 
+/// Asks the counter to call keyctl, which Docker's default seccomp profile
+/// refuses, and returns the errno it got: 1 (EPERM) under that profile.
+pub fn keyctl_errno(socket: &str, name: &str) -> i32 {
+    docker_ok(socket, &["kill", "--signal", "USR2", name]);
+    wait_for(socket, name, "keyctl_errno=", |line| field(line, "keyctl_errno")?.parse().ok())
+}
+
 /// The checksum the counter printed when it filled its memory.
 pub fn memory_sum(socket: &str, name: &str) -> String {
     wait_for(socket, name, "sum=", |line| field(line, "sum").map(str::to_owned))

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::ops::RangeInclusive;
 
 use super::SECCOMP_FILTER;
+use super::seccomp::SeccompReference;
 use crate::payload::Error;
 
 /// Linux capability names by bit number (`linux/capability.h`), as Docker
@@ -129,9 +130,9 @@ pub(crate) struct Allowed {
     pub(crate) seccomp_mode: i32,
     /// Where a mount may be, and of which filesystem.
     pub(crate) mounts: BTreeSet<AllowedMount>,
-    /// When set, [`super::seccomp_digest`] of the images must equal it: the
-    /// filters this host installs for the container's profile.
-    pub(crate) seccomp_digest: Option<String>,
+    /// When set, every filter chain must start with it: the filters this
+    /// host installs for the container's profile.
+    pub(crate) seccomp_reference: Option<SeccompReference>,
 }
 
 impl Allowed {
@@ -151,7 +152,7 @@ impl Allowed {
             gids: 0..=u32::MAX,
             seccomp_mode: SECCOMP_FILTER,
             mounts: docker_mounts(),
-            seccomp_digest: None,
+            seccomp_reference: None,
         }
     }
 
@@ -190,9 +191,8 @@ impl Allowed {
     }
 
     /// The filters this host installs for the container's profile.
-    #[cfg(test)]
-    pub(crate) fn with_seccomp_digest(self, digest: String) -> Allowed {
-        Allowed { seccomp_digest: Some(digest), ..self }
+    pub(crate) fn with_seccomp_reference(self, reference: SeccompReference) -> Allowed {
+        Allowed { seccomp_reference: Some(reference), ..self }
     }
 
     /// `HostConfig.Tmpfs` of the created container: a tmpfs at each path.

@@ -18,14 +18,10 @@
 //! is declared with every field, its tag, type and label copied from there;
 //! the real fixture in `testdata/` round-trips byte for byte.
 
-use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-
 use super::schema::{CoreEntry, PstreeEntry};
-use super::{Kind, frame, only, read_image, refuse};
+use super::{Kind, frame, only, read_image, refuse, replace_image};
 use crate::payload::Error;
 
 /// `cgroup.proto`: `cgroup_perms`.
@@ -326,34 +322,10 @@ fn root_task_cg_set(images_dir: &Path) -> Result<u32, Error> {
         .ok_or_else(|| refuse(&name, format!("the root task {pid} names no cgroup set")))
 }
 
-/// Writes `cgroup` as CRIU frames it, beside the old image, then renames it
-/// over: CRIU reads either the old image or the new one, never half of one.
+/// Writes `cgroup` as CRIU frames it over the old image.
 fn write_image(images_dir: &Path, cgroup: &CgroupEntry) -> Result<(), Error> {
     let image = frame::encode(frame::CGROUP_MAGIC, std::slice::from_ref(cgroup)).map_err(|detail| refuse(NAME, detail))?;
-    let path = images_dir.join(NAME);
-    let temporary = images_dir.join(".cgroup.img.ferry");
-    let io_error = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| Error::Io { path, source }
-    };
-    // A leftover of an interrupted run (or anything planted there) goes;
-    // create_new then never follows a link.
-    match fs::remove_file(&temporary) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_error(&temporary)(e)),
-        _ => {}
-    }
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&temporary)
-        .map_err(io_error(&temporary))?;
-    let written = file.write_all(&image).and_then(|()| file.sync_all());
-    if let Err(e) = written.and_then(|()| fs::rename(&temporary, &path)) {
-        let _ = fs::remove_file(&temporary);
-        return Err(io_error(&path)(e));
-    }
-    Ok(())
+    replace_image(images_dir, NAME, &image)
 }
 
 #[cfg(test)]

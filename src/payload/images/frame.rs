@@ -59,16 +59,25 @@ pub(crate) fn open(bytes: &[u8], type_magic: u32) -> Result<Entries<'_>, FrameEr
 /// common magic (not for inventory.img), the type's, then each message
 /// behind its little-endian u32 length.
 pub(crate) fn encode<M: prost::Message>(type_magic: u32, messages: &[M]) -> Result<Vec<u8>, FrameError> {
+    let encoded: Vec<Vec<u8>> = messages.iter().map(prost::Message::encode_to_vec).collect();
+    frame(type_magic, encoded.iter().map(Vec::as_slice))
+}
+
+/// [`encode`] of one message already encoded.
+pub(crate) fn encode_bytes(type_magic: u32, message: &[u8]) -> Result<Vec<u8>, FrameError> {
+    frame(type_magic, std::iter::once(message))
+}
+
+fn frame<'a>(type_magic: u32, messages: impl Iterator<Item = &'a [u8]>) -> Result<Vec<u8>, FrameError> {
     let mut bytes = Vec::new();
     if type_magic != INVENTORY_MAGIC {
         bytes.extend(IMG_COMMON_MAGIC.to_le_bytes());
     }
     bytes.extend(type_magic.to_le_bytes());
     for message in messages {
-        let encoded = message.encode_to_vec();
-        let length = u32::try_from(encoded.len()).map_err(|_| "a message too large for an image".to_string())?;
+        let length = u32::try_from(message.len()).map_err(|_| "a message too large for an image".to_string())?;
         bytes.extend(length.to_le_bytes());
-        bytes.extend(encoded);
+        bytes.extend(message);
     }
     Ok(bytes)
 }

@@ -35,6 +35,7 @@ pub(crate) use cgroup::retarget;
 use mounts::{check_cgroup, check_mounts};
 use schema::InventoryEntry;
 use seccomp::{Filters, decode_seccomp};
+pub(crate) use seccomp::SeccompReference;
 use task::{check_core, check_seccomp_modes, pstree_threads};
 
 use super::Error;
@@ -161,17 +162,6 @@ pub(crate) fn check(images_dir: &Path, allowed: &Allowed) -> Result<(), Error> {
         return Err(refuse(&format!("core-{tid}.img"), format!("missing for task {tid} listed in pstree.img")));
     }
     check_seccomp_modes(&threads, &modes, allowed)?;
-    if let Some(digest) = &allowed.seccomp_digest {
-        let found = seccomp_digest(images_dir)?;
-        if &found != digest {
-            return Err(refuse(
-                "seccomp.img",
-                format!(
-                    "filters (sha256 {found}) are not the ones this host installs for the container's profile ({digest})"
-                ),
-            ));
-        }
-    }
     Ok(())
 }
 
@@ -199,19 +189,62 @@ pub(crate) fn check_image_bytes(name: &str, bytes: &[u8], allowed: &Allowed) -> 
     }
 }
 
-/// SHA-256 of the seccomp filters in `seccomp.img`, in file order, each as
-/// its flags, its length and its BPF program (of no filter at all when the
-/// checkpoint has no seccomp image). The caller compares it with the digest of a reference
-/// checkpoint taken on this host with the same profile, so that a payload
-/// cannot swap the default profile for a permissive program of its own.
-pub(crate) fn seccomp_digest(images_dir: &Path) -> Result<String, Error> {
+/// Makes this host's seccomp filters the bottom of every filter chain in
+/// the checkpoint (see [`seccomp::rebase`]); returns how many filters were
+/// replaced. A checkpoint without `seccomp.img` is left alone: its threads
+/// in filter mode point at no filter and [`check`] refuses them.
+pub(crate) fn enforce_seccomp(images_dir: &Path, reference: &SeccompReference) -> Result<usize, Error> {
     let name = "seccomp.img";
-    if images_dir.join(name).exists() {
-        Ok(decode_seccomp(name, &read_image(images_dir, name, Kind::Seccomp)?)?.digest)
-    } else {
-        use sha2::Digest;
-        Ok(super::hex(&sha2::Sha256::digest([])))
+    if !images_dir.join(name).exists() {
+        return Ok(0);
     }
+    let bytes = read_image(images_dir, name, Kind::Seccomp)?;
+    let (image, replaced) = seccomp::rebase(name, &bytes, reference)?;
+    if replaced > 0 {
+        replace_image(images_dir, name, &image)?;
+    }
+    Ok(replaced)
+}
+
+/// Writes `image` beside the image `name`, then renames it over: CRIU reads
+/// either the old image or the new one, never half of one.
+fn replace_image(images_dir: &Path, name: &str, image: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    let path = images_dir.join(name);
+    let temporary = images_dir.join(format!(".{name}.ferry"));
+    let io_error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    // A leftover of an interrupted run (or anything planted there) goes;
+    // create_new then never follows a link.
+    match fs::remove_file(&temporary) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_error(&temporary)(e)),
+        _ => {}
+    }
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temporary)
+        .map_err(io_error(&temporary))?;
+    let written = file.write_all(image).and_then(|()| file.sync_all());
+    if let Err(e) = written.and_then(|()| fs::rename(&temporary, &path)) {
+        let _ = fs::remove_file(&temporary);
+        return Err(io_error(&path)(e));
+    }
+    Ok(())
+}
+
+/// The oldest filter of a real checkpoint's one chain: the one runc installed.
+#[cfg(test)]
+pub(crate) fn reference_of(dir: &Path) -> SeccompReference {
+    let bytes = fs::read(dir.join("seccomp.img")).unwrap();
+    let message = frame::open(&bytes, frame::SECCOMP_MAGIC).unwrap().only_message().unwrap();
+    let entry: schema::SeccompEntry = decode("seccomp.img", message).unwrap();
+    let roots: Vec<_> = entry.seccomp_filters.iter().filter(|f| f.prev.is_none()).collect();
+    assert_eq!(roots.len(), 1, "one filter chain in {}", dir.display());
+    SeccompReference { programs: vec![roots[0].filter.clone()] }
 }
 
 /// Reads a whole image, refusing one larger than its kind's limit before

@@ -75,7 +75,7 @@ pub(super) fn check_core(
     if let Some(seccomp) = seccomp
         && mode == Some(SECCOMP_FILTER)
     {
-        check_filter_chain(name, tid, filter.unwrap_or(0), seccomp)?;
+        check_filter_chain(name, tid, filter.unwrap_or(0), seccomp, allowed.seccomp_reference.as_ref())?;
     }
     Ok(mode)
 }

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use super::allowed::{flags, fstype};
+use super::seccomp::{FILTER_FLAG_LOG, FILTER_FLAG_TSYNC};
 use super::cgroup::{CgMemberEntry, CgSetEntry, CgroupEntry};
 use super::schema::{
     CoreEntry, CredsEntry, MntEntry, PstreeEntry, SeccompEntry, SeccompFilter,
@@ -211,25 +212,111 @@ fn seccomp_filter_of_partial_instructions_is_refused() {
     assert!(error.starts_with("seccomp.img: filter 0 is 12 bytes"), "{error}");
 }
 
+/// `BPF_RET | BPF_K` with `SECCOMP_RET_ALLOW`: a filter that allows everything.
+const ALLOW_ALL: [u8; 8] = [0x06, 0, 0, 0, 0, 0, 0xff, 0x7f];
+/// `SECCOMP_RET_ERRNO | EPERM`: one that denies everything.
+const DENY_ALL: [u8; 8] = [0x06, 0, 0, 0, 1, 0, 0x05, 0x00];
+
+fn reference(programs: &[&[u8]]) -> SeccompReference {
+    SeccompReference { programs: programs.iter().map(|program| program.to_vec()).collect() }
+}
+
+fn seccomp_image(filters: Vec<SeccompFilter>) -> Vec<u8> {
+    image(frame::SECCOMP_MAGIC, &[SeccompEntry { seccomp_filters: filters }])
+}
+
+fn filters_of(dir: &Path) -> Vec<SeccompFilter> {
+    let bytes = fs::read(dir.join("seccomp.img")).unwrap();
+    let entry: SeccompEntry = only("seccomp.img", &bytes, frame::SECCOMP_MAGIC).unwrap();
+    entry.seccomp_filters
+}
+
 #[test]
-fn seccomp_digest_tells_filters_apart() {
-    let checkpoint = good_checkpoint("seccomp-digest");
-    let digest = seccomp_digest(&checkpoint.0).unwrap();
-    assert_eq!(digest.len(), 64);
-    check(&checkpoint.0, &Allowed::docker_default().with_seccomp_digest(digest.clone())).unwrap();
+fn seccomp_chains_must_start_with_this_hosts_program() {
+    let checkpoint = good_checkpoint("seccomp-reference");
+    check(&checkpoint.0, &Allowed::docker_default().with_seccomp_reference(reference(&[&ALLOW_ALL]))).unwrap();
 
-    let other = SeccompFilter { filter: vec![0x06, 0, 0, 0, 0, 0, 0, 0], prev: None, flags: Some(1) };
-    checkpoint.write("seccomp.img", &image(frame::SECCOMP_MAGIC, &[SeccompEntry { seccomp_filters: vec![other] }]));
-    assert_ne!(seccomp_digest(&checkpoint.0).unwrap(), digest);
-    let error = refusal(&checkpoint.0, &Allowed::docker_default().with_seccomp_digest(digest.clone()));
-    assert!(error.starts_with("seccomp.img: filters (sha256 "), "{error}");
+    let error = refusal(&checkpoint.0, &Allowed::docker_default().with_seccomp_reference(reference(&[&DENY_ALL])));
+    assert!(error.starts_with("seccomp.img: task 1's filter 0 (sha256 "), "{error}");
+    assert!(error.contains("is not the program this host's engine installs"), "{error}");
+    let error =
+        refusal(&checkpoint.0, &Allowed::docker_default().with_seccomp_reference(reference(&[&ALLOW_ALL, &DENY_ALL])));
+    assert!(error.contains("task 1 runs under 1 seccomp filters, fewer than the 2"), "{error}");
 
-    let real = seccomp_digest(&testdata("docker-default")).unwrap();
-    assert_ne!(real, digest);
-    // The same profile on the same host gives the same filters.
-    assert_eq!(real, seccomp_digest(&testdata("tmpfs")).unwrap());
-    let error = refusal(&testdata("docker-default"), &Allowed::docker_default().with_seccomp_digest(digest));
-    assert!(error.starts_with("seccomp.img: filters (sha256 "), "{error}");
+    // A flag CRIU never records is refused, with or without a reference.
+    let flagged = SeccompFilter { filter: ALLOW_ALL.to_vec(), prev: None, flags: Some(4) };
+    checkpoint.write("seccomp.img", &seccomp_image(vec![flagged]));
+    let error = refusal(&checkpoint.0, &Allowed::docker_default());
+    assert!(error.contains("task 1's filter 0 has flags 0x4: only TSYNC and LOG"), "{error}");
+}
+
+#[test]
+fn this_hosts_program_replaces_the_first_filter_of_every_chain_and_the_apps_stay_above() {
+    let checkpoint = good_checkpoint("seccomp-rebase");
+    // Filter 0: what the source's runtime installed (here: edited to allow
+    // everything); 1: one the app stacked on it; 2: a second task's own chain.
+    let filters = vec![
+        SeccompFilter { filter: ALLOW_ALL.to_vec(), prev: None, flags: Some(FILTER_FLAG_TSYNC) },
+        SeccompFilter { filter: DENY_ALL.to_vec(), prev: Some(0), flags: Some(FILTER_FLAG_LOG) },
+        SeccompFilter { filter: ALLOW_ALL.to_vec(), prev: None, flags: None },
+    ];
+    checkpoint.write("seccomp.img", &seccomp_image(filters.clone()));
+    let mut core = core(root_creds(), SECCOMP_FILTER);
+    core.thread_core.as_mut().unwrap().seccomp_filter = Some(1);
+    checkpoint.write("core-1.img", &image(frame::CORE_MAGIC, &[core]));
+    let host: &[u8] = &[0x06, 0, 0, 0, 2, 0, 0x05, 0x00];
+    let error = refusal(&checkpoint.0, &Allowed::docker_default().with_seccomp_reference(reference(&[host])));
+    assert!(error.contains("task 1's filter 0 (sha256 "), "{error}");
+
+    assert_eq!(enforce_seccomp(&checkpoint.0, &reference(&[host])).unwrap(), 2);
+    let rebased = filters_of(&checkpoint.0);
+    assert_eq!(rebased.len(), 3);
+    assert_eq!((rebased[0].filter.as_slice(), rebased[0].prev, rebased[0].flags), (host, None, Some(FILTER_FLAG_TSYNC)));
+    assert_eq!(rebased[1], filters[1], "the app's own filter is kept");
+    assert_eq!((rebased[2].filter.as_slice(), rebased[2].prev), (host, None));
+    check(&checkpoint.0, &Allowed::docker_default().with_seccomp_reference(reference(&[host]))).unwrap();
+
+    // A host whose runtime stacks two programs: the earlier one goes after
+    // every existing index, beneath each replaced filter.
+    checkpoint.write("seccomp.img", &seccomp_image(filters.clone()));
+    let two = reference(&[&DENY_ALL, host]);
+    assert_eq!(enforce_seccomp(&checkpoint.0, &two).unwrap(), 2);
+    let rebased = filters_of(&checkpoint.0);
+    assert_eq!(rebased.len(), 4);
+    assert_eq!((rebased[0].filter.as_slice(), rebased[0].prev), (host, Some(3)));
+    assert_eq!((rebased[2].filter.as_slice(), rebased[2].prev), (host, Some(3)));
+    assert_eq!((rebased[3].filter.as_slice(), rebased[3].prev), (&DENY_ALL[..], None));
+    check(&checkpoint.0, &Allowed::docker_default().with_seccomp_reference(two)).unwrap();
+
+    // An engine that installs no filter leaves the image as it is.
+    checkpoint.write("seccomp.img", &seccomp_image(filters.clone()));
+    assert_eq!(enforce_seccomp(&checkpoint.0, &reference(&[])).unwrap(), 0);
+    assert_eq!(filters_of(&checkpoint.0), filters);
+}
+
+#[test]
+fn real_checkpoints_restore_under_this_hosts_program() {
+    // One of this host's runtime's layouts of Docker's default profile,
+    // from another checkpoint: the real images, rebased on it, pass; the
+    // rewrite keeps every other byte CRIU reads.
+    let host = reference_of(&testdata("tmpfs"));
+    for set in ["docker-default", "redis-threads"] {
+        let copy = Scratch::new(&format!("rebase-{set}"));
+        for file in fs::read_dir(testdata(set)).unwrap() {
+            let file = file.unwrap();
+            fs::copy(file.path(), copy.0.join(file.file_name())).unwrap();
+        }
+        let before = filters_of(&copy.0);
+        enforce_seccomp(&copy.0, &host).unwrap();
+        let after = filters_of(&copy.0);
+        assert_eq!(after.len(), before.len());
+        for (old, new) in before.iter().zip(&after) {
+            assert_eq!((old.prev, old.flags), (new.prev, new.flags));
+            let expected = if old.prev.is_none() { &host.programs[0] } else { &old.filter };
+            assert_eq!(&new.filter, expected);
+        }
+        check(&copy.0, &Allowed::docker_default().with_seccomp_reference(host.clone())).unwrap();
+    }
 }
 
 #[test]

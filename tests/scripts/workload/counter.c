@@ -11,6 +11,10 @@
  * `found=<old state>` if a previous life left /ferry-state.txt behind. Then it
  * prints `count=N` every PERIOD_MS. SIGUSR1 makes it checksum its memory again
  * and print `check=<checksum> count=N`; a restore that lost a page shows here.
+ * SIGUSR2 makes it call keyctl(KEYCTL_GET_KEYRING_ID) and print
+ * `keyctl_errno=<errno, 0 on success>`: Docker's default seccomp profile
+ * answers EPERM (1), an unconfined process gets 0 or ENOKEY — which filter
+ * the process itself runs under, after a restore as before.
  *
  * DIRTY (MiB per second, a decimal: 0.5, 1, 8) makes the memory change at that
  * rate, for pre-copy and delta migration (issue 14): every period, before it
@@ -44,13 +48,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
 static volatile sig_atomic_t check_requested;
+static volatile sig_atomic_t keyctl_requested;
 static volatile sig_atomic_t stop_requested;
 
 static void on_usr1(int sig) { (void)sig; check_requested = 1; }
+static void on_usr2(int sig) { (void)sig; keyctl_requested = 1; }
 static void on_term(int sig) { (void)sig; stop_requested = 1; }
 
 static uint64_t checksum(const volatile uint64_t *words, size_t count) {
@@ -145,6 +152,8 @@ int main(int argc, char **argv) {
     struct sigaction action = {0};
     action.sa_handler = on_usr1;
     sigaction(SIGUSR1, &action, NULL);
+    action.sa_handler = on_usr2;
+    sigaction(SIGUSR2, &action, NULL);
     action.sa_handler = on_term;
     sigaction(SIGTERM, &action, NULL);
     sigaction(SIGINT, &action, NULL);
@@ -191,8 +200,15 @@ int main(int argc, char **argv) {
     unsigned long long counter = 0;
     while (!stop_requested) {
         struct timespec wait = { period_ms / 1000, (period_ms % 1000) * 1000000L };
-        while (nanosleep(&wait, &wait) == -1 && errno == EINTR && !stop_requested && !check_requested) {}
+        while (nanosleep(&wait, &wait) == -1 && errno == EINTR && !stop_requested && !check_requested && !keyctl_requested) {}
         if (stop_requested) break;
+        if (keyctl_requested) {
+            keyctl_requested = 0;
+            /* KEYCTL_GET_KEYRING_ID (0) of KEY_SPEC_PROCESS_KEYRING (-2), no create */
+            long id = syscall(SYS_keyctl, 0L, -2L, 0L);
+            printf("keyctl_errno=%d\n", id == -1 ? errno : 0);
+            continue;
+        }
         if (check_requested) {
             check_requested = 0;
             if (dirty_mib_s > 0)

@@ -2,6 +2,7 @@
 //! shape CRIU writes on cgroup v2 (Docker's own namespace per container), and
 //! the real v1 image of `testdata/` decoded and encoded again.
 
+use std::fs;
 use std::path::PathBuf;
 
 use prost::Message;
