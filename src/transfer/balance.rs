@@ -310,7 +310,7 @@ fn unix_ms() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use std::io::{BufRead, BufReader};
+    use std::io::{BufRead, BufReader, Read};
     use std::net::TcpListener;
     use std::os::unix::fs::PermissionsExt;
 
@@ -333,8 +333,26 @@ mod tests {
             let mut request_line = String::new();
             reader.read_line(&mut request_line).unwrap();
             let mut header = String::new();
+            let (mut body_length, mut chunked) = (0, false);
             while reader.read_line(&mut header).unwrap() > 2 {
+                if let Some((name, value)) = header.split_once(':') {
+                    if name.eq_ignore_ascii_case("content-length") {
+                        body_length = value.trim().parse().unwrap();
+                    }
+                    chunked |= name.eq_ignore_ascii_case("transfer-encoding") && value.trim() == "chunked";
+                }
                 header.clear();
+            }
+            // Read what the client sent in full (an empty body may still come
+            // as a last chunk): a socket closed with unread bytes is reset,
+            // and the client may see the reset before the answer.
+            if chunked {
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap() > 0 && line != "\r\n" {
+                    line.clear();
+                }
+            } else {
+                std::io::copy(&mut reader.by_ref().take(body_length), &mut std::io::sink()).unwrap();
             }
             let mut stream = stream;
             write!(
