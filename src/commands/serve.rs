@@ -112,7 +112,7 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     if let Err(e) = std::fs::create_dir_all(&spool) {
         log::warn!("creating the spool {}: {e}", spool.display());
     }
-    crate::migration::seccomp::warm(&engine, &spool);
+    crate::migration::confinement::warm(&engine, &spool);
     let seat = match fleet {
         Some((etcd, who, ttl)) => {
             let seat = Seat { etcd: etcd.clone(), node: who.name.clone() };

@@ -1,23 +1,26 @@
-//! The seccomp filters this host's engine installs in a container it
-//! creates: the reference a payload's `seccomp.img` is held against (issue 11).
+//! How this host's engine confines a container it creates — its seccomp
+//! programs and its LSM label — which a payload's images are held to
+//! (issue 11).
 //!
-//! CRIU restores the filters its images hold, not the ones the new
-//! container's profile would install, so an edited `seccomp.img` could swap
-//! Docker's default profile for a program that allows everything. The images
-//! check compares every chain with what this host installs; this module
-//! learns that by asking the kernel, not by rebuilding it: a probe container
-//! is created with the security settings every restored container gets
-//! (ferry carries no capability or security option: checkpoint refuses
-//! them), its one process — a few bytes of machine code that wait — is
-//! stopped under ptrace, and `PTRACE_SECCOMP_GET_FILTER` reads the programs
-//! the runtime installed, as CRIU's own dump reads them.
+//! CRIU restores the filters and the AppArmor/SELinux label its images hold,
+//! not the ones the new container's profile would give, so an edited
+//! `seccomp.img` could swap Docker's default profile for a program that
+//! allows everything, and an edited `core-*.img` could ask for no AppArmor
+//! profile at all. This module learns what this host gives by asking the
+//! kernel, not by rebuilding it: a probe container is created with the
+//! security settings every restored container gets (ferry carries no
+//! capability or security option: checkpoint refuses them), and its one
+//! process — a few bytes of machine code that wait — is read: its label from
+//! `/proc/PID/attr`, as CRIU's dump reads it, and its filters under ptrace
+//! with `PTRACE_SECCOMP_GET_FILTER`, as CRIU's dump reads them.
 //!
 //! Why a probe and not a table: the program depends on the engine's profile,
 //! its libseccomp, the architecture and the capabilities, and differs
-//! between Docker releases; only this host's runtime knows its own. Why per
-//! engine and cached: the filter depends on nothing a payload chooses, so
-//! one probe serves every restore until the engine changes; the agent takes
-//! it when it starts, off the migrations' path.
+//! between Docker releases; the label on the LSM the kernel runs and the
+//! engine's settings. Only this host knows its own. Why per engine and
+//! cached: neither depends on anything a payload chooses, so one probe
+//! serves every restore until the engine changes; the agent takes it when it
+//! starts, off the migrations' path.
 
 use std::collections::HashMap;
 use std::fs;
@@ -38,40 +41,51 @@ use crate::payload::images::SeccompReference;
 const PROBE_PATH: &str = "/ferry-seccomp-probe";
 const PROBE_COMM: &str = "ferry-seccomp-p";
 
-/// References by engine (daemon id, version and security options): an
-/// engine restarted with another profile or release is probed again.
-static CACHE: Mutex<Option<HashMap<String, SeccompReference>>> = Mutex::new(None);
+/// What a container this engine creates runs under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Confinement {
+    pub(crate) seccomp: SeccompReference,
+    /// The AppArmor profile or SELinux context, as CRIU records it in
+    /// `creds.lsm_profile`; `None` when unconfined or no LSM runs.
+    pub(crate) lsm_label: Option<String>,
+}
+
+/// By engine (daemon id, version and security options): an engine
+/// restarted with another profile or release is probed again.
+static CACHE: Mutex<Option<HashMap<String, Confinement>>> = Mutex::new(None);
 
 fn cache_key(info: &Info) -> String {
     format!("{}|{}|{}|{}", info.id, info.server_version, info.architecture, info.security_options.join(","))
 }
 
-/// The filters this engine installs in the containers ferry creates, from
-/// the cache or a probe container made from `image` (any image present: the
-/// filter does not depend on it). `scratch` is a folder of ferry's own where
-/// the probe's program is written for the time of the probe.
-pub(crate) fn reference(engine: &Engine, info: &Info, image: &str, scratch: &Path) -> Result<SeccompReference> {
+/// How this engine confines the containers ferry creates, from the cache or
+/// a probe container made from `image` (any image present: neither the
+/// filters nor the label depend on it). `scratch` is a folder of ferry's own
+/// where the probe's program is written for the time of the probe.
+pub(crate) fn of_new_containers(engine: &Engine, info: &Info, image: &str, scratch: &Path) -> Result<Confinement> {
     let key = cache_key(info);
     if let Some(found) = CACHE.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashMap::new).get(&key) {
         return Ok(found.clone());
     }
     let started = Instant::now();
-    let reference = probe(engine, image, scratch)
-        .map_err(|e| e.context("learning the seccomp filters this host's engine installs (a probe container)"))?;
+    let confinement = probe(engine, image, scratch)
+        .map_err(|e| e.context("learning how this host's engine confines a container (a probe container)"))?;
     log::info!(
-        "this engine installs {} seccomp filter(s) in a new container (probed in {:.2}s): {reference}",
-        reference.programs.len(),
+        "a new container here runs under {} seccomp filter(s) ({}) and LSM label {} (probed in {:.2}s)",
+        confinement.seccomp.programs.len(),
+        confinement.seccomp,
+        confinement.lsm_label.as_deref().unwrap_or("none"),
         started.elapsed().as_secs_f64()
     );
-    CACHE.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashMap::new).insert(key, reference.clone());
-    Ok(reference)
+    CACHE.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashMap::new).insert(key, confinement.clone());
+    Ok(confinement)
 }
 
-/// Makes `reference` this engine's, as a probe would have found it: for
+/// Makes `confinement` this engine's, as a probe would have found it: for
 /// tests against a fake engine, which runs no process.
 #[cfg(test)]
-pub(crate) fn assume(info: &Info, reference: SeccompReference) {
-    CACHE.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashMap::new).insert(cache_key(info), reference);
+pub(crate) fn assume(info: &Info, confinement: Confinement) {
+    CACHE.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashMap::new).insert(cache_key(info), confinement);
 }
 
 /// Takes the reference now if the engine has any image, so that the first
@@ -81,17 +95,17 @@ pub(crate) fn warm(engine: &Engine, scratch: &Path) {
     let attempt = || -> Result<()> {
         let info = engine.info()?;
         let Some(image) = engine.list_images()?.into_iter().next() else {
-            log::debug!("no image on this engine yet: the seccomp probe waits for the first restore");
+            log::debug!("no image on this engine yet: the confinement probe waits for the first restore");
             return Ok(());
         };
-        reference(engine, &info, &image.id, scratch).map(|_| ())
+        of_new_containers(engine, &info, &image.id, scratch).map(|_| ())
     };
     if let Err(e) = attempt() {
         log::warn!("{e}");
     }
 }
 
-fn probe(engine: &Engine, image: &str, scratch: &Path) -> Result<SeccompReference> {
+fn probe(engine: &Engine, image: &str, scratch: &Path) -> Result<Confinement> {
     let program = idle_program().ok_or_else(|| {
         Error::new(Kind::Refused, format!("no seccomp probe for {}: restore is not supported here", std::env::consts::ARCH))
     })?;
@@ -124,9 +138,26 @@ fn probe(engine: &Engine, image: &str, scratch: &Path) -> Result<SeccompReferenc
     let _remove_container = RemoveContainer { engine, id: &id };
     engine.start_container(&id, None)?;
     let pid = wait_for_probe(engine, &id)?;
+    let lsm_label = lsm_label(pid);
     let filters = installed_filters(pid)
         .map_err(|e| Error::new(Kind::Failure, format!("reading the probe's seccomp filters (pid {pid}): {e}")))?;
-    Ok(SeccompReference { programs: filters })
+    Ok(Confinement { seccomp: SeccompReference { programs: filters }, lsm_label })
+}
+
+/// Process `pid`'s LSM label as CRIU's dump records it: AppArmor's profile
+/// name without its mode (`docker-default`, not `docker-default (enforce)`),
+/// SELinux's whole context; `None` for `unconfined` or when no LSM answers.
+fn lsm_label(pid: i32) -> Option<String> {
+    let text = fs::read(format!("/proc/{pid}/attr/apparmor/current"))
+        .or_else(|_| fs::read(format!("/proc/{pid}/attr/current")))
+        .ok()?;
+    label_of(&text)
+}
+
+fn label_of(text: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(text);
+    let label = text.trim_end_matches('\0').split_whitespace().next()?;
+    (label != "unconfined").then(|| label.to_string())
 }
 
 /// The probe's pid once it runs the program: the runtime installs the
@@ -229,7 +260,7 @@ struct RemoveContainer<'a> {
 impl Drop for RemoveContainer<'_> {
     fn drop(&mut self) {
         match self.engine.remove_container(self.id, true) {
-            Err(e) if !engine::is_not_found(&e) => log::warn!("could not remove the seccomp probe container {}: {e}", self.id),
+            Err(e) if !engine::is_not_found(&e) => log::warn!("could not remove the probe container {}: {e}", self.id),
             _ => {}
         }
     }
@@ -334,6 +365,14 @@ fn elf32_arm(code: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_are_read_as_criu_records_them() {
+        assert_eq!(label_of(b"docker-default (enforce)\n").as_deref(), Some("docker-default"));
+        assert_eq!(label_of(b"system_u:system_r:container_t:s0:c1,c2\0").as_deref(), Some("system_u:system_r:container_t:s0:c1,c2"));
+        assert_eq!(label_of(b"unconfined\n"), None);
+        assert_eq!(label_of(b""), None);
+    }
 
     #[test]
     fn idle_programs_are_whole_elf_executables_entered_at_their_code() {

@@ -6,7 +6,7 @@
 //! rootfs      the app's changed files: captured on the source, put back (with whiteouts) on the target
 //! restore     unpacked payload → a new container, created and started
 //! cgroup      on cgroup v2, the checkpoint's cgroup paths moved to the new container's
-//! seccomp     the filters this host's engine installs, which a checkpoint's must start with
+//! confinement the seccomp filters and LSM label this host's engine gives a container, for restore to hold images to
 //! resume      the start from CRIU images: place them, start, prove CRIU restored, clean up
 //! failover    a stored snapshot → a running container, recorded
 //! ```
@@ -20,8 +20,8 @@ pub(crate) mod failover;
 pub(crate) mod preflight;
 pub(crate) mod restore;
 pub(crate) mod resume;
+pub(crate) mod confinement;
 pub(crate) mod rootfs;
-pub(crate) mod seccomp;
 
 use crate::engine;
 use crate::error::{Error, Kind};

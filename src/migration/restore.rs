@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{cgroup, preflight, resume, rootfs, seccomp, CHECKPOINT_NAME};
+use super::{cgroup, confinement, preflight, resume, rootfs, CHECKPOINT_NAME};
 use crate::board::Board;
 use crate::engine::{self, Engine, Info};
 use crate::error::{io_error, Error, Kind, Result};
@@ -173,11 +173,12 @@ pub(crate) fn prepare(engine: &Engine, info: &Info, dir: &Path, manifest: &Manif
             require_image(engine, manifest)?;
             // The filters the images hold are replaced by the ones this
             // host's engine installs; the filters an app added stay above.
-            let filters = seccomp::reference(engine, info, &spec.image_id, dir)?;
+            let here = confinement::of_new_containers(engine, info, &spec.image_id, dir)?;
             let images_dir = dir.join(payload::CHECKPOINT_DIR);
-            let replaced = images::enforce_seccomp(&images_dir, &filters)?;
-            log::debug!("seccomp.img: {replaced} filter(s) replaced by this host's ({filters})");
-            images::check(&images_dir, &granted(manifest).with_seccomp_reference(filters))?;
+            let replaced = images::enforce_seccomp(&images_dir, &here.seccomp)?;
+            log::debug!("seccomp.img: {replaced} filter(s) replaced by this host's ({})", here.seccomp);
+            let allowed = granted(manifest).with_seccomp_reference(here.seccomp).with_lsm_label(here.lsm_label);
+            images::check(&images_dir, &allowed)?;
         }
         Mode::Commit => {
             let image_path = dir.join(payload::IMAGE_ENTRY);
@@ -319,6 +320,7 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
+    use crate::migration::confinement::Confinement;
     use crate::payload::{ContainerSpec, SourceHost};
     use crate::testing::{api_path, info_answer, version_answer, FakeDocker, TempDir};
 
@@ -453,7 +455,7 @@ mod tests {
         let fake = engine_on_cgroup(dir.path().to_path_buf(), 204, true, "1");
         let engine = fake.engine();
         let info = engine.info().unwrap();
-        seccomp::assume(&info, images::reference_of(Path::new(FIXTURE)));
+        confinement::assume(&info, Confinement { seccomp: images::reference_of(Path::new(FIXTURE)), lsm_label: None });
         let prepared = prepare(&engine, &info, dir.path(), &manifest(Mode::Criu), &Options::default()).unwrap();
         assert_eq!(prepared.id, ID);
         assert_eq!(std::fs::read(&cgroup_img).unwrap(), before);
@@ -466,7 +468,8 @@ mod tests {
         let engine = fake.engine();
         let info = engine.info().unwrap();
         let this_hosts = vec![0x06, 0, 0, 0, 1, 0, 0x05, 0x00];
-        seccomp::assume(&info, images::SeccompReference { programs: vec![this_hosts.clone()] });
+        let seccomp = images::SeccompReference { programs: vec![this_hosts.clone()] };
+        confinement::assume(&info, Confinement { seccomp, lsm_label: None });
         prepare(&engine, &info, dir.path(), &manifest(Mode::Criu), &Options::default()).unwrap();
         let images_dir = dir.path().join(payload::CHECKPOINT_DIR);
         assert_eq!(images::reference_of(&images_dir).programs, vec![this_hosts], "the fixture's filter is replaced");
@@ -482,7 +485,7 @@ mod tests {
         let fake = engine_on_cgroup(dir.path().to_path_buf(), 204, true, "2");
         let engine = fake.engine();
         let info = engine.info().unwrap();
-        seccomp::assume(&info, images::reference_of(Path::new(FIXTURE)));
+        confinement::assume(&info, Confinement { seccomp: images::reference_of(Path::new(FIXTURE)), lsm_label: None });
         let error = prepare(&engine, &info, dir.path(), &manifest(Mode::Criu), &Options::default()).unwrap_err();
         assert_eq!(error.kind, Kind::BadPayload, "{error}");
         assert!(error.message.contains("cgroup.img") && error.message.contains("cannot be told"), "{error}");

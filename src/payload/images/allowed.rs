@@ -133,6 +133,9 @@ pub(crate) struct Allowed {
     /// When set, every filter chain must start with it: the filters this
     /// host installs for the container's profile.
     pub(crate) seccomp_reference: Option<SeccompReference>,
+    /// When set, every thread's `lsm_profile` must be this label: the
+    /// AppArmor profile or SELinux context this host gives a container.
+    pub(crate) lsm_label: Option<String>,
 }
 
 impl Allowed {
@@ -153,6 +156,7 @@ impl Allowed {
             seccomp_mode: SECCOMP_FILTER,
             mounts: docker_mounts(),
             seccomp_reference: None,
+            lsm_label: None,
         }
     }
 
@@ -193,6 +197,12 @@ impl Allowed {
     /// The filters this host installs for the container's profile.
     pub(crate) fn with_seccomp_reference(self, reference: SeccompReference) -> Allowed {
         Allowed { seccomp_reference: Some(reference), ..self }
+    }
+
+    /// The LSM label this host gives a container (`None`: no LSM confines
+    /// containers here, and any label is no less than none).
+    pub(crate) fn with_lsm_label(self, lsm_label: Option<String>) -> Allowed {
+        Allowed { lsm_label, ..self }
     }
 
     /// `HostConfig.Tmpfs` of the created container: a tmpfs at each path.

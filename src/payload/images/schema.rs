@@ -106,6 +106,10 @@ pub(crate) struct CredsEntry {
     /// `repeated uint32 groups = 14`: supplementary groups
     #[prost(uint32, repeated, packed = "false", tag = "14")]
     pub groups: Vec<u32>,
+    /// `optional string lsm_profile = 15`: the AppArmor profile or SELinux
+    /// context CRIU gives the task (none: it stays as CRIU runs, unconfined)
+    #[prost(string, optional, tag = "15")]
+    pub lsm_profile: Option<String>,
     /// `repeated uint32 cap_amb = 19`
     #[prost(uint32, repeated, packed = "false", tag = "19")]
     pub cap_amb: Vec<u32>,

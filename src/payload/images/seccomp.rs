@@ -127,9 +127,10 @@ pub(super) fn at_least_as_strict(mode: i32, expected: i32) -> bool {
 
 /// The thread's filter and the ones before it must exist, and the chain end:
 /// CRIU follows `prev` without a bound, so a loop would hang the restore.
-/// With a `reference`, the chain must start (its oldest filters) with
-/// exactly the reference's, and any filter after them may carry no flag but
-/// `LOG`: the app's own filters can only narrow what the profile allows.
+/// No filter may carry a flag but TSYNC and LOG. With a `reference`, the
+/// chain must start (its oldest filters) with exactly the reference's
+/// programs; filters after them are the app's own, which can only narrow
+/// what the profile allows.
 pub(super) fn check_filter_chain(
     name: &str,
     tid: u32,

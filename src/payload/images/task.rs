@@ -100,6 +100,20 @@ fn check_creds(name: &str, tid: u32, creds: &CredsEntry, allowed: &Allowed) -> R
             ));
         }
     }
+    // CRIU gives each task the label its image names, and none (CRIU's own:
+    // unconfined) when it names none.
+    if let Some(label) = &allowed.lsm_label
+        && creds.lsm_profile.as_ref() != Some(label)
+    {
+        return Err(refuse(
+            name,
+            format!(
+                "task {tid} lsm_profile {:?} is not the label this host gives a container ({label:?}) — a payload \
+                 from a host without that AppArmor/SELinux setup, or edited",
+                creds.lsm_profile.as_deref().unwrap_or("none")
+            ),
+        ));
+    }
     for (field, id) in [("uid", creds.uid), ("euid", creds.euid), ("suid", creds.suid), ("fsuid", creds.fsuid)] {
         if !allowed.uids.contains(&id) {
             return Err(refuse(

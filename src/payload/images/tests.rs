@@ -320,6 +320,26 @@ fn real_checkpoints_restore_under_this_hosts_program() {
 }
 
 #[test]
+fn every_thread_must_carry_the_lsm_label_this_host_gives() {
+    let checkpoint = good_checkpoint("lsm");
+    let apparmor = Allowed::docker_default().with_lsm_label(Some("docker-default".into()));
+    for (label, refused) in [(None, true), (Some("unconfined"), true), (Some("other"), true), (Some("docker-default"), false)] {
+        let creds = CredsEntry { lsm_profile: label.map(String::from), ..root_creds() };
+        checkpoint.write("core-1.img", &image(frame::CORE_MAGIC, &[core(creds, SECCOMP_FILTER)]));
+        match refused {
+            true => {
+                let error = refusal(&checkpoint.0, &apparmor);
+                assert!(error.starts_with("core-1.img: task 1 lsm_profile "), "{error}");
+                assert!(error.contains(r#"is not the label this host gives a container ("docker-default")"#), "{error}");
+            }
+            false => check(&checkpoint.0, &apparmor).unwrap(),
+        }
+        // Where no LSM confines containers, no label is less than none.
+        check(&checkpoint.0, &Allowed::docker_default()).unwrap();
+    }
+}
+
+#[test]
 fn foreign_ids_are_refused_where_the_container_keeps_its_user() {
     let allowed = Allowed::docker_default().with_ids(1000..=1000, 1000..=1000);
     let user = |creds: CredsEntry| CredsEntry {
