@@ -49,10 +49,10 @@ ok "$FERRY_BIN: $(stat -c %s "$FERRY_BIN") bytes, $(file -b "$FERRY_BIN" | cut -
 
 mkdir -p "$FIELD_RUN"
 counter="$FIELD_RUN/counter-aarch64"
-if [ ! -x "$counter" ] || [ tests/workload/counter.c -nt "$counter" ]; then
+if [ ! -x "$counter" ] || [ tests/scripts/workload/counter.c -nt "$counter" ]; then
   ZIG_GLOBAL_CACHE_DIR=/var/cache/ferry-cross/zig \
     /opt/ferry-cross/venv/bin/python -m ziglang cc -target aarch64-linux-musl -static -O2 -s \
-    -o "$counter" tests/workload/counter.c || { echo "field: the counter does not compile" >&2; exit 1; }
+    -o "$counter" tests/scripts/workload/counter.c || { echo "field: the counter does not compile" >&2; exit 1; }
 fi
 ok "arm64 counter: $(file -b "$counter" | cut -d, -f1-2)"
 
@@ -173,6 +173,14 @@ cgroup_check() {
     if [ \"\$cg\" = \"\$want\" ]; then echo \"ok \$cg memory.max=\$mem memory.current=\$cur\"
     else echo \"process in \$cg (memory.max=\$mem memory.current=\$cur); its container's cgroup \$want holds \$newprocs processes\"; fi"
 }
+# The process's AppArmor profile (without its mode) and the errno keyctl gets
+# in it (the counter calls it on SIGUSR2; Docker's seccomp profile refuses it: 1).
+confinement_check() {
+  g "$1" "pid=\$(docker inspect -f '{{.State.Pid}}' $2); label=\$(tr -d '\\0' </proc/\$pid/attr/current | cut -d' ' -f1)
+    docker kill -s USR2 $2 >/dev/null
+    for i in \$(seq 30); do l=\$(docker logs $2 2>&1 | grep -o 'keyctl_errno=[0-9]*' | tail -1); [ -n \"\$l\" ] && break; sleep 1; done
+    echo \"\$label \$l\""
+}
 # hop FROM TO NAME: ferry migrate, then the app's checks on TO.
 hop() {
   local from="$1" to="$2" name="$3" label before out rc line after check cg
@@ -202,6 +210,12 @@ hop() {
   cg="$(cgroup_check "$to" "$name")"
   if [ "${cg%% *}" = ok ]; then ok "$label: the process is in its container's cgroup (${cg#ok })"
   else fail "$label: $cg (the cgroup v2 bug of issue 10 is back)"; known+=("$label: $cg"); fi
+  # Issue 11: confined as a container created here is, whatever the images said.
+  local conf; conf="$(confinement_check "$to" "$name")"
+  case "$conf" in
+    "docker-default keyctl_errno=1") ok "$label: AppArmor docker-default and the default seccomp profile (keyctl refused)" ;;
+    *) fail "$label: the restored process runs under '$conf', not docker-default with keyctl refused" ;;
+  esac
 }
 
 # --- 6. counter A -> B -> A -> B ------------------------------------------------
