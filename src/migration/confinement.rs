@@ -107,9 +107,9 @@ pub(crate) fn warm(engine: &Engine, scratch: &Path) {
 
 fn probe(engine: &Engine, image: &str, scratch: &Path) -> Result<Confinement> {
     let program = idle_program().ok_or_else(|| {
-        Error::new(Kind::Refused, format!("no seccomp probe for {}: restore is not supported here", std::env::consts::ARCH))
+        Error::new(Kind::Refused, format!("no probe program for {}: ferry cannot restore a checkpoint here", std::env::consts::ARCH))
     })?;
-    let path = scratch.join(format!(".seccomp-probe-{}", std::process::id()));
+    let path = scratch.join(format!(".confinement-probe-{}", std::process::id()));
     let _ = fs::remove_file(&path);
     let written = fs::OpenOptions::new()
         .write(true)
@@ -121,13 +121,13 @@ fn probe(engine: &Engine, image: &str, scratch: &Path) -> Result<Confinement> {
     let _remove_program = RemoveFile(&path);
     written.map_err(|e| Error::new(Kind::Io, format!("writing {}: {e}", path.display())))?;
 
-    let name = format!("ferry-seccomp-probe-{}-{}", std::process::id(), unique());
+    let name = format!("ferry-probe-{}-{}", std::process::id(), unique());
     let body = json!({
         "Image": image,
         "Entrypoint": [PROBE_PATH],
         "Cmd": [],
         "WorkingDir": "/",
-        "Labels": {"ferry.probe": "seccomp"},
+        "Labels": {"ferry.probe": "confinement"},
         "HostConfig": {
             "NetworkMode": "none",
             "Binds": [format!("{}:{PROBE_PATH}:ro", path.display())],

@@ -266,7 +266,8 @@ pub(crate) fn discard(engine: &Engine, prepared: &Prepared) -> Result<()> {
 /// What the container created from `manifest` is granted: Docker's default
 /// capabilities and seccomp filter mode (the manifest carries no CapAdd and
 /// no security options: checkpoint refuses them), its tmpfs mounts, and its
-/// terminal. The caller adds the seccomp filters this host installs.
+/// terminal. The caller adds the seccomp programs and LSM label this host
+/// gives a container.
 fn granted(manifest: &Manifest) -> images::Allowed {
     let spec = &manifest.container;
     let tmpfs = spec.host_config.tmpfs.iter().flat_map(|t| t.keys().map(String::as_str));
@@ -361,7 +362,7 @@ mod tests {
                 info["ExperimentalBuild"] = experimental.into();
                 info["CgroupVersion"] = cgroup_version.into();
                 info["CgroupDriver"] = "systemd".into();
-                // One engine per test: each assumes its own seccomp filters.
+                // One engine per test: each assumes its own confinement.
                 info["ID"] = root.display().to_string().into();
                 (200, info.to_string())
             }
