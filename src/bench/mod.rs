@@ -58,6 +58,9 @@ pub(crate) fn run(engine: &Engine, options: &Options) -> Result<Results> {
     })?;
     fs::create_dir_all(&options.out).map_err(|e| io_error(options.out.display(), e))?;
     fs::create_dir_all(&options.tuning.work_dir).map_err(|e| io_error(options.tuning.work_dir.display(), e))?;
+    // What every restore here needs, learnt once per engine (an agent does it
+    // when it starts): taken now, so that no figure holds it.
+    crate::migration::confinement::of_new_containers(engine, &info, &options.image, &options.tuning.work_dir)?;
     let telemetry = Telemetry::start();
     let mut methods: Vec<&'static str> = options
         .modes
