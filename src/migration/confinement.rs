@@ -209,7 +209,8 @@ fn installed_filters(pid: i32) -> io::Result<Vec<Vec<u8>>> {
         }
         let mut filters = Vec::new();
         for index in 0usize.. {
-            let count = libc::ptrace(PTRACE_SECCOMP_GET_FILTER as _, pid, index, std::ptr::null_mut::<u8>());
+            // c_long: 32 bits on armv7.
+            let count = i64::from(libc::ptrace(PTRACE_SECCOMP_GET_FILTER as _, pid, index, std::ptr::null_mut::<u8>()));
             if count < 0 {
                 let error = last_error();
                 // ENOENT past the oldest filter; EINVAL when there is none.
@@ -222,7 +223,7 @@ fn installed_filters(pid: i32) -> io::Result<Vec<Vec<u8>>> {
                 return Err(io::Error::other(format!("filter {index} has {count} instructions")));
             }
             let mut program = vec![0u8; count as usize * 8];
-            if libc::ptrace(PTRACE_SECCOMP_GET_FILTER as _, pid, index, program.as_mut_ptr()) != count {
+            if i64::from(libc::ptrace(PTRACE_SECCOMP_GET_FILTER as _, pid, index, program.as_mut_ptr())) != count {
                 return Err(last_error());
             }
             filters.push(program);
