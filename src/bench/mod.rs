@@ -263,7 +263,7 @@ impl Run<'_> {
             // source is thrown away, so it keeps no journal.
             let id = migration_id();
             let sent = std::sync::atomic::AtomicU64::new(0);
-            let sending = Sending { io_buffer: self.options.tuning.io_buffer, pace: None, offer: None, sent: &sent };
+            let sending = Sending { io_buffer: self.options.tuning.io_buffer, pace: None, offer: None, sent: &sent, one_pass: true };
             let (report, stats, secs) = match hand_over(peer, &mut taken, TARGET, &id, sending, || Ok(())) {
                 Handover::Done { restored, stats, transfer_secs, .. } => (restored, stats, transfer_secs),
                 Handover::NotStarted(error) | Handover::Unknown(error) => return Err(error),
@@ -282,7 +282,7 @@ impl Run<'_> {
         let payload = self.options.tuning.work_dir.join("bench.ferry");
         let file = File::create(&payload).map_err(|e| io_error(payload.display(), e))?;
         let signer = self.options.signer.as_deref().map(|s| s as &dyn crate::payload::Sign);
-        let stats = taken.pack_into(BufWriter::with_capacity(self.options.tuning.io_buffer, file), signer, None)?;
+        let stats = taken.pack_into(BufWriter::with_capacity(self.options.tuning.io_buffer, file), signer, None, true)?;
         measured.set(Phase::Pack, seconds_since(started));
         (measured.raw_bytes, measured.compressed_bytes) = (stats.raw_bytes, stats.compressed_bytes);
         drop(taken);

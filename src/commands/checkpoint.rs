@@ -80,7 +80,7 @@ pub(crate) fn run(context: &Context, args: Args) -> Result<()> {
     let options = checkpoint::Options { tuning: &tuning, leave_running: args.leave_running, fast: context.fast };
     let mut taken = checkpoint::take(&engine, &info, &carryable, &options)?;
     let pack_started = Instant::now();
-    let stats = match taken.pack_into(sink, signer.as_ref().map(|s| s as &dyn payload::Sign), None) {
+    let stats = match taken.pack_into(sink, signer.as_ref().map(|s| s as &dyn payload::Sign), None, true) {
         Ok(stats) => stats,
         Err(error) => return Err(taken.give_back(&engine, &info, error)),
     };

@@ -68,15 +68,18 @@ impl Taken {
     }
 
     /// Streams the payload into `sink`, sealed by `signer` when given; as a
-    /// delta against the receiver's blocks when it `offer`s some.
+    /// delta against the receiver's blocks when it `offer`s some; in one pass
+    /// (format 5) if the receiver reads it (`one_pass`).
     pub(crate) fn pack_into(
         &mut self,
         sink: impl Write,
         signer: Option<&dyn payload::Sign>,
         offer: Option<(&payload::delta::Offer, &str)>,
+        one_pass: bool,
     ) -> Result<payload::PackStats> {
         log::info!("packing {} files", self.files.len());
-        let stats = payload::pack_delta(&mut self.manifest, &self.files, sink, self.lz4_block, signer, offer)?;
+        let layout = payload::Layout { block: self.lz4_block, signer, offer, one_pass };
+        let stats = payload::pack(&mut self.manifest, &self.files, sink, layout)?;
         if stats.delta_entries > 0 {
             log::info!(
                 "{} files went as deltas against the peer's blocks: {} of payload for {} of checkpoint",
@@ -375,7 +378,7 @@ mod tests {
         assert!(taken.manifest.container.image_tags[0].starts_with("ferry-commit/web:"));
 
         let mut packed = Vec::new();
-        taken.pack_into(&mut packed, None, None).unwrap();
+        taken.pack_into(&mut packed, None, None, true).unwrap();
         let dest = work.path().join("unpacked");
         let unpacked = payload::unpack(packed.as_slice(), &dest, "x86_64", None, &payload::Unchecked).unwrap();
         assert_eq!(unpacked.manifest.container.config.cmd, Some(vec!["/counter".to_string()]));

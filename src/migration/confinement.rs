@@ -208,8 +208,9 @@ fn installed_filters(pid: i32) -> io::Result<Vec<Vec<u8>>> {
             return Err(last_error());
         }
         let mut filters = Vec::new();
+        // ptrace answers a c_long: 32 bits on armv7, where the conversion is not useless.
+        #[allow(clippy::useless_conversion)]
         for index in 0usize.. {
-            // c_long: 32 bits on armv7.
             let count = i64::from(libc::ptrace(PTRACE_SECCOMP_GET_FILTER as _, pid, index, std::ptr::null_mut::<u8>()));
             if count < 0 {
                 let error = last_error();

@@ -18,11 +18,19 @@ use super::{Error, Result, CHECKPOINT_DIR, IMAGE_ENTRY, ROOTFS_DIR};
 /// payloads, which never have one, are still read.
 /// 3: entries carry a BLAKE3 digest instead of SHA-256 (formats 1 and 2 are
 /// still read and checked with SHA-256).
-/// 4: an entry may be sent as a content delta (`delta.rs`). A payload without
-/// one is still written as format 3, which every ferry since BLAKE3 reads.
-pub(crate) const FORMAT_VERSION: u32 = 4;
-/// The format of a payload that carries no delta.
+/// 4: an entry may be sent as a content delta (`delta.rs`).
+/// 5: one pass (`pack.rs`): the manifest that leads lists sizes without
+/// digests, and the same manifest with every entry's BLAKE3 closes the stream
+/// (`manifest.final.json`, sealed by `manifest.final.sig`), so a sender hashes
+/// its files as it sends them instead of reading them once more beforehand.
+pub(crate) const FORMAT_VERSION: u32 = 5;
+/// The format of a payload that carries no delta, written for readers older
+/// than format 5.
 pub(crate) const FORMAT_WHOLE: u32 = 3;
+/// The format of a payload with delta entries.
+pub(crate) const FORMAT_DELTA: u32 = 4;
+/// The one-pass format.
+pub(crate) const FORMAT_STREAMED: u32 = 5;
 
 /// The largest manifest ferry reads; a checkpoint of thousands of files stays far below.
 pub(crate) const MANIFEST_LIMIT: u64 = 4 * 1024 * 1024;
@@ -254,8 +262,27 @@ impl Entry {
 }
 
 impl Manifest {
-    /// Checks everything the manifest says before anything is written.
+    /// Checks everything the manifest says before anything is written: a
+    /// whole manifest, every entry with its digest.
     pub(crate) fn validate(&self) -> Result<()> {
+        self.validate_as(false)
+    }
+
+    /// [`validate`](Self::validate) for the manifest that leads a one-pass
+    /// payload (format 5): the same, but no entry has a digest yet.
+    pub(crate) fn validate_head(&self) -> Result<()> {
+        if self.format != FORMAT_STREAMED {
+            return Err(Error::Manifest(format!("a manifest without digests in a payload of format {}", self.format)));
+        }
+        self.validate_as(true)
+    }
+
+    /// Whether the manifest leads a one-pass payload, its digests at the end.
+    pub(crate) fn is_streamed(&self) -> bool {
+        self.format == FORMAT_STREAMED
+    }
+
+    fn validate_as(&self, head: bool) -> Result<()> {
         if self.format > FORMAT_VERSION || self.format == 0 {
             return Err(Error::Format { found: self.format });
         }
@@ -286,14 +313,18 @@ impl Manifest {
             };
             let is_hex = digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit());
             let digests = [&entry.sha256, &entry.blake3, &entry.blocks_blake3].iter().filter(|d| !d.is_empty()).count();
-            if kind != wanted || !is_hex || digests != 1 {
+            if head {
+                if digests != 0 {
+                    return bad(format!("entry {} has a digest in a manifest that leads (format {})", entry.path, self.format));
+                }
+            } else if kind != wanted || !is_hex || digests != 1 {
                 return bad(format!("entry {} has no {} digest (format {})", entry.path, wanted.name(), self.format));
             }
             if !seen.insert(entry.path.as_str()) {
                 return bad(format!("entry {} is listed twice", entry.path));
             }
             if let Some(delta) = entry.delta {
-                let Some(spec) = self.delta.as_ref().filter(|_| self.format >= 4) else {
+                let Some(spec) = self.delta.as_ref().filter(|_| self.format == FORMAT_DELTA) else {
                     return bad(format!("entry {} is a delta in a payload that says nothing of deltas", entry.path));
                 };
                 if delta > super::delta::max_delta_size(entry.size, spec.block_size) {
@@ -303,7 +334,7 @@ impl Manifest {
         }
         if let Some(spec) = &self.delta {
             let size = spec.block_size;
-            if self.format < 4 || !super::delta::BLOCK_SIZES.contains(&size) || !size.is_power_of_two() {
+            if self.format != FORMAT_DELTA || !super::delta::BLOCK_SIZES.contains(&size) || !size.is_power_of_two() {
                 return bad(format!("delta blocks of {size} bytes (format {}) are not a delta ferry writes", self.format));
             }
         }

@@ -4,16 +4,24 @@
 //! lz4 frame (64 KiB blocks)
 //! └─ tar
 //!    ├─ manifest.json          what was packed, from where, and the digest of every entry
-//!                              (BLAKE3 from format 3, SHA-256 in formats 1 and 2)
+//!                              (BLAKE3 from format 3, SHA-256 in formats 1 and 2; format 5:
+//!                              sizes only, the digests come last)
 //!    ├─ manifest.sig           the source host's signature of manifest.json (format 2, seal.rs)
-//!    ├─ checkpoint/…           CRIU's image files (criu mode); from format 4 a
+//!    ├─ checkpoint/…           CRIU's image files (criu mode); in format 4 a
 //!                              large one may come as a delta (delta.rs)
 //!    ├─ rootfs/N.tar           files the app added or changed, as Docker's archive API gave them
-//!    └─ image.tar              the committed image, as `docker save` gave it (commit mode)
+//!    ├─ image.tar              the committed image, as `docker save` gave it (commit mode)
+//!    ├─ manifest.final.json    format 5: manifest.json with every entry's BLAKE3
+//!    └─ manifest.final.sig     format 5: its signature
 //! ```
 //!
-//! The manifest comes first so that a receiver knows the total size before it
-//! writes anything, and can check every entry's digest as the entry arrives.
+//! The manifest comes first so that a receiver knows the total size, and
+//! whether it trusts the sender, before it writes anything. Up to format 4 it
+//! lists every digest, so the sender reads each file twice (hash, then send)
+//! and the receiver checks each entry as it arrives. Format 5 takes one pass:
+//! the sender hashes as it sends, and the receiver, which writes only into its
+//! own new folder, checks every entry against the closing manifest before it
+//! answers — nothing is used from a payload before all of it is checked.
 //! This module knows nothing of Docker: it packs files and unpacks streams.
 
 pub(crate) mod delta;
@@ -28,12 +36,10 @@ use std::io;
 use std::path::PathBuf;
 
 pub(crate) use manifest::{
-    ContainerSpec, Entry, HostLimits, Manifest, Mode, RootfsArchive, RootfsChanges, SourceHost, FORMAT_VERSION,
-    is_name, normalize_arch, SnapshotTag,
+    ContainerSpec, Entry, HostLimits, Manifest, Mode, RootfsArchive, RootfsChanges, SourceHost, FORMAT_STREAMED,
+    FORMAT_VERSION, is_name, normalize_arch, SnapshotTag,
 };
-#[cfg(any(test, fuzzing))]
-pub(crate) use pack::pack;
-pub(crate) use pack::{pack_delta, PackStats};
+pub(crate) use pack::{pack, Layout, PackStats};
 #[cfg(any(test, fuzzing))]
 pub(crate) use seal::Unchecked;
 pub(crate) use seal::{Seal, Sign, Signer, Verify, SEAL_ENTRY};
@@ -49,6 +55,10 @@ pub(crate) const CHECKPOINT_DIR: &str = "checkpoint";
 pub(crate) const ROOTFS_DIR: &str = "rootfs";
 /// Archive path of the committed image (commit mode).
 pub(crate) const IMAGE_ENTRY: &str = "image.tar";
+/// Archive path of the manifest with every digest that closes a one-pass payload (format 5).
+pub(crate) const TRAILER_ENTRY: &str = "manifest.final.json";
+/// Archive path of its seal, the last entry when present.
+pub(crate) const TRAILER_SEAL: &str = "manifest.final.sig";
 
 #[derive(Debug)]
 pub(crate) enum Error {

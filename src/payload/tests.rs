@@ -11,9 +11,28 @@ use super::{digest_hex, DigestKind};
 
 use crate::testing::TempDir as Scratch;
 
+mod one_pass;
+
+/// Packs a whole payload as every ferry before format 5 did (format 3: the
+/// digests first): what the tests of the older formats start from.
+fn pack(
+    manifest: &mut Manifest,
+    files: &[(String, PathBuf)],
+    output: impl Write,
+    block: lz4_flex::frame::BlockSize,
+    signer: Option<&dyn Sign>,
+) -> Result<PackStats> {
+    super::pack(manifest, files, output, Layout { block, signer, offer: None, one_pass: false })
+}
+
+/// Packs in one pass (format 5), as ferry writes for a receiver that reads it.
+fn pack_one_pass(manifest: &mut Manifest, files: &[(String, PathBuf)], output: impl Write, signer: Option<&dyn Sign>) -> PackStats {
+    super::pack(manifest, files, output, Layout { block: LZ4_BLOCK, signer, offer: None, one_pass: true }).unwrap()
+}
+
 fn manifest() -> Manifest {
     Manifest {
-        format: FORMAT_VERSION,
+        format: manifest::FORMAT_WHOLE,
         ferry_version: "test".into(),
         mode: Mode::Criu,
         created_unix: 1_700_000_000,
@@ -46,7 +65,7 @@ fn noise(len: usize, mut seed: u64) -> Vec<u8> {
 }
 
 /// A packed payload of a small checkpoint and one rootfs archive.
-fn packed(scratch: &Path) -> (Vec<u8>, Vec<(String, PathBuf)>) {
+pub(super) fn packed(scratch: &Path) -> (Vec<u8>, Vec<(String, PathBuf)>) {
     let source = scratch.join("source");
     fs::create_dir_all(&source).unwrap();
     let mut files = Vec::new();
@@ -240,8 +259,9 @@ fn fuzz_seeds_are_what_pack_writes_and_unpack_accepts() {
     manifest.rootfs.archives.push(RootfsArchive { entry: "rootfs/0.tar".into(), target_dir: "/data".into() });
     manifest.rootfs.deleted.push("/tmp/gone".into());
     let mut payload = Vec::new();
-    // Sealed, so that the fuzzer starts from a payload with a seal entry too.
-    pack(&mut manifest, &files, &mut payload, LZ4_BLOCK, Some(&FixedSigner)).unwrap();
+    // Sealed, so that the fuzzer starts from a payload with both seals too;
+    // one pass, as ferry writes it.
+    pack_one_pass(&mut manifest, &files, &mut payload, Some(&FixedSigner));
     let manifest_json = serde_json::to_vec_pretty(&manifest).unwrap();
 
     let corpus = repo.join("tests/fuzz/corpus");
@@ -262,7 +282,7 @@ fn fuzz_seeds_are_what_pack_writes_and_unpack_accepts() {
 }
 
 /// Signs with a fixed "signature": the payload module only carries seals.
-struct FixedSigner;
+pub(super) struct FixedSigner;
 
 impl Sign for FixedSigner {
     fn seal(&self, manifest_json: &[u8]) -> Seal {
@@ -271,20 +291,20 @@ impl Sign for FixedSigner {
 }
 
 /// Accepts only a seal whose "signature" is the manifest's first 8 bytes,
-/// and records what it was shown.
+/// and records what it was shown; the signer is named by its "certificate".
 #[derive(Default)]
-struct Recording {
-    shown: std::cell::RefCell<Vec<(Vec<u8>, Option<Seal>)>>,
+pub(super) struct Recording {
+    pub(super) shown: std::cell::RefCell<Vec<(Vec<u8>, Option<Seal>)>>,
 }
 
 impl Verify for Recording {
     fn verify(&self, manifest_json: &[u8], seal: Option<&Seal>) -> std::result::Result<Option<Signer>, String> {
         self.shown.borrow_mut().push((manifest_json.to_vec(), seal.cloned()));
-        let (_, signature) = seal.ok_or("no seal")?.decode()?;
+        let (certificate, signature) = seal.ok_or("no seal")?.decode()?;
         if signature != manifest_json[..8] {
             return Err("wrong signature".into());
         }
-        Ok(Some(Signer { name: "fixed".into(), fingerprint: "sha256:00".into() }))
+        Ok(Some(Signer { name: String::from_utf8_lossy(&certificate).into_owned(), fingerprint: "sha256:00".into() }))
     }
 }
 
@@ -298,7 +318,7 @@ fn a_sealed_payload_is_shown_to_the_verifier_before_anything_is_written() {
 
     let verifier = Recording::default();
     let unpacked = unpack(payload.as_slice(), &scratch.path().join("ok"), "x86_64", None, &verifier).unwrap();
-    assert_eq!(unpacked.signer.as_ref().map(|s| s.name.as_str()), Some("fixed"));
+    assert_eq!(unpacked.signer.as_ref().map(|s| s.name.as_str()), Some("certificate"));
     let shown = verifier.shown.borrow();
     assert_eq!(shown.len(), 1);
     assert_eq!(shown[0].0, unpacked.manifest_json, "the verifier sees the manifest's bytes as they came");
@@ -411,7 +431,8 @@ fn packed_delta(files: &[(String, PathBuf)], base_dir: &Path) -> (Vec<u8>, std::
     let offer = delta::Offer::from_bytes(delta::BLOCK_SIZE, &base.ids()).unwrap();
     let mut manifest = manifest();
     let mut out = Vec::new();
-    let stats = pack_delta(&mut manifest, files, &mut out, LZ4_BLOCK, None, Some((&offer, "snapshot web@1"))).unwrap();
+    let layout = Layout { block: LZ4_BLOCK, signer: None, offer: Some((&offer, "snapshot web@1")), one_pass: true };
+    let stats = super::pack(&mut manifest, files, &mut out, layout).unwrap();
     assert_eq!(stats.delta_entries, 1, "only the large pages file goes as a delta");
     (out, base)
 }
@@ -436,7 +457,7 @@ fn a_delta_payload_rebuilds_every_byte_from_the_receivers_copy() {
     let receive = Receive { base: Some(&resolve), ..Default::default() };
     let dest = scratch.path().join("dest");
     let unpacked = unpack_with(payload.as_slice(), &dest, "x86_64", None, &Unchecked, &receive).unwrap();
-    assert_eq!(unpacked.manifest.format, FORMAT_VERSION);
+    assert_eq!(unpacked.manifest.format, 4, "a payload with deltas is format 4, one pass asked or not");
     assert_eq!(fs::read(dest.join("checkpoint/pages-1.img")).unwrap(), pages);
 
     // Without the base it is refused as a missing base, and nothing stays.

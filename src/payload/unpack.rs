@@ -12,7 +12,7 @@ use lz4_flex::frame::FrameDecoder;
 use super::delta::Base;
 use super::manifest::{check_entry_path, normalize_arch, MANIFEST_LIMIT};
 use super::seal::{Seal, Signer, Verify, SEAL_ENTRY, SEAL_LIMIT};
-use super::{Counting, Error, Manifest, Result, MANIFEST_ENTRY};
+use super::{Counting, Error, Manifest, Result, MANIFEST_ENTRY, TRAILER_ENTRY, TRAILER_SEAL};
 
 #[derive(Debug)]
 pub(crate) struct Unpacked {
@@ -117,7 +117,11 @@ fn unpack_into(
                 _ => Error::Manifest(e.to_string()),
             }
         })?;
-        manifest.validate()?;
+        if manifest.is_streamed() {
+            manifest.validate_head()?;
+        } else {
+            manifest.validate()?;
+        }
         let payload_arch = normalize_arch(&manifest.source.arch);
         if payload_arch != normalize_arch(host_arch) {
             return Err(Error::Arch { payload: manifest.source.arch.clone(), host: host_arch.to_string() });
@@ -163,10 +167,34 @@ fn unpack_into(
         .collect();
     let raw_bytes = manifest.raw_size();
     let mut buffer = vec![0u8; 64 * 1024];
+    // Format 5: the digests computed as the entries arrive, and the closing
+    // manifest (with its seal) they are checked against.
+    let streamed = manifest.is_streamed();
+    let mut computed: BTreeMap<String, String> = BTreeMap::new();
+    let mut closing: Option<(Vec<u8>, Option<Seal>)> = None;
 
-    for entry in next.map(Ok).into_iter().chain(entries) {
+    let mut rest = next.map(Ok).into_iter().chain(entries);
+    while let Some(entry) = rest.next() {
         let mut entry = entry.map_err(corrupt)?;
         let path = entry_path(&entry)?;
+        if streamed && path == TRAILER_ENTRY {
+            let text = read_small(&mut entry, TRAILER_ENTRY, MANIFEST_LIMIT)?;
+            let seal = match rest.next().transpose().map_err(corrupt)? {
+                None => None,
+                Some(mut last) => {
+                    if entry_path(&last)? != TRAILER_SEAL {
+                        return Err(Error::Unsafe { entry: entry_path(&last)?, reason: format!("an entry after {TRAILER_ENTRY}") });
+                    }
+                    let text = read_small(&mut last, TRAILER_SEAL, SEAL_LIMIT)?;
+                    Some(serde_json::from_slice::<Seal>(&text).map_err(|e| Error::Signature(format!("its closing seal is unreadable: {e}")))?)
+                }
+            };
+            if let Some(extra) = rest.next().transpose().map_err(corrupt)? {
+                return Err(Error::Unsafe { entry: entry_path(&extra)?, reason: format!("an entry after {TRAILER_SEAL}") });
+            }
+            closing = Some((text, seal));
+            break;
+        }
         let kind = entry.header().entry_type();
         if kind.is_dir() {
             let folder = path.trim_end_matches('/');
@@ -204,7 +232,8 @@ fn unpack_into(
             .create_new(true)
             .open(&target)
             .map_err(|source| Error::Io { path: target.clone(), source })?;
-        let (kind, expected) = listed.digest(manifest.block_size());
+        let (kind, expected) =
+            if streamed { (super::DigestKind::Blake3, "") } else { listed.digest(manifest.block_size()) };
         let (size, digest) = match (listed.delta, &manifest.delta) {
             (Some(delta_size), Some(spec)) => {
                 let mut writer = io::BufWriter::with_capacity(64 * 1024, &mut file);
@@ -221,20 +250,85 @@ fn unpack_into(
             }
             _ => copy_hashing(&mut (&mut entry).take(listed.size), &mut file, &mut buffer, &target, kind)?,
         };
-        if size != listed.size || digest != expected {
+        if streamed && size == listed.size {
+            computed.insert(path, digest);
+        } else if size != listed.size || digest != expected {
             return Err(Error::Checksum {
                 entry: path,
                 detail: format!("{size} bytes with {} {digest}, manifest says {} bytes with {expected}", kind.name(), listed.size),
             });
         }
     }
+    drop(rest);
     if let Some(missing) = expected.keys().next() {
         return Err(Error::Corrupt(format!("entry {missing} listed in the manifest never arrived")));
     }
+    let (manifest, manifest_json, seal, signer) = match closing {
+        None if streamed => {
+            return Err(Error::Corrupt(format!("the stream ended before its closing manifest {TRAILER_ENTRY}")));
+        }
+        None => (manifest, manifest_json, seal, signer),
+        Some((final_json, final_seal)) => {
+            let closed = close(&manifest, signer.as_ref(), &final_json, final_seal.as_ref(), &computed, verify)?;
+            (closed, final_json, final_seal, signer)
+        }
+    };
     // Read the tar padding and the lz4 end mark too: a stream is only whole
     // once its frame ends, and an HTTP body must be read to its end.
     io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(corrupt)?;
     Ok(Unpacked { manifest, manifest_json, seal, signer, compressed_bytes: counted.count, raw_bytes })
+}
+
+/// Checks the manifest that closes a one-pass payload against the one that
+/// led it and the digests of what arrived: it must be that same manifest
+/// with the digests added, sealed by the same signer, and every digest must
+/// be what was received. Returns it: it is the payload's manifest from now on.
+fn close(
+    head: &Manifest,
+    head_signer: Option<&Signer>,
+    final_json: &[u8],
+    final_seal: Option<&Seal>,
+    computed: &BTreeMap<String, String>,
+    verify: &dyn Verify,
+) -> Result<Manifest> {
+    let closed: Manifest =
+        serde_json::from_slice(final_json).map_err(|e| Error::Manifest(format!("{TRAILER_ENTRY}: {e}")))?;
+    if closed.format != head.format {
+        return Err(Error::Manifest(format!("{TRAILER_ENTRY} says format {}, the payload {}", closed.format, head.format)));
+    }
+    closed.validate()?;
+    let signer = verify.verify(final_json, final_seal).map_err(Error::Signature)?;
+    if signer.as_ref() != head_signer {
+        return Err(Error::Signature(format!("{TRAILER_ENTRY} is not sealed by whoever sealed its manifest")));
+    }
+    let mut without_digests = closed.clone();
+    for entry in &mut without_digests.entries {
+        entry.blake3.clear();
+    }
+    let same = |m: &Manifest| serde_json::to_value(m).map_err(|e| Error::Manifest(e.to_string()));
+    if same(&without_digests)? != same(head)? {
+        return Err(Error::Manifest(format!("{TRAILER_ENTRY} says more than the digests its manifest lacked")));
+    }
+    for entry in &closed.entries {
+        let received = computed.get(&entry.path).map(String::as_str).unwrap_or_default();
+        if received != entry.blake3 {
+            return Err(Error::Checksum {
+                entry: entry.path.clone(),
+                detail: format!("{} bytes with BLAKE3 {received}, its manifest says {}", entry.size, entry.blake3),
+            });
+        }
+    }
+    Ok(closed)
+}
+
+/// Reads a small entry whole, refusing one over `limit` bytes or not a plain file.
+fn read_small<R: Read>(entry: &mut tar::Entry<'_, R>, name: &str, limit: u64) -> Result<Vec<u8>> {
+    if !entry.header().entry_type().is_file() || entry.size() > limit {
+        return Err(Error::Unsafe { entry: name.into(), reason: format!("not a plain file of at most {limit} bytes") });
+    }
+    let mut text = Vec::new();
+    entry.read_to_end(&mut text).map_err(corrupt)?;
+    Ok(text)
 }
 
 fn entry_path<R: Read>(entry: &tar::Entry<'_, R>) -> Result<String> {

@@ -208,7 +208,13 @@ pub(crate) fn migrate(engine: &Engine, peer: &Peer, container: &str, options: &O
         report.attempts += 1;
         report.delta_base = offer.as_ref().map(|(_, base)| base.clone());
         let id = entry.id.clone();
-        let sending = Sending { io_buffer: options.tuning.io_buffer, pace: pace.clone(), offer: offer.as_ref(), sent: &sent };
+        let sending = Sending {
+            io_buffer: options.tuning.io_buffer,
+            pace: pace.clone(),
+            offer: offer.as_ref(),
+            sent: &sent,
+            one_pass: peer_info.reads_one_pass(),
+        };
         let handed = hand_over(peer, &mut taken, &name, &id, sending, || {
             if let Some(before_commit) = options.before_commit {
                 before_commit()?;
@@ -310,6 +316,8 @@ pub(crate) struct Sending<'a> {
     pub offer: Option<&'a (Offer, String)>,
     /// Counts the payload bytes sent, whatever becomes of the attempt.
     pub sent: &'a AtomicU64,
+    /// The peer reads one-pass payloads (format 5).
+    pub one_pass: bool,
 }
 
 /// How a handover ended, as far as the source can know.
@@ -416,7 +424,7 @@ fn send_payload(
     migration: &str,
     sending: Sending<'_>,
 ) -> (Result<(RestoreReport, PackStats)>, f64) {
-    let Sending { io_buffer, pace, offer, sent } = sending;
+    let Sending { io_buffer, pace, offer, sent, one_pass } = sending;
     let (mut payload_reader, payload_writer) = match io::pipe() {
         Ok(pipe) => pipe,
         Err(e) => return (Err(io_error("cannot make a pipe", e)), 0.0),
@@ -426,7 +434,7 @@ fn send_payload(
         let packer = scope.spawn(|| {
             let counted = Tally { inner: Paced::new(payload_writer, pace), sent };
             let sink = Progress::new(BufWriter::with_capacity(io_buffer, counted), "sent");
-            let stats = taken.pack_into(sink, peer.signer(), offer.map(|(offer, base)| (offer, base.as_str())));
+            let stats = taken.pack_into(sink, peer.signer(), offer.map(|(offer, base)| (offer, base.as_str())), one_pass);
             (stats, seconds_since(started))
         });
         let answer = peer.prepare(&mut payload_reader, name, migration);

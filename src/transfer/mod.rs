@@ -146,6 +146,17 @@ pub(crate) struct PeerInfo {
     pub cpu: crate::host::Cpu,
     #[serde(default)]
     pub cgroup_version: u8,
+    /// The newest payload format the agent reads (0: an older agent, which
+    /// reads format 4 at most).
+    #[serde(default)]
+    pub payload_format: u32,
+}
+
+impl PeerInfo {
+    /// Whether payloads may go to this agent in one pass (format 5).
+    pub(crate) fn reads_one_pass(&self) -> bool {
+        self.payload_format >= crate::payload::FORMAT_STREAMED
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

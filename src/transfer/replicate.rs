@@ -68,9 +68,13 @@ pub(crate) fn replicate(engine: &Engine, options: Options<'_>, stop: &AtomicBool
         return Err(Error::new(Kind::Usage, "--to names no peer: give HOST:PORT[,HOST:PORT…]"));
     }
     // A peer that could not run a snapshot is refused now, not at failover.
+    // Snapshots go in one pass if every peer reads that format.
     let cpu = crate::host::cpu();
+    let mut one_pass = true;
     for target in &targets {
-        if let Ok(info) = target.peer.info()
+        let info = target.peer.info();
+        one_pass &= info.as_ref().is_ok_and(|info| info.reads_one_pass());
+        if let Ok(info) = info
             && let Some(why) = cpu.cannot_run_on(&info.cpu)
         {
             return Err(Error::new(Kind::Refused, format!("the peer {} could not fail {container} over: {why}", target.peer.addr())));
@@ -89,7 +93,8 @@ pub(crate) fn replicate(engine: &Engine, options: Options<'_>, stop: &AtomicBool
         stop_if_failed_over(engine, &targets, container)?;
         let tag = SnapshotTag { generation: generation + 1, source_agent: options.self_agent.clone() };
         let offer = common_offer(&targets, container);
-        match snapshot(engine, container, (options.tuning, options.fast, options.signer), &state_dir, tag, offer.as_ref()) {
+        let how = (options.tuning, options.fast, options.signer, one_pass);
+        match snapshot(engine, container, how, &state_dir, tag, offer.as_ref()) {
             Ok(Some(file)) => {
                 generation += 1;
                 std::fs::write(&generation_file, generation.to_string()).map_err(|e| io_error(generation_file.display(), e))?;
@@ -147,7 +152,7 @@ fn read_generation(path: &Path) -> u64 {
 fn snapshot(
     engine: &Engine,
     container: &str,
-    (tuning, fast, signer): (&Tuning, bool, Option<&dyn crate::payload::Sign>),
+    (tuning, fast, signer, one_pass): (&Tuning, bool, Option<&dyn crate::payload::Sign>, bool),
     state_dir: &Path,
     tag: SnapshotTag,
     offer: Option<&(Offer, String)>,
@@ -166,7 +171,7 @@ fn snapshot(
     let path = state_dir.join(format!("{container}-{generation}.ferry"));
     let file = Arc::new(SnapshotFile(path.clone()));
     let sink = BufWriter::with_capacity(tuning.io_buffer, File::create(&path).map_err(|e| io_error(path.display(), e))?);
-    let stats = taken.pack_into(sink, signer, offer.map(|(offer, base)| (offer, base.as_str())))?;
+    let stats = taken.pack_into(sink, signer, offer.map(|(offer, base)| (offer, base.as_str())), one_pass)?;
     log::info!(
         "snapshot {generation} of {container}: app frozen {:.3}s ({}), {} to send",
         taken.frozen_secs,

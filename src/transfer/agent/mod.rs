@@ -182,6 +182,7 @@ impl Agent {
             busy,
             cpu: host::cpu(),
             cgroup_version: host::cgroup_version(),
+            payload_format: crate::payload::FORMAT_VERSION,
         })
     }
 
