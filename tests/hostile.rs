@@ -28,20 +28,25 @@ fn entries(payload: &[u8]) -> Vec<(String, Vec<u8>)> {
             entry.read_to_end(&mut bytes).unwrap();
             (path, bytes)
         })
-        .filter(|(path, _)| path != "manifest.sig")
+        .filter(|(path, _)| !matches!(path.as_str(), "manifest.sig" | "manifest.final.json" | "manifest.final.sig"))
         .collect()
 }
 
-/// Packs entries again the way an attacker who knows the format would: every
-/// entry's digest and size recomputed in the manifest, which `edit` may change.
+/// Packs entries again the way an attacker who knows the format would (one
+/// pass, format 5): every entry's size in the leading manifest, which `edit`
+/// may change, and the same manifest with every digest at the end.
 fn rebuild(mut files: Vec<(String, Vec<u8>)>, edit: impl Fn(&mut serde_json::Value)) -> Vec<u8> {
     let mut manifest: serde_json::Value = serde_json::from_slice(&files[0].1).unwrap();
+    assert_eq!(manifest["format"], 5, "ferry checkpoint writes one-pass payloads");
     edit(&mut manifest);
+    manifest["entries"] =
+        files[1..].iter().map(|(path, bytes)| serde_json::json!({"path": path, "size": bytes.len()})).collect();
+    files[0].1 = serde_json::to_vec(&manifest).unwrap();
     manifest["entries"] = files[1..]
         .iter()
         .map(|(path, bytes)| serde_json::json!({"path": path, "size": bytes.len(), "blake3": blake3::hash(bytes).to_hex().to_string()}))
         .collect();
-    files[0].1 = serde_json::to_vec(&manifest).unwrap();
+    files.push(("manifest.final.json".into(), serde_json::to_vec(&manifest).unwrap()));
     let mut builder = tar::Builder::new(lz4_flex::frame::FrameEncoder::new(Vec::new()));
     for (path, bytes) in &files {
         let mut header = tar::Header::new_gnu();

@@ -198,8 +198,9 @@ fn flip(bytes: &[u8], at: usize) -> Vec<u8> {
     damaged
 }
 
-/// Rewrites a payload: edits its manifest, optionally adds one raw-named
-/// entry, and keeps or drops its seal.
+/// Rewrites a payload: edits its manifest (the leading one and the one that
+/// closes a one-pass payload alike), optionally adds one raw-named entry, and
+/// keeps or drops its seals.
 fn repack(bytes: &[u8], edit: impl Fn(&mut serde_json::Value), extra: Option<&str>, keep_seal: bool) -> Vec<u8> {
     let mut archive = tar::Archive::new(lz4_flex::frame::FrameDecoder::new(bytes));
     let mut builder = tar::Builder::new(lz4_flex::frame::FrameEncoder::new(Vec::new()));
@@ -226,7 +227,18 @@ fn repack(bytes: &[u8], edit: impl Fn(&mut serde_json::Value), extra: Option<&st
                 evil.set_cksum();
                 builder.append(&evil, &b"owned"[..]).unwrap();
             }
-        } else if keep_seal || entry.path().unwrap().to_str() != Some("manifest.sig") {
+        } else if entry.path().unwrap().to_str() == Some("manifest.final.json") {
+            let mut manifest: serde_json::Value = {
+                let mut text = String::new();
+                entry.read_to_string(&mut text).unwrap();
+                serde_json::from_str(&text).unwrap()
+            };
+            edit(&mut manifest);
+            let text = serde_json::to_vec(&manifest).unwrap();
+            header.set_size(text.len() as u64);
+            header.set_cksum();
+            builder.append(&header, text.as_slice()).unwrap();
+        } else if keep_seal || !matches!(entry.path().unwrap().to_str(), Some("manifest.sig" | "manifest.final.sig")) {
             builder.append(&header, &mut entry).unwrap();
         }
     }
