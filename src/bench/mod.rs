@@ -265,7 +265,7 @@ impl Run<'_> {
             let sent = std::sync::atomic::AtomicU64::new(0);
             let sending = Sending { io_buffer: self.options.tuning.io_buffer, pace: None, offer: None, sent: &sent, one_pass: true };
             let (report, stats, secs) = match hand_over(peer, &mut taken, TARGET, &id, sending, || Ok(())) {
-                Handover::Done { restored, stats, transfer_secs, .. } => (restored, stats, transfer_secs),
+                Handover::Done(handed) => (handed.restored, handed.stats, handed.transfer_secs),
                 Handover::NotStarted(error) | Handover::Unknown(error) => return Err(error),
             };
             measured.set(Phase::Transfer, secs);

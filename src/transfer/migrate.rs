@@ -125,6 +125,49 @@ pub(crate) struct Report {
     pub bytes_sent_total: u64,
     /// The peer no longer held the delta's base: the payload was sent whole.
     pub fallback_full: bool,
+    /// The peer's receiving and checking of the payload, and its creating
+    /// the container and putting its files back (before the commit).
+    pub peer_unpack_secs: f64,
+    pub peer_prepare_secs: f64,
+    /// Where the downtime went: each step from and to, in seconds since the
+    /// freeze. The stream and the peer's receive overlap (one pass: the peer
+    /// checks as the bytes arrive); the rest follow one another.
+    pub critical_path: Vec<Step>,
+    /// How long the source's sending and the peer's receiving ran at once.
+    pub overlap_secs: f64,
+}
+
+/// One step of a migration's downtime.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub(crate) struct Step {
+    pub step: &'static str,
+    pub start_secs: f64,
+    pub end_secs: f64,
+}
+
+impl Step {
+    fn new(step: &'static str, start_secs: f64, end_secs: f64) -> Step {
+        let round = |secs: f64| (secs * 1000.0).round() / 1000.0;
+        Step { step, start_secs: round(start_secs), end_secs: round(end_secs) }
+    }
+}
+
+/// The downtime's steps, from what the source measured (`saved`: the images
+/// on disk; `sending`: the payload's first byte; `handed`: the handover) and
+/// what the peer reported of its own part.
+fn critical_path(saved: f64, sending: f64, handed: &Handed, total: f64) -> (Vec<Step>, f64) {
+    let Handed { transfer_secs, prepared_secs, peer, .. } = handed;
+    let received = sending + peer.unpack_secs;
+    let prepared = sending + prepared_secs;
+    let steps = vec![
+        Step::new("save", 0.0, saved),
+        Step::new("stream", sending, sending + transfer_secs),
+        Step::new("peer receive + check", sending, received),
+        Step::new("peer create", received, received + peer.prepare_secs),
+        Step::new("commit + start", prepared, total),
+    ];
+    let overlap = transfer_secs.min(peer.unpack_secs).max(0.0);
+    (steps, (overlap * 1000.0).round() / 1000.0)
 }
 
 /// Moves `container` to the agent `peer`. Everything that can be checked is
@@ -204,7 +247,8 @@ pub(crate) fn migrate(engine: &Engine, peer: &Peer, container: &str, options: &O
     let deadline = Instant::now() + peer.timeout().min(RESUME_WINDOW);
     let mut pause = Duration::from_millis(500);
     let sent = AtomicU64::new(0);
-    let (restored, stats) = loop {
+    let saved = seconds_since(freeze);
+    let (handed, sending) = loop {
         report.attempts += 1;
         report.delta_base = offer.as_ref().map(|(_, base)| base.clone());
         let id = entry.id.clone();
@@ -215,6 +259,7 @@ pub(crate) fn migrate(engine: &Engine, peer: &Peer, container: &str, options: &O
             sent: &sent,
             one_pass: peer_info.reads_one_pass(),
         };
+        let attempt = seconds_since(freeze);
         let handed = hand_over(peer, &mut taken, &name, &id, sending, || {
             if let Some(before_commit) = options.before_commit {
                 before_commit()?;
@@ -223,11 +268,7 @@ pub(crate) fn migrate(engine: &Engine, peer: &Peer, container: &str, options: &O
             journal.record(&entry)
         });
         let error = match handed {
-            Handover::Done { restored, stats, transfer_secs, commit_secs } => {
-                report.transfer_secs = transfer_secs;
-                report.commit_secs = commit_secs;
-                break (restored, stats);
-            }
+            Handover::Done(handed) => break (handed, attempt),
             Handover::NotStarted(error) => error,
             Handover::Unknown(error) => {
                 let kept = taken.keep_for_recovery();
@@ -273,6 +314,12 @@ pub(crate) fn migrate(engine: &Engine, peer: &Peer, container: &str, options: &O
     let id = entry.id.clone();
     report.total_secs = seconds_since(freeze);
     report.downtime_secs = report.total_secs;
+    (report.critical_path, report.overlap_secs) = critical_path(saved, sending, &handed, report.total_secs);
+    let Handed { restored, stats, transfer_secs, commit_secs, peer: prepared, .. } = handed;
+    report.transfer_secs = transfer_secs;
+    report.commit_secs = commit_secs;
+    report.peer_unpack_secs = prepared.unpack_secs;
+    report.peer_prepare_secs = prepared.prepare_secs;
     report.bytes_sent = stats.compressed_bytes;
     report.bytes_sent_total = sent.load(Ordering::Relaxed);
     report.raw_bytes = stats.raw_bytes;
@@ -320,10 +367,25 @@ pub(crate) struct Sending<'a> {
     pub one_pass: bool,
 }
 
+/// A handover that ended with the app running on the peer.
+pub(crate) struct Handed {
+    /// The peer's report of the start.
+    pub restored: RestoreReport,
+    pub stats: PackStats,
+    /// From the first byte sent until the last was packed.
+    pub transfer_secs: f64,
+    /// From the first byte sent until the peer answered that it prepared it.
+    pub prepared_secs: f64,
+    /// The commit request, sent to its answer.
+    pub commit_secs: f64,
+    /// The peer's report of the prepare (its receive and create).
+    pub peer: RestoreReport,
+}
+
 /// How a handover ended, as far as the source can know.
 pub(crate) enum Handover {
     /// The app runs on the peer.
-    Done { restored: RestoreReport, stats: PackStats, transfer_secs: f64, commit_secs: f64 },
+    Done(Handed),
     /// The peer did not start it and never will: the source may run it again.
     NotStarted(Error),
     /// The commit may have reached the peer, which cannot be asked now.
@@ -342,7 +404,9 @@ pub(crate) fn hand_over(
     sending: Sending<'_>,
     before_commit: impl FnOnce() -> Result<()>,
 ) -> Handover {
+    let started = Instant::now();
     let (prepared, transfer_secs) = send_payload(peer, taken, name, migration, sending);
+    let prepared_secs = seconds_since(started);
     let committing = Instant::now();
     let prepared = prepared.and_then(|prepared| before_commit().map(|()| prepared));
     let (prepared, stats) = match prepared {
@@ -357,14 +421,15 @@ pub(crate) fn hand_over(
         }
     };
     log::info!("{name} is prepared on {} (unpack {:.2}s, create {:.2}s): committing", peer.addr(), prepared.unpack_secs, prepared.prepare_secs);
+    let done = |restored| {
+        Handover::Done(Handed { restored, stats, transfer_secs, prepared_secs, commit_secs: seconds_since(committing), peer: prepared.clone() })
+    };
     match peer.commit(migration) {
-        Ok(restored) => Handover::Done { restored, stats, transfer_secs, commit_secs: seconds_since(committing) },
+        Ok(restored) => done(restored),
         Err(error) => {
             log::warn!("{error}; asking the agent what became of the commit");
             match settle(peer, migration, peer.timeout()) {
-                Settled::Restored(restored) => {
-                    Handover::Done { restored, stats, transfer_secs, commit_secs: seconds_since(committing) }
-                }
+                Settled::Restored(restored) => done(restored),
                 Settled::NotStarted(reason) => Handover::NotStarted(error.context(format!("the peer did not start it ({reason})"))),
                 Settled::Unknown => Handover::Unknown(error),
             }
@@ -513,4 +578,36 @@ pub(crate) fn migration_id() -> String {
         let _ = random.read_exact(&mut bytes);
     }
     crate::payload::hex(&bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_critical_path_lays_the_peers_part_over_the_stream() {
+        let peer = RestoreReport { unpack_secs: 0.30, prepare_secs: 0.05, ..RestoreReport::default() };
+        let handed = Handed {
+            restored: RestoreReport::default(),
+            stats: PackStats::default(),
+            transfer_secs: 0.25,
+            prepared_secs: 0.36,
+            commit_secs: 0.5,
+            peer,
+        };
+        // Frozen at 0, images on disk at 0.2, first byte at 0.21, running at 1.1.
+        let (steps, overlap) = critical_path(0.2, 0.21, &handed, 1.1);
+        let spans: Vec<(&str, f64, f64)> = steps.iter().map(|s| (s.step, s.start_secs, s.end_secs)).collect();
+        assert_eq!(
+            spans,
+            [
+                ("save", 0.0, 0.2),
+                ("stream", 0.21, 0.46),
+                ("peer receive + check", 0.21, 0.51),
+                ("peer create", 0.51, 0.56),
+                ("commit + start", 0.57, 1.1),
+            ]
+        );
+        assert_eq!(overlap, 0.25, "the peer received while the source sent");
+    }
 }

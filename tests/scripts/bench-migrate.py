@@ -178,7 +178,9 @@ def ferry_rounds(size, repeat, work, insecure=False):
             rows.append({"save": report["save_secs"], "transfer": report["transfer_secs"],
                          "resume": report["resume_secs"], "total": report["total_secs"],
                          "downtime": report["save_secs"] + report["transfer_secs"] + report["resume_secs"],
-                         "wire": report["bytes_sent"]})
+                         "wire": report["bytes_sent"], "raw": report["raw_bytes"],
+                         "path": {s["step"]: s["end_secs"] - s["start_secs"] for s in report.get("critical_path", [])},
+                         "starts": {s["step"]: s["start_secs"] for s in report.get("critical_path", [])}})
             rm(B, name)
         agent_rss = peak_rss_kib(agent_b.pid)
     finally:
@@ -387,6 +389,23 @@ def table(sizes, repeat, link):
               flush=True)
         print(f"{size:>5} {'TLS cost':<22} {100 * (median(ferry, 'total') / median(plain, 'total') - 1):>+7.1f}% total, "
               f"{100 * (median(ferry, 'transfer') / median(plain, 'transfer') - 1):+.1f}% transfer", flush=True)
+        print(f"{size:>5} {'lz4':<22} {median(ferry, 'raw') / max(median(ferry, 'wire'), 1):>7.2f}x (raw/wire: "
+              f"{median(ferry, 'raw') / (1 << 20):.1f} MiB of checkpoint, {median(ferry, 'wire') / (1 << 20):.1f} MiB sent)")
+        print_critical_path(size, ferry)
+
+
+def print_critical_path(size, rows):
+    """Where ferry's downtime went (TLS runs): each step's median start and
+    length after the freeze, as `migrate --json` reports them."""
+    steps = [step for step in rows[0]["path"]] if rows and rows[0]["path"] else []
+    if not steps:
+        return
+    parts = []
+    for step in steps:
+        start = statistics.median(r["starts"][step] for r in rows)
+        length = statistics.median(r["path"][step] for r in rows)
+        parts.append(f"{step} {start:.3f}+{length:.3f}")
+    print(f"{size:>5} {'critical path (s)':<22} " + " | ".join(parts), flush=True)
 
 
 if __name__ == "__main__":
