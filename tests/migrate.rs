@@ -175,6 +175,7 @@ fn migrate_rolls_back_when_the_agent_dies_mid_transfer() {
     let counted = latest_count(ENGINE_A, &name);
     // Kill B's agent once its spool holds part of the payload.
     let spool = hosts.scratch.path("spool-b");
+    let spool_b = spool.clone();
     let pid = hosts.agent_b.child.id();
     let killer = thread::spawn(move || {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -190,6 +191,16 @@ fn migrate_rolls_back_when_the_agent_dies_mid_transfer() {
     let out = hosts.migrate_a_to(&name, &hosts.agent_b.addr, &[]);
     assert!(killer.join().unwrap(), "the payload never reached B's spool");
     expect_peer_failure(&out, "runs again here");
+    // B's agent created the container (never started) while the payload
+    // arrived; the agent, started again as its unit would, removes it.
+    assert!(!is_running(ENGINE_B, &name), "{name} runs on B after a migration that never arrived");
+    let _ = hosts.agent_b.child.wait();
+    let addr = hosts.agent_b.addr.clone();
+    hosts.agent_b = AgentProcess::start_at(true, &addr, &spool_b, &hosts.token, &[]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while exists(ENGINE_B, &name) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
     hosts.still_on_a_only(&name, counted, &sum);
 }
 

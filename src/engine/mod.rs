@@ -429,6 +429,11 @@ impl Engine {
         self.call("POST", &format!("/containers/{}/kill", encode(id)))
     }
 
+    /// `POST /containers/{id}/rename`: 409 when `name` is taken.
+    pub(crate) fn rename_container(&self, id: &str, name: &str) -> Result<()> {
+        self.call("POST", &format!("/containers/{}/rename?name={}", encode(id), encode(name)))
+    }
+
     pub(crate) fn remove_container(&self, id: &str, force: bool) -> Result<()> {
         self.call("DELETE", &format!("/containers/{}?force={force}&v=true", encode(id)))
     }

@@ -154,6 +154,46 @@ pub(crate) struct Prepared {
 /// Creates the container a payload describes and puts the app's files back,
 /// without starting it. Whatever fails, no container is left.
 pub(crate) fn prepare(engine: &Engine, info: &Info, dir: &Path, manifest: &Manifest, options: &Options<'_>) -> Result<Prepared> {
+    prepare_with(engine, info, dir, manifest, options, None)
+}
+
+/// A container created from a payload's leading manifest while the rest of
+/// the payload still arrives, under a name of its own ([`early_name`]):
+/// [`prepare_with`] renames it instead of creating one. Whatever fails, or if
+/// it is dropped unused, it is removed.
+pub(crate) struct Early<'a>(CreatedContainer<'a>);
+
+/// The name of the container created early for the handover `migration`:
+/// it cannot collide with an app's, and an agent that stopped while the
+/// payload arrived finds it by this name when it starts again.
+pub(crate) fn early_name(migration: &str) -> String {
+    // The ledger's ids run to 129 characters (a fingerprint and the client's id).
+    format!("ferry-prepare-{}", &blake3::hash(migration.as_bytes()).to_hex()[..16])
+}
+
+/// Creates the container a sealed leading manifest describes (criu mode), so
+/// that creating it costs no downtime: it is only ever started by a commit,
+/// after the whole payload was checked. Best effort: a failure here is met
+/// again, and explained, by [`prepare_with`].
+pub(crate) fn create_early<'a>(engine: &'a Engine, manifest: &Manifest, migration: &str, board: Option<&Board>) -> Option<Early<'a>> {
+    if manifest.mode != Mode::Criu {
+        return None;
+    }
+    create(engine, manifest, &early_name(migration), board)
+        .inspect_err(|e| log::debug!("creating the container early: {e}"))
+        .ok()
+        .map(Early)
+}
+
+/// [`prepare`], with the container created `early` if it was.
+pub(crate) fn prepare_with(
+    engine: &Engine,
+    info: &Info,
+    dir: &Path,
+    manifest: &Manifest,
+    options: &Options<'_>,
+    early: Option<Early<'_>>,
+) -> Result<Prepared> {
     let spec = &manifest.container;
     let name = options.name.unwrap_or(&spec.name);
     match manifest.mode {
@@ -189,26 +229,14 @@ pub(crate) fn prepare(engine: &Engine, info: &Info, dir: &Path, manifest: &Manif
         }
     }
 
-    let mut body = serde_json::to_value(&spec.config).map_err(|e| Error::new(Kind::Failure, e.to_string()))?;
-    body["Image"] = Value::String(spec.image_id.clone());
-    let mut limits = spec.host_config.clone();
-    if let Some(board) = options.board {
-        log::info!("capping {name} as board {} says: {} MiB, {} CPUs", board.name, board.memory_mib, board.cpus);
-        board.apply(&mut limits);
-    }
-    body["HostConfig"] = serde_json::to_value(&limits).map_err(|e| Error::new(Kind::Failure, e.to_string()))?;
-    let id = engine.create_container(name, &body).map_err(|e| {
-        if e.status() == Some(409) {
-            Error::new(
-                Kind::Refused,
-                format!("a container named '{name}' already exists on this host — pass --name NEW or remove it"),
-            )
-        } else {
-            Error::from(e).context(format!("creating container '{name}'"))
+    let created = match early {
+        Some(Early(created)) => {
+            engine.rename_container(&created.id, name).map_err(|e| creating_error(name, e))?;
+            created
         }
-    })?;
-    let created = CreatedContainer { engine, id: id.clone(), armed: true };
-    log::info!("created {name} ({})", short_id(&id));
+        None => create(engine, manifest, name, options.board)?,
+    };
+    let id = created.id.clone();
     if manifest.mode == Mode::Criu {
         // The images name the source container's cgroup; on cgroup v2
         // nothing else moves the restored process into this one.
@@ -223,6 +251,31 @@ pub(crate) fn prepare(engine: &Engine, info: &Info, dir: &Path, manifest: &Manif
         dir: dir.to_path_buf(),
         checkpoint_name: manifest.checkpoint_name.clone().unwrap_or_else(|| CHECKPOINT_NAME.into()),
     })
+}
+
+/// Creates, not started, the container `manifest` describes, named `name`,
+/// capped as `board` says if given.
+fn create<'a>(engine: &'a Engine, manifest: &Manifest, name: &str, board: Option<&Board>) -> Result<CreatedContainer<'a>> {
+    let spec = &manifest.container;
+    let mut body = serde_json::to_value(&spec.config).map_err(|e| Error::new(Kind::Failure, e.to_string()))?;
+    body["Image"] = Value::String(spec.image_id.clone());
+    let mut limits = spec.host_config.clone();
+    if let Some(board) = board {
+        log::info!("capping {name} as board {} says: {} MiB, {} CPUs", board.name, board.memory_mib, board.cpus);
+        board.apply(&mut limits);
+    }
+    body["HostConfig"] = serde_json::to_value(&limits).map_err(|e| Error::new(Kind::Failure, e.to_string()))?;
+    let id = engine.create_container(name, &body).map_err(|e| creating_error(name, e))?;
+    log::info!("created {name} ({})", short_id(&id));
+    Ok(CreatedContainer { engine, id, armed: true })
+}
+
+fn creating_error(name: &str, e: crate::engine::Error) -> Error {
+    if e.status() == Some(409) {
+        Error::new(Kind::Refused, format!("a container named '{name}' already exists on this host — pass --name NEW or remove it"))
+    } else {
+        Error::from(e).context(format!("creating container '{name}'"))
+    }
 }
 
 /// Starts a prepared container (from its CRIU images in criu mode) and checks

@@ -63,6 +63,9 @@ pub(crate) struct Receive<'a> {
     pub keep_partial: bool,
     /// Set, to the manifest's container name, once the seal is accepted.
     pub sealed_container: std::cell::OnceCell<String>,
+    /// Shown the leading manifest once its seal is accepted, before any
+    /// entry is read: what the payload will be if all of it checks out.
+    pub on_sealed: Option<&'a dyn Fn(&Manifest)>,
 }
 
 /// [`unpack`], with delta entries rebuilt from `receive.base`.
@@ -151,6 +154,9 @@ fn unpack_into(
     }
     let signer = verify.verify(&manifest_json, seal.as_ref()).map_err(Error::Signature)?;
     let _ = receive.sealed_container.set(manifest.container.name.clone());
+    if let Some(on_sealed) = receive.on_sealed {
+        on_sealed(&manifest);
+    }
     let base = match (&manifest.delta, receive.base) {
         (Some(_), Some(resolve)) => resolve(&manifest.container.name),
         _ => None,

@@ -40,10 +40,23 @@ impl Agent {
         let started = Instant::now();
         let body = BufReader::with_capacity(self.settings.tuning.io_buffer, body);
         let resolve = self.resolver(caller);
-        let receive = crate::payload::Receive { base: Some(&resolve), keep_partial: true, ..Default::default() };
-        let unpacked = match restore::unpack_verified(body, &dir, &info, &options, &receive) {
-            Ok(unpacked) => unpacked,
-            Err(error) => {
+        // The container is created, from the sealed leading manifest, while
+        // the rest of the payload arrives; it runs only once all of it has
+        // been checked and the source commits.
+        let (sealed, created) = std::sync::mpsc::channel::<crate::payload::Manifest>();
+        let (engine, board) = (&self.engine, options.board);
+        let (unpacked, early) = std::thread::scope(|scope| {
+            let creator = scope.spawn(move || created.recv().ok().and_then(|m| restore::create_early(engine, &m, id, board)));
+            let on_sealed = move |manifest: &crate::payload::Manifest| {
+                let _ = sealed.send(manifest.clone());
+            };
+            let receive = crate::payload::Receive {
+                base: Some(&resolve),
+                keep_partial: true,
+                on_sealed: Some(&on_sealed),
+                ..Default::default()
+            };
+            let unpacked = restore::unpack_verified(body, &dir, &info, &options, &receive).inspect_err(|_| {
                 // What arrived from this peer before the stream broke is kept,
                 // so that its next attempt sends only the rest.
                 if let Some(container) = receive.sealed_container.get()
@@ -51,20 +64,29 @@ impl Agent {
                 {
                     self.kept.keep_partial(&super::agent::sender_name(caller), container, &dir);
                 }
-                return Err(error.into());
-            }
-        };
-        let unpack_secs = seconds_since(started);
-        let started = Instant::now();
-        let prepared = restore::prepare(&self.engine, &info, &dir, &unpacked.manifest, &options).inspect_err(|_| {
-            let _ = std::fs::remove_dir_all(&dir);
-        })?;
+            });
+            drop(receive);
+            drop(on_sealed);
+            (unpacked, creator.join().ok().flatten())
+        });
+        // A refused payload's early container goes with `early`; a prepared
+        // one is in the ledger from here on.
+        let prepared = unpacked.and_then(|unpacked| {
+            let unpack_secs = seconds_since(started);
+            let started = Instant::now();
+            restore::prepare_with(&self.engine, &info, &dir, &unpacked.manifest, &options, early)
+                .inspect_err(|_| {
+                    let _ = std::fs::remove_dir_all(&dir);
+                })
+                .map(|prepared| (prepared, unpacked, unpack_secs, seconds_since(started)))
+        });
+        let (prepared, unpacked, unpack_secs, prepare_secs) = prepared?;
         let report = RestoreReport {
             container: prepared.container.clone(),
             id: prepared.id.clone(),
             mode: prepared.mode.as_str().into(),
             unpack_secs,
-            prepare_secs: seconds_since(started),
+            prepare_secs,
             raw_bytes: unpacked.raw_bytes,
             compressed_bytes: unpacked.compressed_bytes,
             peak_rss_kib: host::peak_rss_kib(),
@@ -180,6 +202,7 @@ impl Agent {
                     let still_running = self.ledger.get(&id).is_some_and(|r| r.outcome == Outcome::Running);
                     if still_running && self.restore_lock.try_lock().is_ok() {
                         let _ = std::fs::remove_dir_all(self.ledger.payload_dir(&id));
+                        self.remove_early_container(&id);
                         let error = "the agent stopped while it received the payload".to_string();
                         let _ = self.ledger.set(&id, Outcome::Failed { error }, None, 0);
                     }
@@ -191,6 +214,18 @@ impl Agent {
                     self.ledger.remove(&id)
                 }
                 _ => {}
+            }
+        }
+    }
+
+    /// Removes the container created while the payload of `id` arrived, if
+    /// the agent stopped before its prepare ended (it never ran).
+    fn remove_early_container(&self, id: &str) {
+        let name = restore::early_name(id);
+        if self.engine.inspect_container(&name).is_ok_and(|found| !found.state.running) {
+            log::info!("removing {name}, created for migration {id}, whose payload never arrived whole");
+            if let Err(e) = self.engine.remove_container(&name, true) {
+                log::warn!("could not remove {name}: {e}");
             }
         }
     }

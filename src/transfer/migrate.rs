@@ -315,7 +315,7 @@ pub(crate) fn migrate(engine: &Engine, peer: &Peer, container: &str, options: &O
     report.total_secs = seconds_since(freeze);
     report.downtime_secs = report.total_secs;
     (report.critical_path, report.overlap_secs) = critical_path(saved, sending, &handed, report.total_secs);
-    let Handed { restored, stats, transfer_secs, commit_secs, peer: prepared, .. } = handed;
+    let Handed { restored, stats, transfer_secs, commit_secs, peer: prepared, .. } = *handed;
     report.transfer_secs = transfer_secs;
     report.commit_secs = commit_secs;
     report.peer_unpack_secs = prepared.unpack_secs;
@@ -385,7 +385,7 @@ pub(crate) struct Handed {
 /// How a handover ended, as far as the source can know.
 pub(crate) enum Handover {
     /// The app runs on the peer.
-    Done(Handed),
+    Done(Box<Handed>),
     /// The peer did not start it and never will: the source may run it again.
     NotStarted(Error),
     /// The commit may have reached the peer, which cannot be asked now.
@@ -422,7 +422,14 @@ pub(crate) fn hand_over(
     };
     log::info!("{name} is prepared on {} (unpack {:.2}s, create {:.2}s): committing", peer.addr(), prepared.unpack_secs, prepared.prepare_secs);
     let done = |restored| {
-        Handover::Done(Handed { restored, stats, transfer_secs, prepared_secs, commit_secs: seconds_since(committing), peer: prepared.clone() })
+        Handover::Done(Box::new(Handed {
+            restored,
+            stats,
+            transfer_secs,
+            prepared_secs,
+            commit_secs: seconds_since(committing),
+            peer: prepared.clone(),
+        }))
     };
     match peer.commit(migration) {
         Ok(restored) => done(restored),
