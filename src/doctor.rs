@@ -193,10 +193,14 @@ fn expiry_check(identity: &Identity, ca: Vec<rustls::pki_types::CertificateDer<'
 
 fn criu_check() -> Result<String, (String, String)> {
     let Some(version) = host::criu_version() else {
-        return Err((
-            "criu is not on PATH".into(),
-            "install CRIU (apt-get install criu; on kernels ≥ 6.16 CRIU 4.2 or newer)".into(),
-        ));
+        // Debian has no criu package for armhf: a 32-bit board has commit mode only.
+        let fix = if cfg!(target_arch = "arm") {
+            "Debian has no CRIU for 32-bit ARM: move containers with `ferry checkpoint C --mode commit` and \
+             `ferry restore` (files, not the running process), or run a 64-bit OS and install criu"
+        } else {
+            "install CRIU (apt-get install criu; on kernels ≥ 6.16 CRIU 4.2 or newer)"
+        };
+        return Err(("criu is not on PATH".into(), fix.into()));
     };
     let output = Command::new("criu").arg("check").output();
     match output {
