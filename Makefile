@@ -46,12 +46,14 @@ bench-core: setup build
 # The paper's Table 1: ferry migrate A→B next to the paper's docker+tar
 # method and Podman's export/import, per size (SIZES="16 64 128 256"); over a
 # shaped link with LINK=RATE:DELAY (e.g. 100mbit:5ms, see tests/scripts/link.sh),
-# else over loopback.
+# else over loopback; WORKLOAD=redis moves Redis holding SIZE MiB of records
+# (memory lz4 compresses) instead of the counter's random pages.
 SIZES ?= 16 64 128 256
 LINK  ?=
+WORKLOAD ?=
 bench-migrate: build
 	bash tests/scripts/setup-host.sh --bench
-	bash tests/scripts/with-engines.sh all -- python3 tests/scripts/bench-migrate.py $(SIZES) --repeat 5 $(if $(LINK),--link $(LINK))
+	bash tests/scripts/with-engines.sh all -- python3 tests/scripts/bench-migrate.py $(SIZES) --repeat 5 $(if $(LINK),--link $(LINK)) $(if $(WORKLOAD),--workload $(WORKLOAD))
 
 # Issue 14: plain migrate, migrate --precopy, and migrate after a replicate
 # snapshot, for a counter whose memory changes at each DIRTY rate (MiB/s),

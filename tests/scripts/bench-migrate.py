@@ -21,7 +21,12 @@ host; only its file crosses the link). Downtime is from the freeze to the app
 running on the peer (ferry: save + transfer + resume; the others: their
 total); wire_MiB is what crossed (ferry: bytes_sent; the others: the file).
 
-Usage: bench-migrate.py [SIZES_MIB…] [--repeat N] [--link RATE:DELAY]   (default 16 64 128 256, 5, loopback)
+With `--workload redis` the app is Debian's redis-server (ferry-redis) holding
+SIZE MiB of JSON-like records (words, names, numbers: real heap memory, which
+lz4 compresses) instead of the counter's random pages (which it cannot).
+
+Usage: bench-migrate.py [SIZES_MIB…] [--repeat N] [--link RATE:DELAY] [--workload counter|redis]
+       (default 16 64 128 256, 5, loopback, counter)
        bench-migrate.py --soak N [SIZE_MIB]          (`make soak`: N hops A⇄B, default 16 MiB)
 """
 import json
@@ -39,6 +44,8 @@ A = "unix:///var/run/docker.sock"
 B = "unix:///run/dockerb.sock"
 B_ROOT = "/var/lib/dockerb"  # B's /var/lib/docker, seen from this namespace
 IMAGE = "ferry-workload:latest"
+REDIS_IMAGE = "ferry-redis:latest"
+WORKLOAD = "counter"
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Where B's agent listens: loopback inside B's namespace, or B's end of the link.
 PEER_ADDR = "127.0.0.1"
@@ -95,6 +102,61 @@ def send_over_link(path):
     if receiver.wait(timeout=600) != 0:
         raise SystemExit("the link receiver failed")
     return received
+
+
+def app(size):
+    """The image and command of the benchmarked app."""
+    return [REDIS_IMAGE] if WORKLOAD == "redis" else [IMAGE, "/counter", str(size), "100"]
+
+
+def start_app(host, name, size):
+    """Starts the app on `host` (A) and waits until it holds its SIZE MiB."""
+    docker(host, "run", "-d", "--name", name, *app(size))
+    if WORKLOAD != "redis":
+        wait_counting(host, name)
+        return
+    ip = docker(host, "inspect", "-f", "{{.NetworkSettings.IPAddress}}", name)
+    deadline = time.time() + 30
+    while subprocess.run(["redis-cli", "-h", ip, "ping"], capture_output=True, text=True).stdout.strip() != "PONG":
+        if time.time() > deadline:
+            raise SystemExit(f"{name}: redis never answered")
+        time.sleep(0.1)
+    fill = subprocess.run(["redis-cli", "-h", ip, "--pipe"], input=redis_records(size), capture_output=True)
+    if fill.returncode != 0:
+        raise SystemExit(f"{name}: filling redis failed: {fill.stderr.decode()}")
+
+
+def redis_records(size):
+    """RESP SET commands for about SIZE MiB of JSON-like records, the same
+    every run: what a cache or session store holds."""
+    import random
+    rng = random.Random(size)
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "sensor", "gateway", "temperature", "humidity",
+             "pressure", "online", "offline", "error", "warning", "ok", "north", "south", "east", "west",
+             "rack", "board", "firmware", "update", "battery", "signal", "lorawan", "wifi", "edge", "node"]
+    out, total, n = [], 0, 0
+    while total < size << 20:
+        value = ('{"id":%d,"device":"%s-%04d","site":"%s","firmware":"%d.%d.%d","readings":[%s],"note":"%s"}' % (
+            n, rng.choice(words), rng.randrange(10000), rng.choice(words), rng.randrange(5), rng.randrange(20),
+            rng.randrange(100), ",".join("%.2f" % rng.uniform(-40, 120) for _ in range(rng.randrange(4, 24))),
+            " ".join(rng.choice(words) for _ in range(rng.randrange(5, 40))))).encode()
+        key = b"rec:%d" % n
+        out.append(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key, len(value), value))
+        total += len(value)
+        n += 1
+    return b"".join(out)
+
+
+def wait_ready(host, name):
+    """Waits until the app runs on `host` (B) where it was moved to."""
+    if WORKLOAD != "redis":
+        wait_counting(host, name)
+        return
+    deadline = time.time() + 30
+    while docker(host, "inspect", "-f", "{{.State.Running}}", name) != "true":
+        if time.time() > deadline:
+            raise SystemExit(f"{name} does not run on {host}")
+        time.sleep(0.05)
 
 
 def wait_counting(host, name):
@@ -167,14 +229,13 @@ def ferry_rounds(size, repeat, work, insecure=False):
         for _ in range(repeat):
             name = "ferry-bench-mig"
             rm(A, name), rm(B, name)
-            docker(A, "run", "-d", "--name", name, IMAGE, "/counter", str(size), "100")
-            wait_counting(A, name)
+            start_app(A, name, size)
             out = run(FERRY, "--work-dir", os.path.join(work, "spool-a"), "-q", "migrate", name, "--to",
                       f"{PEER_ADDR}:{AGENT_PORT}", "--token-file", token, "--json", *mode, env=envs["a"])
             report = json.loads(out)
             # ferry's own VmHWM: `time -v` would count runc, a child of ~10 MiB.
             client_rss = max(client_rss, report["peak_rss_kib"])
-            wait_counting(B, name)
+            wait_ready(B, name)
             rows.append({"save": report["save_secs"], "transfer": report["transfer_secs"],
                          "resume": report["resume_secs"], "total": report["total_secs"],
                          "downtime": report["save_secs"] + report["transfer_secs"] + report["resume_secs"],
@@ -194,8 +255,7 @@ def paper_rounds(size, repeat, work):
     for _ in range(repeat):
         name = "ferry-bench-paper"
         rm(A, name), rm(B, name)
-        docker(A, "run", "-d", "--name", name, IMAGE, "/counter", str(size), "100")
-        wait_counting(A, name)
+        start_app(A, name, size)
         cid = docker(A, "inspect", "-f", "{{.Id}}", name)
         archive = os.path.join(work, "paper.tar")
         t0 = time.time()
@@ -208,13 +268,13 @@ def paper_rounds(size, repeat, work):
         else:
             moved = send_over_link(archive)
         t2 = time.time()
-        new = docker(B, "create", "--name", name, IMAGE, "/counter", str(size), "100")
+        new = docker(B, "create", "--name", name, *app(size))
         target = f"{B_ROOT}/containers/{new}/checkpoints"
         os.makedirs(target, exist_ok=True)
         run("tar", "-C", target, "-xf", moved)
         docker(B, "start", "--checkpoint", "cp", name)
         t3 = time.time()
-        wait_counting(B, name)
+        wait_ready(B, name)
         rows.append({"save": t1 - t0, "transfer": t2 - t1, "resume": t3 - t2, "total": t3 - t0, "downtime": t3 - t0,
                      "wire": os.path.getsize(archive)})
         os.remove(moved)
@@ -226,14 +286,16 @@ def paper_rounds(size, repeat, work):
 def podman_rounds(size, repeat, work):
     if not shutil.which("podman"):
         return None
-    subprocess.run(["podman", "load", "-q", "-i", "/var/cache/ferry-test/ferry-workload_latest.tar"], capture_output=True)
+    image, *command = app(size)
+    tar = "/var/cache/ferry-test/" + image.replace(":", "_").replace("/", "_") + ".tar"
+    subprocess.run(["podman", "load", "-q", "-i", tar], capture_output=True)
     rows = []
     for _ in range(repeat):
         name = "ferry-bench-podman"
         subprocess.run(["podman", "rm", "-f", name], capture_output=True)
         # This VM has no CAP_SYS_RESOURCE: podman must not raise rlimits.
         run("podman", "run", "-d", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096", "--name", name,
-            f"localhost/{IMAGE}", "/counter", str(size), "100")
+            f"localhost/{image}", *command)
         time.sleep(1)
         archive = os.path.join(work, "podman.tar")
         t0 = time.time()
@@ -331,8 +393,14 @@ def soak(hops, size):
 
 
 def main():
-    global PEER_ADDR
+    global PEER_ADDR, WORKLOAD
     args = sys.argv[1:]
+    if "--workload" in args:
+        i = args.index("--workload")
+        WORKLOAD = args[i + 1]
+        del args[i:i + 2]
+        if WORKLOAD not in ("counter", "redis"):
+            raise SystemExit(f"--workload {WORKLOAD}: use counter or redis")
     if args[:1] == ["--soak"]:
         hops = int(args[1])
         size = int(args[2]) if len(args) > 2 else 16
@@ -362,7 +430,8 @@ def main():
 
 
 def table(sizes, repeat, link):
-    print(f"link: {link + ' (RATE each way, DELAY one way)' if link else 'none (loopback)'}; medians of {repeat}")
+    print(f"link: {link + ' (RATE each way, DELAY one way)' if link else 'none (loopback)'}; medians of {repeat}; "
+          f"workload: {WORKLOAD}")
     print(f"{'MiB':>5} {'method':<22} {'save_s':>7} {'transfer_s':>10} {'resume_s':>8} {'downtime_s':>10} {'total_s':>7} "
           f"{'wire_MiB':>8}  notes")
     for size in sizes:
