@@ -207,38 +207,29 @@ fn repack(bytes: &[u8], edit: impl Fn(&mut serde_json::Value), extra: Option<&st
     for (index, entry) in archive.entries().unwrap().enumerate() {
         let mut entry = entry.unwrap();
         let mut header = entry.header().clone();
-        if index == 0 {
-            let mut manifest: serde_json::Value = {
-                let mut text = String::new();
-                entry.read_to_string(&mut text).unwrap();
-                serde_json::from_str(&text).unwrap()
-            };
+        let is_manifest = index == 0 || entry.path().unwrap().to_str() == Some("manifest.final.json");
+        if is_manifest {
+            let mut text = String::new();
+            entry.read_to_string(&mut text).unwrap();
+            let mut manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
             edit(&mut manifest);
             let text = serde_json::to_vec(&manifest).unwrap();
             header.set_size(text.len() as u64);
             header.set_cksum();
             builder.append(&header, text.as_slice()).unwrap();
-            if let Some(name) = extra {
-                let mut evil = tar::Header::new_old();
-                evil.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
-                evil.set_size(5);
-                evil.set_mode(0o644);
-                evil.set_entry_type(tar::EntryType::Regular);
-                evil.set_cksum();
-                builder.append(&evil, &b"owned"[..]).unwrap();
-            }
-        } else if entry.path().unwrap().to_str() == Some("manifest.final.json") {
-            let mut manifest: serde_json::Value = {
-                let mut text = String::new();
-                entry.read_to_string(&mut text).unwrap();
-                serde_json::from_str(&text).unwrap()
-            };
-            edit(&mut manifest);
-            let text = serde_json::to_vec(&manifest).unwrap();
-            header.set_size(text.len() as u64);
-            header.set_cksum();
-            builder.append(&header, text.as_slice()).unwrap();
-        } else if keep_seal || !matches!(entry.path().unwrap().to_str(), Some("manifest.sig" | "manifest.final.sig")) {
+        }
+        if index == 0
+            && let Some(name) = extra
+        {
+            let mut evil = tar::Header::new_old();
+            evil.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            evil.set_size(5);
+            evil.set_mode(0o644);
+            evil.set_entry_type(tar::EntryType::Regular);
+            evil.set_cksum();
+            builder.append(&evil, &b"owned"[..]).unwrap();
+        }
+        if !is_manifest && (keep_seal || !matches!(entry.path().unwrap().to_str(), Some("manifest.sig" | "manifest.final.sig"))) {
             builder.append(&header, &mut entry).unwrap();
         }
     }

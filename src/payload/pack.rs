@@ -109,18 +109,7 @@ pub(crate) fn pack(
     let encoder = FrameEncoder::with_frame_info(frame_info, counted);
     let mut builder = tar::Builder::new(encoder);
 
-    let mut header = entry_header(manifest_json.len() as u64, manifest.created_unix);
-    builder
-        .append_data(&mut header, MANIFEST_ENTRY, manifest_json.as_slice())
-        .map_err(|source| io_error(output_name, source))?;
-    let mut raw_bytes = manifest_json.len() as u64;
-    if let Some(signer) = signer {
-        let seal = serde_json::to_vec(&signer.seal(&manifest_json))
-            .map_err(|e| Error::Manifest(format!("cannot encode the seal: {e}")))?;
-        let mut header = entry_header(seal.len() as u64, manifest.created_unix);
-        builder.append_data(&mut header, SEAL_ENTRY, seal.as_slice()).map_err(|source| io_error(output_name, source))?;
-        raw_bytes += seal.len() as u64;
-    }
+    let mut raw_bytes = append_sealed(&mut builder, (MANIFEST_ENTRY, SEAL_ENTRY), &manifest_json, signer, manifest.created_unix)?;
 
     let mut delta_entries = 0;
     let mut digests = Vec::with_capacity(if one_pass { files.len() } else { 0 });
@@ -163,18 +152,7 @@ pub(crate) fn pack(
         manifest.validate()?;
         let final_json = serde_json::to_vec_pretty(manifest)
             .map_err(|e| Error::Manifest(format!("cannot encode manifest: {e}")))?;
-        let mut header = entry_header(final_json.len() as u64, manifest.created_unix);
-        builder
-            .append_data(&mut header, TRAILER_ENTRY, final_json.as_slice())
-            .map_err(|source| io_error(output_name, source))?;
-        raw_bytes += final_json.len() as u64;
-        if let Some(signer) = signer {
-            let seal = serde_json::to_vec(&signer.seal(&final_json))
-                .map_err(|e| Error::Manifest(format!("cannot encode the seal: {e}")))?;
-            let mut header = entry_header(seal.len() as u64, manifest.created_unix);
-            builder.append_data(&mut header, TRAILER_SEAL, seal.as_slice()).map_err(|source| io_error(output_name, source))?;
-            raw_bytes += seal.len() as u64;
-        }
+        raw_bytes += append_sealed(&mut builder, (TRAILER_ENTRY, TRAILER_SEAL), &final_json, signer, manifest.created_unix)?;
     }
 
     let encoder = builder.into_inner().map_err(|source| io_error(output_name, source))?;
@@ -183,6 +161,23 @@ pub(crate) fn pack(
         .map_err(|e| io_error(output_name, io::Error::other(e)))?;
     counted.flush().map_err(|source| io_error(output_name, source))?;
     Ok(PackStats { raw_bytes, compressed_bytes: counted.count, delta_entries })
+}
+
+/// Appends a manifest's bytes as the entry `names.0`, and its seal as
+/// `names.1` when there is a `signer`. Returns the bytes appended.
+fn append_sealed(
+    builder: &mut tar::Builder<impl Write>,
+    names: (&str, &str),
+    json: &[u8],
+    signer: Option<&dyn Sign>,
+    mtime: u64,
+) -> Result<u64> {
+    let output = |source| io_error(Path::new("payload output"), source);
+    builder.append_data(&mut entry_header(json.len() as u64, mtime), names.0, json).map_err(output)?;
+    let Some(signer) = signer else { return Ok(json.len() as u64) };
+    let seal = serde_json::to_vec(&signer.seal(json)).map_err(|e| Error::Manifest(format!("cannot encode the seal: {e}")))?;
+    builder.append_data(&mut entry_header(seal.len() as u64, mtime), names.1, seal.as_slice()).map_err(output)?;
+    Ok((json.len() + seal.len()) as u64)
 }
 
 /// A reader that hashes and counts what passes through it.

@@ -405,24 +405,10 @@ fn older_formats_still_restore_with_sha256_and_format_1_never_carries_a_seal() {
 /// The payload with its manifest's bytes changed by `edit`, every other
 /// entry (the seal included) as it was.
 fn rewrite_manifest(payload: &[u8], edit: impl Fn(&mut Vec<u8>)) -> Vec<u8> {
-    let mut archive = tar::Archive::new(lz4_flex::frame::FrameDecoder::new(payload));
-    let mut out = tar::Builder::new(Vec::new());
-    for entry in archive.entries().unwrap() {
-        let mut entry = entry.unwrap();
-        let path = entry.path().unwrap().to_string_lossy().into_owned();
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
-        if path == MANIFEST_ENTRY {
-            edit(&mut bytes);
-        }
-        let mut header = entry.header().clone();
-        header.set_size(bytes.len() as u64);
-        header.set_cksum();
-        out.append(&header, bytes.as_slice()).unwrap();
-    }
-    let mut encoder = FrameEncoder::with_frame_info(FrameInfo::new(), Vec::new());
-    encoder.write_all(&out.into_inner().unwrap()).unwrap();
-    encoder.finish().unwrap()
+    let mut entries = one_pass::entries(payload);
+    let manifest = entries.iter_mut().find(|(path, ..)| path == MANIFEST_ENTRY).expect("a manifest");
+    edit(&mut manifest.2);
+    one_pass::payload(&entries)
 }
 
 /// A payload of `files` packed as a delta against what `base_dir` holds.

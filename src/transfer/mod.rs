@@ -40,6 +40,7 @@
 pub(crate) mod agent;
 pub(crate) mod balance;
 pub(crate) mod client;
+mod downtime;
 mod fleet;
 mod handover;
 pub(crate) mod http;

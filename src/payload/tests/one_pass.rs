@@ -9,7 +9,7 @@ use super::super::*;
 use super::{manifest, pack_one_pass, packed, FixedSigner, Recording, Scratch};
 
 /// The payload's entries: (path, header, bytes).
-fn entries(payload: &[u8]) -> Vec<(String, tar::Header, Vec<u8>)> {
+pub(super) fn entries(payload: &[u8]) -> Vec<(String, tar::Header, Vec<u8>)> {
     let mut archive = tar::Archive::new(FrameDecoder::new(payload));
     let mut out = Vec::new();
     for entry in archive.entries().unwrap() {
@@ -23,7 +23,7 @@ fn entries(payload: &[u8]) -> Vec<(String, tar::Header, Vec<u8>)> {
 }
 
 /// A payload of these entries, every header kept but its size.
-fn payload(entries: &[(String, tar::Header, Vec<u8>)]) -> Vec<u8> {
+pub(super) fn payload(entries: &[(String, tar::Header, Vec<u8>)]) -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
     for (_, header, bytes) in entries {
         let mut header = header.clone();
