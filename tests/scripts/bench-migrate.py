@@ -115,7 +115,11 @@ def start_app(host, name, size):
     if WORKLOAD != "redis":
         wait_counting(host, name)
         return
-    ip = docker(host, "inspect", "-f", "{{.NetworkSettings.IPAddress}}", name)
+    fill_redis(docker(host, "inspect", "-f", "{{.NetworkSettings.IPAddress}}", name), name, size)
+
+
+def fill_redis(ip, name, size):
+    """Waits for the Redis at `ip` and fills it with SIZE MiB of records."""
     deadline = time.time() + 30
     while subprocess.run(["redis-cli", "-h", ip, "ping"], capture_output=True, text=True).stdout.strip() != "PONG":
         if time.time() > deadline:
@@ -296,7 +300,10 @@ def podman_rounds(size, repeat, work):
         # This VM has no CAP_SYS_RESOURCE: podman must not raise rlimits.
         run("podman", "run", "-d", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096", "--name", name,
             f"localhost/{image}", *command)
-        time.sleep(1)
+        if WORKLOAD == "redis":
+            fill_redis(run("podman", "inspect", "-f", "{{.NetworkSettings.IPAddress}}", name), name, size)
+        else:
+            time.sleep(1)
         archive = os.path.join(work, "podman.tar")
         t0 = time.time()
         run("podman", "container", "checkpoint", "--export", archive, name)
