@@ -26,12 +26,13 @@ const DRAIN_LIMIT: u64 = 64 << 30;
 /// Serves until the listener fails. Each connection has its own thread.
 /// With `tls` every connection is mutual TLS 1.3; without, plain HTTP.
 pub(crate) fn serve(agent: &Agent, listen: &str, tls: Option<std::sync::Arc<super::tls::Acceptor>>) -> Result<()> {
+    // Before the port is open: whoever reaches the agent finds no leftovers.
+    agent.clean_spool();
     let mut server = http::Server::bind(listen, http::Limits::default())
         .map_err(|e| Error::new(Kind::Usage, format!("cannot listen on {listen}: {e}")))?;
     if let Some(acceptor) = tls {
         server = server.with_tls(acceptor);
     }
-    agent.clean_spool();
     log::info!("agent listening on {listen}, spool {}", agent.settings.spool.display());
     thread::scope(|scope| {
         if let Some(after) = agent.settings.failover_after {
