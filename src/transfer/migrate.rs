@@ -465,7 +465,7 @@ fn send_payload(
     sending: Sending<'_>,
 ) -> (Result<(RestoreReport, PackStats)>, f64) {
     let Sending { io_buffer, pace, offer, sent, one_pass } = sending;
-    let (mut payload_reader, payload_writer) = match io::pipe() {
+    let (mut payload_reader, payload_writer) = match super::payload_pipe() {
         Ok(pipe) => pipe,
         Err(e) => return (Err(io_error("cannot make a pipe", e)), 0.0),
     };

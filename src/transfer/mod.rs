@@ -288,6 +288,23 @@ pub(crate) fn status_for(kind: Kind) -> u16 {
     }
 }
 
+/// The pipe a packer thread writes a payload into and an HTTP body reads it
+/// from. Linux's default pipe holds 64 KiB, so packer and sender would take
+/// turns every 64 KiB; a larger one (1 MiB, kernel memory, not the process's)
+/// lets each run on its own core. Best effort: a kernel that refuses keeps 64 KiB.
+pub(crate) fn payload_pipe() -> std::io::Result<(std::io::PipeReader, std::io::PipeWriter)> {
+    use std::os::fd::AsRawFd;
+    let (reader, writer) = std::io::pipe()?;
+    // SAFETY: fcntl on a descriptor this function owns; no memory is passed.
+    let resized = unsafe { libc::fcntl(writer.as_raw_fd(), libc::F_SETPIPE_SZ, PAYLOAD_PIPE_BYTES) };
+    if resized < 0 {
+        log::debug!("the payload pipe keeps its default size: {}", std::io::Error::last_os_error());
+    }
+    Ok((reader, writer))
+}
+
+const PAYLOAD_PIPE_BYTES: libc::c_int = 1 << 20;
+
 #[cfg(test)]
 mod tests {
     use super::*;

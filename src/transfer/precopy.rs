@@ -18,7 +18,7 @@
 //! link carries it is seen after round 1 (its delta is most of round 0) and
 //! migrated without more rounds: pre-copy never loops on a losing race.
 
-use std::io::{self, BufWriter};
+use std::io::BufWriter;
 use std::sync::atomic::AtomicU64;
 use std::thread;
 use std::time::Instant;
@@ -129,7 +129,7 @@ fn one_round(
     let checkpoint_options = checkpoint::Options { tuning: options.tuning, leave_running: true, fast: options.fast };
     let mut taken = checkpoint::take(engine, info, carryable, &checkpoint_options)?;
     let freeze_secs = taken.frozen_secs;
-    let (mut reader, writer) = io::pipe().map_err(|e| io_error("cannot make a pipe", e))?;
+    let (mut reader, writer) = super::payload_pipe().map_err(|e| io_error("cannot make a pipe", e))?;
     let sent = AtomicU64::new(0);
     let (answer, packed) = thread::scope(|scope| {
         let packer = scope.spawn(|| {
