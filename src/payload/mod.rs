@@ -1,7 +1,7 @@
 //! The payload format: one tar stream in lz4 frames, `manifest.json` first.
 //!
 //! ```text
-//! lz4 frame (64 KiB blocks)
+//! lz4 frame (64 KiB blocks, each compressed or stored: lz4.rs)
 //! └─ tar
 //!    ├─ manifest.json          what was packed, from where, and the digest of every entry
 //!                              (BLAKE3 from format 3, SHA-256 in formats 1 and 2; format 5:
@@ -26,6 +26,7 @@
 
 pub(crate) mod delta;
 pub(crate) mod images;
+mod lz4;
 mod manifest;
 mod pack;
 mod seal;

@@ -4,9 +4,8 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use lz4_flex::frame::{FrameEncoder, FrameInfo};
-
 use super::delta::{self, Encoder, Offer, Plan};
+use super::lz4::Lz4Writer;
 use super::manifest::{DeltaSpec, FORMAT_DELTA, FORMAT_STREAMED, FORMAT_WHOLE};
 use super::seal::{Sign, SEAL_ENTRY};
 use super::{digest_hex, Counting, DigestKind, Entry, Error, Manifest, Result, MANIFEST_ENTRY, TRAILER_ENTRY, TRAILER_SEAL};
@@ -104,9 +103,7 @@ pub(crate) fn pack(
 
     let output_name = Path::new("payload output");
     let counted = Counting::new(output);
-    let mut frame_info = FrameInfo::new();
-    frame_info.block_size = block;
-    let encoder = FrameEncoder::with_frame_info(frame_info, counted);
+    let encoder = Lz4Writer::new(counted, block);
     let mut builder = tar::Builder::new(encoder);
 
     let mut raw_bytes = append_sealed(&mut builder, (MANIFEST_ENTRY, SEAL_ENTRY), &manifest_json, signer, manifest.created_unix)?;
@@ -156,9 +153,7 @@ pub(crate) fn pack(
     }
 
     let encoder = builder.into_inner().map_err(|source| io_error(output_name, source))?;
-    let mut counted = encoder
-        .finish()
-        .map_err(|e| io_error(output_name, io::Error::other(e)))?;
+    let mut counted = encoder.finish().map_err(|source| io_error(output_name, source))?;
     counted.flush().map_err(|source| io_error(output_name, source))?;
     Ok(PackStats { raw_bytes, compressed_bytes: counted.count, delta_entries })
 }
