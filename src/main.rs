@@ -54,7 +54,7 @@ struct Cli {
     /// folder for checkpoints in transit (default: $FERRY_WORK_DIR, else /var/lib/ferry)
     #[argh(option)]
     work_dir: Option<PathBuf>,
-    /// log more (debug); FERRY_LOG=trace|debug|info|warn|error sets the level too
+    /// log more (debug); FERRY_LOG=debug|info|warn|error sets the level too
     #[argh(switch, short = 'v')]
     verbose: bool,
     /// log errors only
