@@ -206,9 +206,9 @@ fn runc_root(taken: &Taken) -> Option<PathBuf> {
 
 type Captured = (RootfsChanges, Vec<(String, PathBuf)>);
 
-/// The fast path (see `runc.rs`): freeze the container, capture its files
-/// while Docker still has them mounted (a stopped container's files cost a
-/// mount per API call, 0.1 s here), then let runc dump the frozen processes.
+/// The fast path (see `runc.rs`): freeze the container, then capture its
+/// files (while Docker still has them mounted: a stopped container's files
+/// cost a mount per API call, 0.1 s here) as runc dumps the frozen processes.
 /// `None` when runc failed but the container runs again, so that Docker's API
 /// can take over.
 fn dump_with_runc(
@@ -230,16 +230,21 @@ fn dump_with_runc(
         log::warn!("{reason}; using Docker's checkpoint API");
         return Ok(None);
     }
-    let captured = match rootfs::capture(engine, &taken.container_id, rootfs_dir) {
-        Ok(captured) => captured,
-        Err(error) => {
-            thaw("capturing the container's files failed");
-            return Err(error);
-        }
-    };
+    // The files are captured while CRIU dumps: both only read the frozen
+    // container, and each keeps a core busy (Docker's archive API runs a
+    // helper process; runc and CRIU the other).
     let work = taken.job.path().join("criu-work");
-    match runc::checkpoint(root, &taken.container_id, images, &work, leave_running) {
-        Ok(()) => {
+    let id = taken.container_id.as_str();
+    let (captured, dumped) = std::thread::scope(|scope| {
+        let capturing = scope.spawn(|| rootfs::capture(engine, id, rootfs_dir));
+        let dumped = runc::checkpoint(root, id, images, &work, leave_running);
+        let captured = capturing
+            .join()
+            .unwrap_or_else(|_| Err(Error::new(Kind::Failure, "the thread capturing the container's files panicked")));
+        (captured, dumped)
+    });
+    match (dumped, captured) {
+        (Ok(()), captured) => {
             taken.checkpoint_path = "runc";
             taken.stopped = !leave_running;
             if leave_running {
@@ -247,10 +252,13 @@ fn dump_with_runc(
                 thaw("the checkpoint was taken");
             }
             taken.frozen_secs = seconds_since(frozen);
-            Ok(Some(captured))
+            // Files not captured: the caller starts the app again from
+            // this checkpoint (it was stopped) and says why.
+            captured.map(Some)
         }
-        Err(reason) => {
+        (Err(reason), captured) => {
             thaw("the checkpoint failed");
+            captured?;
             let running = engine.inspect_container(&taken.container_id).is_ok_and(|i| i.state.running);
             if !running {
                 return Err(Error::new(Kind::Criu, format!("CRIU could not checkpoint '{}': {reason}", taken.name)));
