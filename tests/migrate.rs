@@ -62,6 +62,9 @@ fn expect_peer_failure(out: &std::process::Output, message: &str) {
 fn migrate_a_to_b_and_back_keeps_counter_and_memory() {
     let mut hosts = TwoHosts::new("hop", &[]);
     let (name, sum) = hosts.counter_on_a("ferry-e2e-hop", 16, &[]);
+    let leftovers = containerd_leftovers();
+    let on_b = all_containers(ENGINE_B);
+    let state = read_container_file(ENGINE_A, &name, "/ferry-state.txt", &hosts.scratch).expect("the counter's state file");
 
     let before = latest_count(ENGINE_A, &name);
     let out = hosts.migrate_a_to(&name, &hosts.agent_b.addr, &["--json"]);
@@ -78,6 +81,17 @@ fn migrate_a_to_b_and_back_keeps_counter_and_memory() {
     let first_on_b = first_count(ENGINE_B, &name);
     assert!(first_on_b > before, "counter restarted on B: {first_on_b} after {before}");
     assert_eq!(memory_check(ENGINE_B, &name), sum);
+    // Its files came too (put in while its memory still arrived), and what
+    // it deleted from its image stays deleted.
+    assert_eq!(read_container_file(ENGINE_B, &name, "/ferry-state.txt", &hosts.scratch).as_ref(), Some(&state));
+    assert!(read_container_file(ENGINE_B, &name, "/ferry-delete-me", &hosts.scratch).is_none());
+    // One container more on B, under the app's name: none created early is left.
+    let mut expected = on_b.clone();
+    expected.push(name.clone());
+    expected.sort();
+    let mut now_on_b = all_containers(ENGINE_B);
+    now_on_b.sort();
+    assert_eq!(now_on_b, expected);
 
     // And back, driven from B's side.
     let before = wait_until_counting(ENGINE_B, &name);
@@ -92,7 +106,8 @@ fn migrate_a_to_b_and_back_keeps_counter_and_memory() {
     let first_on_a = first_count(ENGINE_A, &name);
     assert!(first_on_a > before, "counter restarted on A: {first_on_a} after {before}");
     assert_eq!(memory_check(ENGINE_A, &name), sum);
-    assert_eq!(containerd_leftovers(), 0, "containerd's checkpoint extractions were left in /tmp");
+    assert_eq!(read_container_file(ENGINE_A, &name, "/ferry-state.txt", &hosts.scratch).as_ref(), Some(&state));
+    assert_eq!(containerd_leftovers(), leftovers, "containerd's checkpoint extractions were left in /tmp");
 }
 
 #[test]
@@ -239,10 +254,14 @@ fn payload_corrupted_in_flight_is_refused_by_checksum() {
     let mut hosts = TwoHosts::insecure("corrupt-plain", &[]);
     let (name, sum) = hosts.counter_on_a("ferry-e2e-corrupt-plain", 16, &[]);
     let counted = latest_count(ENGINE_A, &name);
+    let on_b = all_containers(ENGINE_B);
     let proxy = flipping_proxy(&hosts.agent_b.addr, 4 << 20);
     let out = hosts.migrate_a_to(&name, &proxy, &[]);
     expect_peer_failure(&out, "damaged");
     hosts.still_on_a_only(&name, counted, &sum);
+    // The flip is in the app's memory, behind its files: the container B
+    // created early, with those files put in, went when the digest failed.
+    assert_eq!(all_containers(ENGINE_B), on_b);
 }
 
 #[test]

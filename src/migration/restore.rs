@@ -161,7 +161,25 @@ pub(crate) fn prepare(engine: &Engine, info: &Info, dir: &Path, manifest: &Manif
 /// the payload still arrives, under a name of its own ([`early_name`]):
 /// [`prepare_with`] renames it instead of creating one. Whatever fails, or if
 /// it is dropped unused, it is removed.
-pub(crate) struct Early<'a>(CreatedContainer<'a>);
+pub(crate) struct Early<'a> {
+    created: CreatedContainer<'a>,
+    /// Whether the payload's archives of the app's files are in it.
+    files_put: bool,
+}
+
+impl Early<'_> {
+    /// Puts the app's files into the container as soon as their archives
+    /// (which lead the payload) are whole in `dir`, while the app's memory
+    /// still arrives. The container is never started unless the whole
+    /// payload checks out; otherwise it goes, files and all. Best effort:
+    /// on failure [`prepare_with`] puts them, and explains a failure again.
+    pub(crate) fn put_files(&mut self, dir: &Path, manifest: &Manifest) {
+        match rootfs::put_archives(self.created.engine, &self.created.id, dir, manifest) {
+            Ok(()) => self.files_put = true,
+            Err(e) => log::debug!("putting the app's files in early: {e}"),
+        }
+    }
+}
 
 /// The name of the container created early for the handover `migration`:
 /// it cannot collide with an app's, and an agent that stopped while the
@@ -182,7 +200,7 @@ pub(crate) fn create_early<'a>(engine: &'a Engine, manifest: &Manifest, migratio
     create(engine, manifest, &early_name(migration), board)
         .inspect_err(|e| log::debug!("creating the container early: {e}"))
         .ok()
-        .map(Early)
+        .map(|created| Early { created, files_put: false })
 }
 
 /// [`prepare`], with the container created `early` if it was.
@@ -229,12 +247,12 @@ pub(crate) fn prepare_with(
         }
     }
 
-    let created = match early {
-        Some(Early(created)) => {
+    let (created, files_put) = match early {
+        Some(Early { created, files_put }) => {
             engine.rename_container(&created.id, name).map_err(|e| creating_error(name, e))?;
-            created
+            (created, files_put)
         }
-        None => create(engine, manifest, name, options.board)?,
+        None => (create(engine, manifest, name, options.board)?, false),
     };
     let id = created.id.clone();
     if manifest.mode == Mode::Criu {
@@ -242,7 +260,11 @@ pub(crate) fn prepare_with(
         // nothing else moves the restored process into this one.
         cgroup::follow_new_container(engine, info, &id, &dir.join(payload::CHECKPOINT_DIR))?;
     }
-    rootfs::apply(engine, info, &id, dir, manifest)?;
+    if files_put {
+        rootfs::delete_again(engine, info, &id, manifest)?;
+    } else {
+        rootfs::apply(engine, info, &id, dir, manifest)?;
+    }
     created.disarm();
     Ok(Prepared {
         container: name.to_string(),

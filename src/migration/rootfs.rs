@@ -60,6 +60,12 @@ pub(crate) fn capture(engine: &Engine, id: &str, dir: &Path) -> Result<(RootfsCh
 /// Puts the app's own files back into the created container `id`, and
 /// deletes what it had deleted.
 pub(crate) fn apply(engine: &Engine, info: &Info, id: &str, dir: &Path, manifest: &Manifest) -> Result<()> {
+    put_archives(engine, id, dir, manifest)?;
+    delete_again(engine, info, id, manifest)
+}
+
+/// Puts the payload's archives of the app's files into the created container `id`.
+pub(crate) fn put_archives(engine: &Engine, id: &str, dir: &Path, manifest: &Manifest) -> Result<()> {
     for archive in &manifest.rootfs.archives {
         let path = dir.join(&archive.entry);
         let mut file = File::open(&path).map_err(|e| io_error(path.display(), e))?;
@@ -67,6 +73,11 @@ pub(crate) fn apply(engine: &Engine, info: &Info, id: &str, dir: &Path, manifest
             .archive_put(id, &archive.target_dir, &mut file)
             .map_err(|e| Error::from(e).context(format!("putting back the app's files in {}", archive.target_dir)))?;
     }
+    Ok(())
+}
+
+/// Deletes again, in the created container `id`, what the app had deleted.
+pub(crate) fn delete_again(engine: &Engine, info: &Info, id: &str, manifest: &Manifest) -> Result<()> {
     if manifest.rootfs.deleted.is_empty() {
         return Ok(());
     }

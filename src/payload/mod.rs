@@ -46,7 +46,7 @@ pub(crate) use seal::Unchecked;
 pub(crate) use seal::{Seal, Sign, Signer, Verify, SEAL_ENTRY};
 #[cfg(any(test, fuzzing))]
 pub(crate) use unpack::unpack;
-pub(crate) use unpack::{unpack_with, verify_tree, Receive, Unpacked};
+pub(crate) use unpack::{unpack_with, verify_tree, Arrived, Receive, Unpacked};
 
 /// Archive path of the manifest, always the first entry.
 pub(crate) const MANIFEST_ENTRY: &str = "manifest.json";

@@ -63,9 +63,18 @@ pub(crate) struct Receive<'a> {
     pub keep_partial: bool,
     /// Set, to the manifest's container name, once the seal is accepted.
     pub sealed_container: std::cell::OnceCell<String>,
-    /// Shown the leading manifest once its seal is accepted, before any
-    /// entry is read: what the payload will be if all of it checks out.
-    pub on_sealed: Option<&'a dyn Fn(&Manifest)>,
+    /// Told what arrives, as it arrives (see [`Arrived`]).
+    pub on_arrival: Option<&'a dyn Fn(Arrived<'_>)>,
+}
+
+/// What a receiver learns while a payload arrives, in this order.
+pub(crate) enum Arrived<'a> {
+    /// The leading manifest, its seal accepted, before any entry is read:
+    /// what the payload will be if all of it checks out.
+    Sealed(&'a Manifest),
+    /// An entry now whole in the folder. Format 5 checks its digest only
+    /// with the closing manifest: nothing may leave the folder before.
+    Written(&'a str),
 }
 
 /// [`unpack`], with delta entries rebuilt from `receive.base`.
@@ -154,9 +163,12 @@ fn unpack_into(
     }
     let signer = verify.verify(&manifest_json, seal.as_ref()).map_err(Error::Signature)?;
     let _ = receive.sealed_container.set(manifest.container.name.clone());
-    if let Some(on_sealed) = receive.on_sealed {
-        on_sealed(&manifest);
-    }
+    let arrived = |what: Arrived<'_>| {
+        if let Some(on_arrival) = receive.on_arrival {
+            on_arrival(what);
+        }
+    };
+    arrived(Arrived::Sealed(&manifest));
     let base = match (&manifest.delta, receive.base) {
         (Some(_), Some(resolve)) => resolve(&manifest.container.name),
         _ => None,
@@ -257,12 +269,15 @@ fn unpack_into(
             _ => copy_hashing(&mut (&mut entry).take(listed.size), &mut file, &mut buffer, &target, kind)?,
         };
         if streamed && size == listed.size {
+            arrived(Arrived::Written(&path));
             computed.insert(path, digest);
         } else if size != listed.size || digest != expected {
             return Err(Error::Checksum {
                 entry: path,
                 detail: format!("{size} bytes with {} {digest}, manifest says {} bytes with {expected}", kind.name(), listed.size),
             });
+        } else {
+            arrived(Arrived::Written(&path));
         }
     }
     drop(rest);

@@ -23,6 +23,12 @@ pub(super) const RECORDS_KEPT_SECS: u64 = 30 * 24 * 3600;
 /// once dockerd has had this long to finish the start it was asked for.
 const START_SETTLES_SECS: u64 = 60;
 
+/// What the receiving thread tells the one creating the container early.
+enum Note {
+    Sealed(Box<crate::payload::Manifest>),
+    Written(String),
+}
+
 impl Agent {
     /// Unpacks into the ledger's folder for `id`, verifies, and prepares.
     pub(super) fn receive_and_prepare(
@@ -41,19 +47,40 @@ impl Agent {
         let body = BufReader::with_capacity(self.settings.tuning.io_buffer, body);
         let resolve = self.resolver(caller);
         // The container is created, from the sealed leading manifest, while
-        // the rest of the payload arrives; it runs only once all of it has
-        // been checked and the source commits.
-        let (sealed, created) = std::sync::mpsc::channel::<crate::payload::Manifest>();
-        let (engine, board) = (&self.engine, options.board);
+        // the rest of the payload arrives, and the app's files (whose
+        // archives lead the payload) are put in as soon as they are here; it
+        // runs only once all of it has been checked and the source commits.
+        let (notes, noted) = std::sync::mpsc::channel::<Note>();
+        let (engine, board, payload_dir) = (&self.engine, options.board, dir.as_path());
         let (unpacked, early) = std::thread::scope(|scope| {
-            let creator = scope.spawn(move || created.recv().ok().and_then(|m| restore::create_early(engine, &m, id, board)));
-            let on_sealed = move |manifest: &crate::payload::Manifest| {
-                let _ = sealed.send(manifest.clone());
+            let creator = scope.spawn(move || {
+                let Ok(Note::Sealed(manifest)) = noted.recv() else { return None };
+                let mut early = restore::create_early(engine, &manifest, id, board)?;
+                let mut awaited: std::collections::BTreeSet<&str> =
+                    manifest.rootfs.archives.iter().map(|a| a.entry.as_str()).collect();
+                while !awaited.is_empty() {
+                    match noted.recv() {
+                        Ok(Note::Written(entry)) => awaited.remove(entry.as_str()),
+                        Ok(Note::Sealed(_)) => false,
+                        Err(_) => return Some(early),
+                    };
+                }
+                if !manifest.rootfs.archives.is_empty() {
+                    early.put_files(payload_dir, &manifest);
+                }
+                Some(early)
+            });
+            let on_arrival = move |arrived: crate::payload::Arrived<'_>| {
+                let note = match arrived {
+                    crate::payload::Arrived::Sealed(manifest) => Note::Sealed(Box::new(manifest.clone())),
+                    crate::payload::Arrived::Written(entry) => Note::Written(entry.to_string()),
+                };
+                let _ = notes.send(note);
             };
             let receive = crate::payload::Receive {
                 base: Some(&resolve),
                 keep_partial: true,
-                on_sealed: Some(&on_sealed),
+                on_arrival: Some(&on_arrival),
                 ..Default::default()
             };
             let unpacked = restore::unpack_verified(body, &dir, &info, &options, &receive).inspect_err(|_| {
@@ -66,7 +93,7 @@ impl Agent {
                 }
             });
             drop(receive);
-            drop(on_sealed);
+            drop(on_arrival);
             (unpacked, creator.join().ok().flatten())
         });
         // A refused payload's early container goes with `early`; a prepared

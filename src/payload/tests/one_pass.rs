@@ -87,6 +87,27 @@ fn the_manifest_leads_with_sizes_and_closes_with_every_digest() {
 }
 
 #[test]
+fn the_receiver_hears_of_the_seal_first_then_of_each_entry_whole_in_payload_order() {
+    let scratch = Scratch::new("one-pass-arrivals");
+    let (payload, files) = sealed(&scratch);
+    let heard = std::cell::RefCell::new(Vec::new());
+    let dest = scratch.path().join("dest");
+    let on_arrival = |arrived: Arrived<'_>| {
+        let note = match arrived {
+            Arrived::Sealed(manifest) => format!("sealed {}", manifest.entries.len()),
+            // Whole: every byte the manifest lists is in the folder already.
+            Arrived::Written(entry) => format!("{entry} {}", fs::metadata(dest.join(entry)).unwrap().len()),
+        };
+        heard.borrow_mut().push(note);
+    };
+    let receive = Receive { on_arrival: Some(&on_arrival), ..Default::default() };
+    unpack_with(payload.as_slice(), &dest, "x86_64", None, &Recording::default(), &receive).unwrap();
+    let mut expected = vec![format!("sealed {}", files.len())];
+    expected.extend(files.iter().map(|(name, original)| format!("{name} {}", fs::metadata(original).unwrap().len())));
+    assert_eq!(*heard.borrow(), expected);
+}
+
+#[test]
 fn a_changed_byte_is_refused_at_the_end_and_nothing_stays() {
     let scratch = Scratch::new("one-pass-flipped");
     let (original, _) = sealed(&scratch);
