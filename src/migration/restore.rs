@@ -77,6 +77,8 @@ pub(crate) struct Restored {
     pub compressed_bytes: u64,
     /// ferry's own peak RSS (on an agent: since the agent started).
     pub peak_rss_kib: u64,
+    /// CRIU's own restore time, from the statistics it left (0: none).
+    pub criu_restore_secs: f64,
 }
 
 /// Unpacks a payload stream into a `label-*` folder of the work dir, verifies
@@ -321,11 +323,16 @@ pub(crate) fn commit(engine: &Engine, info: &Info, prepared: &Prepared, fast: bo
         ));
     }
     created.disarm();
+    let [task_dir, _] = resume::task_dirs(&info.docker_root_dir, &prepared.id);
+    let criu_restore_secs = crate::bench::criu_stats::read_restore(&task_dir.join("stats-restore"))
+        .filter(|_| prepared.mode == Mode::Criu)
+        .map_or(0.0, |s| s.restore_time_us as f64 / 1e6);
     Ok(Restored {
         container: name.clone(),
         id: prepared.id.clone(),
         mode: prepared.mode.as_str(),
         restore_secs: seconds_since(started),
+        criu_restore_secs,
         ..Restored::default()
     })
 }

@@ -21,7 +21,9 @@
 //! and the receiver checks each entry as it arrives. Format 5 takes one pass:
 //! the sender hashes as it sends, and the receiver, which writes only into its
 //! own new folder, checks every entry against the closing manifest before it
-//! answers — nothing is used from a payload before all of it is checked.
+//! answers — nothing is used from a payload before all of it is checked (but
+//! an agent's early container, never started before, gets the app's files:
+//! see [`Arrived`]).
 //! This module knows nothing of Docker: it packs files and unpacks streams.
 
 pub(crate) mod delta;

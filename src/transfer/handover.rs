@@ -118,6 +118,7 @@ impl Agent {
             compressed_bytes: unpacked.compressed_bytes,
             peak_rss_kib: host::peak_rss_kib(),
             restore_secs: 0.0,
+            criu_restore_secs: 0.0,
         };
         Ok((report, prepared))
     }

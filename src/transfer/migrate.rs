@@ -136,6 +136,12 @@ pub(crate) struct Report {
     pub critical_path: Vec<Step>,
     /// How long the source's sending and the peer's receiving ran at once.
     pub overlap_secs: f64,
+    /// CRIU's own figures, from its statistics (0 when it kept none): how
+    /// long the app's processes were frozen for the dump here, and how long
+    /// the restore took on the peer. Everything else in `save_secs` and
+    /// `resume_secs` is runc's and Docker's work around them.
+    pub criu_frozen_secs: f64,
+    pub peer_criu_restore_secs: f64,
 }
 
 /// Moves `container` to the agent `peer`. Everything that can be checked is
@@ -200,6 +206,8 @@ pub(crate) fn migrate(engine: &Engine, peer: &Peer, container: &str, options: &O
     let mut taken = checkpoint::take(engine, &info, &carryable, &checkpoint_options).inspect_err(|_| journal.remove(&entry.id))?;
     report.save_secs = taken.checkpoint_secs;
     report.checkpoint_path = taken.checkpoint_path;
+    report.criu_frozen_secs =
+        crate::bench::criu_stats::read_dump(&taken.stats_dump()).map_or(0.0, |s| s.frozen_time_us as f64 / 1e6);
     entry.phase = Phase::Transferring;
     entry.checkpoint = Some(taken.job_path().to_path_buf());
     if let Err(error) = journal.record(&entry) {
@@ -292,6 +300,7 @@ pub(crate) fn migrate(engine: &Engine, peer: &Peer, container: &str, options: &O
     report.bytes_sent_total = sent.load(Ordering::Relaxed);
     report.raw_bytes = stats.raw_bytes;
     report.resume_secs = restored.restore_secs;
+    report.peer_criu_restore_secs = restored.criu_restore_secs;
     report.peer_container_id = restored.id.clone();
     report.peer_peak_rss_kib = restored.peak_rss_kib;
 

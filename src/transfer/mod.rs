@@ -200,6 +200,10 @@ pub(crate) struct RestoreReport {
     /// before the commit; `restore_secs` is then the start alone).
     #[serde(default)]
     pub prepare_secs: f64,
+    /// CRIU's own restore time, from its statistics (0: none kept, or an
+    /// older agent).
+    #[serde(default)]
+    pub criu_restore_secs: f64,
 }
 
 impl From<Restored> for RestoreReport {
@@ -214,6 +218,7 @@ impl From<Restored> for RestoreReport {
             compressed_bytes: restored.compressed_bytes,
             peak_rss_kib: restored.peak_rss_kib,
             prepare_secs: 0.0,
+            criu_restore_secs: restored.criu_restore_secs,
         }
     }
 }

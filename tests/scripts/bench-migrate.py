@@ -244,6 +244,8 @@ def ferry_rounds(size, repeat, work, insecure=False):
                          "resume": report["resume_secs"], "total": report["total_secs"],
                          "downtime": report["save_secs"] + report["transfer_secs"] + report["resume_secs"],
                          "wire": report["bytes_sent"], "raw": report["raw_bytes"],
+                         "criu_frozen": report.get("criu_frozen_secs", 0.0),
+                         "criu_restore": report.get("peer_criu_restore_secs", 0.0),
                          "path": {s["step"]: s["end_secs"] - s["start_secs"] for s in report.get("critical_path", [])},
                          "starts": {s["step"]: s["start_secs"] for s in report.get("critical_path", [])}})
             rm(B, name)
@@ -468,6 +470,7 @@ def table(sizes, repeat, link):
         print(f"{size:>5} {'lz4':<22} {median(ferry, 'raw') / max(median(ferry, 'wire'), 1):>7.2f}x (raw/wire: "
               f"{median(ferry, 'raw') / (1 << 20):.1f} MiB of checkpoint, {median(ferry, 'wire') / (1 << 20):.1f} MiB sent)")
         print_critical_path(size, ferry)
+        print_floor(size, ferry)
 
 
 def print_critical_path(size, rows):
@@ -482,6 +485,23 @@ def print_critical_path(size, rows):
         length = statistics.median(r["path"][step] for r in rows)
         parts.append(f"{step} {start:.3f}+{length:.3f}")
     print(f"{size:>5} {'critical path (s)':<22} " + " | ".join(parts), flush=True)
+
+
+def print_floor(size, rows):
+    """What no way of moving the bytes can take away, from the same runs:
+    CRIU's own frozen and restore times, and the two steps runc and Docker
+    wrap around them (the save: freeze to images on disk; Docker's start
+    from a checkpoint already in place) — ferry's total with nothing to move."""
+    if not rows or "commit + start" not in rows[0]["path"]:
+        return
+    criu = median(rows, "criu_frozen") + median(rows, "criu_restore")
+    save = statistics.median(r["path"]["save"] for r in rows)
+    start = statistics.median(r["path"]["commit + start"] for r in rows)
+    total = median(rows, "total")
+    print(f"{size:>5} {'floor (s)':<22} CRIU alone {criu:.3f} (frozen {median(rows, 'criu_frozen'):.3f} + restore "
+          f"{median(rows, 'criu_restore'):.3f}); with runc and Docker around it, nothing moved: {save + start:.3f} "
+          f"(save {save:.3f} + start from checkpoint {start:.3f}); ferry {total:.3f} = floor + {total - save - start:.3f}",
+          flush=True)
 
 
 if __name__ == "__main__":
