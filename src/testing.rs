@@ -10,6 +10,19 @@ use std::thread;
 
 use crate::engine::Engine;
 
+/// Pseudo-random bytes (xorshift): incompressible like real memory pages.
+pub(crate) fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    seed |= 1;
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect()
+}
+
 /// A folder for one test, removed when dropped.
 pub(crate) struct TempDir(PathBuf);
 

@@ -358,17 +358,7 @@ mod tests {
         path
     }
 
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use crate::testing::noise;
 
     fn encode(path: &Path, offer: &Offer) -> (u64, String, Vec<u8>) {
         let (size, digest, plan) = plan(&mut File::open(path).unwrap(), offer).unwrap();

@@ -163,18 +163,7 @@ mod tests {
     use std::io::Read;
 
     use super::*;
-
-    fn random(len: usize, seed: u64) -> Vec<u8> {
-        let mut state = seed | 1;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect()
-    }
+    use crate::testing::noise;
 
     fn text(len: usize) -> Vec<u8> {
         (0..len).map(|i| b"key:1234 value:abcdefgh\n"[i % 24]).collect()
@@ -199,13 +188,13 @@ mod tests {
             round_trip(b"", block);
             round_trip(b"x", block);
             round_trip(&text(3 << 20), block);
-            round_trip(&random((1 << 20) + 17, 7), block);
+            round_trip(&noise((1 << 20) + 17, 7), block);
         }
     }
 
     #[test]
     fn random_pages_are_stored_mostly_without_trying() {
-        let data = random(16 << 20, 1);
+        let data = noise(16 << 20, 1);
         let (frame, blocks) = round_trip(&data, BlockSize::Max64KB);
         assert_eq!(blocks.compressed, 0);
         let all = blocks.stored_tried + blocks.stored_untried;
@@ -216,7 +205,7 @@ mod tests {
 
     #[test]
     fn memory_that_compresses_is_compressed_even_after_random_pages() {
-        let mut data = random(8 << 20, 2);
+        let mut data = noise(8 << 20, 2);
         data.extend(text(8 << 20));
         let (frame, blocks) = round_trip(&data, BlockSize::Max64KB);
         // The text starts at block 128; skipping delays its first try by at

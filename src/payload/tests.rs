@@ -52,17 +52,7 @@ fn manifest() -> Manifest {
     }
 }
 
-/// Pseudo-random bytes: incompressible like real memory pages.
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed as u8
-        })
-        .collect()
-}
+use crate::testing::noise;
 
 /// A packed payload of a small checkpoint and one rootfs archive.
 pub(super) fn packed(scratch: &Path) -> (Vec<u8>, Vec<(String, PathBuf)>) {
