@@ -73,7 +73,9 @@ pub(crate) enum Arrived<'a> {
     /// what the payload will be if all of it checks out.
     Sealed(&'a Manifest),
     /// An entry now whole in the folder. Format 5 checks its digest only
-    /// with the closing manifest: nothing may leave the folder before.
+    /// with the closing manifest: whatever is done with it before must be
+    /// undone if the payload is refused (an agent's early container, never
+    /// started before, takes the app's files and goes with them).
     Written(&'a str),
 }
 
